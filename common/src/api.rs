@@ -1,0 +1,566 @@
+//! JSON wire types of the `/api/v1` HTTP API (SPEC §1).
+//!
+//! Requests tolerate unknown fields (serde's default); responses always carry every
+//! field, with `null` where there is no value, so clients can rely on the shape.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::manifest::Manifest;
+
+/// Timestamps on the wire: RFC 3339, UTC.
+pub type Timestamp = DateTime<Utc>;
+
+/// The uniform error body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
+
+// ---------------------------------------------------------------------------- devices
+
+/// Admission of a device (SPEC §1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Admission {
+    Pending,
+    Accepted,
+    Rejected,
+}
+
+impl Admission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Admission::Pending => "pending",
+            Admission::Accepted => "accepted",
+            Admission::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Admission::Pending),
+            "accepted" => Some(Admission::Accepted),
+            "rejected" => Some(Admission::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a device is heard from (SPEC §1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnlineStatus {
+    Online,
+    Offline,
+    Never,
+}
+
+impl OnlineStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnlineStatus::Online => "online",
+            OnlineStatus::Offline => "offline",
+            OnlineStatus::Never => "never",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "online" => Some(OnlineStatus::Online),
+            "offline" => Some(OnlineStatus::Offline),
+            "never" => Some(OnlineStatus::Never),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /devices/register` body. Signed byte for byte.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub public_key: String,
+    pub device_type: String,
+    #[serde(default)]
+    pub hardware_metadata: Value,
+    pub timestamp: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub device_id: String,
+    pub device_token: String,
+    pub admission: Admission,
+}
+
+/// `POST /devices/{id}/heartbeat` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub agent_version: String,
+    pub cpu_pct: f64,
+    pub memory_mb: f64,
+    pub status: String,
+    #[serde(default)]
+    pub current_bundle_version: Option<String>,
+    #[serde(default)]
+    pub config_version: Option<u64>,
+    #[serde(default)]
+    pub queued_reports: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub commands: Vec<Command>,
+    pub admission: Admission,
+    pub server_time: Timestamp,
+}
+
+/// A command in a heartbeat reply (SPEC §1.6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    Deploy(BundleCommand),
+    Rollback(BundleCommand),
+    Configure(ConfigureCommand),
+}
+
+/// The payload of a deploy or rollback command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleCommand {
+    pub deployment_id: String,
+    pub bundle_id: String,
+    pub bundle_version: String,
+    pub checksum_sha256: String,
+    pub size_bytes: u64,
+}
+
+/// The payload of a configure command: the whole config at `config_version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigureCommand {
+    pub config_version: u64,
+    pub polling_interval: u64,
+    pub heartbeat_timeout: u64,
+    pub deploy_timeout: u64,
+    pub log_level: String,
+    pub metadata: Value,
+}
+
+/// One row of `GET /devices`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSummary {
+    pub device_id: String,
+    pub device_type: String,
+    pub admission: Admission,
+    pub status: OnlineStatus,
+    pub agent_status: Option<String>,
+    pub tags: Vec<String>,
+    pub current_bundle_version: Option<String>,
+    pub agent_version: Option<String>,
+    pub last_heartbeat: Option<Timestamp>,
+    pub cpu_pct: Option<f64>,
+    pub memory_mb: Option<f64>,
+    pub config_version: Option<u64>,
+}
+
+/// `GET /devices/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceDetail {
+    #[serde(flatten)]
+    pub summary: DeviceSummary,
+    pub hardware_metadata: Value,
+    pub public_key_fingerprint: String,
+    pub registered_at: Timestamp,
+    pub queued_reports: u64,
+}
+
+/// `PATCH /devices/{id}` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevicePatch {
+    pub tags: Vec<String>,
+}
+
+/// One row of `GET /devices/{id}/heartbeats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRecord {
+    pub timestamp: Timestamp,
+    pub agent_version: String,
+    pub cpu_pct: f64,
+    pub memory_mb: f64,
+    pub status: String,
+    pub current_bundle_version: Option<String>,
+}
+
+// ----------------------------------------------------------------------------- config
+
+/// `GET /devices/{id}/config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceConfig {
+    pub device_id: String,
+    pub version: u64,
+    pub polling_interval: u64,
+    pub heartbeat_timeout: u64,
+    pub deploy_timeout: u64,
+    pub log_level: String,
+    pub metadata: Value,
+    pub updated_at: Option<Timestamp>,
+}
+
+impl DeviceConfig {
+    pub const DEFAULT_POLLING_INTERVAL: u64 = 60;
+    pub const DEFAULT_HEARTBEAT_TIMEOUT: u64 = 30;
+    pub const DEFAULT_DEPLOY_TIMEOUT: u64 = 300;
+    pub const LOG_LEVELS: [&'static str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+    /// The defaults every device starts with, at version 1.
+    pub fn defaults(device_id: &str) -> Self {
+        DeviceConfig {
+            device_id: device_id.to_owned(),
+            version: 1,
+            polling_interval: Self::DEFAULT_POLLING_INTERVAL,
+            heartbeat_timeout: Self::DEFAULT_HEARTBEAT_TIMEOUT,
+            deploy_timeout: Self::DEFAULT_DEPLOY_TIMEOUT,
+            log_level: "info".to_owned(),
+            metadata: Value::Object(Default::default()),
+            updated_at: None,
+        }
+    }
+
+    /// The configure command carrying this config.
+    pub fn to_command(&self) -> ConfigureCommand {
+        ConfigureCommand {
+            config_version: self.version,
+            polling_interval: self.polling_interval,
+            heartbeat_timeout: self.heartbeat_timeout,
+            deploy_timeout: self.deploy_timeout,
+            log_level: self.log_level.clone(),
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
+/// `PUT /devices/{id}/config` body: any subset of the five fields.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConfigUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polling_interval: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
+// ---------------------------------------------------------------------------- bundles
+
+/// A stored bundle (`POST /bundles` reply, `GET /bundles`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundleInfo {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub checksum_sha256: String,
+    pub size_bytes: u64,
+    pub manifest: Manifest,
+    pub created_at: Timestamp,
+}
+
+// ------------------------------------------------------------------------ deployments
+
+/// Deploy or rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentKind {
+    Deploy,
+    Rollback,
+}
+
+impl DeploymentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentKind::Deploy => "deploy",
+            DeploymentKind::Rollback => "rollback",
+        }
+    }
+}
+
+/// Status of one target device within a deployment, and of the deployment itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetStatus {
+    Pending,
+    InProgress,
+    Success,
+    Failed,
+    Cancelled,
+}
+
+impl TargetStatus {
+    pub const ALL: [TargetStatus; 5] = [
+        TargetStatus::Pending,
+        TargetStatus::InProgress,
+        TargetStatus::Success,
+        TargetStatus::Failed,
+        TargetStatus::Cancelled,
+    ];
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TargetStatus::Success | TargetStatus::Failed | TargetStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetStatus::Pending => "pending",
+            TargetStatus::InProgress => "in_progress",
+            TargetStatus::Success => "success",
+            TargetStatus::Failed => "failed",
+            TargetStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// Per-status target counts of a deployment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub pending: u64,
+    pub in_progress: u64,
+    pub success: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl Counts {
+    pub fn slot(&mut self, s: TargetStatus) -> &mut u64 {
+        match s {
+            TargetStatus::Pending => &mut self.pending,
+            TargetStatus::InProgress => &mut self.in_progress,
+            TargetStatus::Success => &mut self.success,
+            TargetStatus::Failed => &mut self.failed,
+            TargetStatus::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    /// Move one target from `from` to `to`.
+    pub fn shift(&mut self, from: TargetStatus, to: TargetStatus) {
+        let f = self.slot(from);
+        *f = f.saturating_sub(1);
+        *self.slot(to) += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.pending + self.in_progress + self.success + self.failed + self.cancelled
+    }
+
+    /// The deployment status these counts imply (SPEC §1.5).
+    pub fn overall(&self) -> TargetStatus {
+        if self.pending + self.in_progress > 0 {
+            if self.in_progress + self.success + self.failed > 0 {
+                TargetStatus::InProgress
+            } else {
+                TargetStatus::Pending
+            }
+        } else if self.failed > 0 {
+            TargetStatus::Failed
+        } else if self.cancelled > 0 {
+            TargetStatus::Cancelled
+        } else {
+            TargetStatus::Success
+        }
+    }
+}
+
+/// Phase a device reports while it works on a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Downloading,
+    Verifying,
+    Installing,
+    HealthCheck,
+}
+
+/// One target of a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentDevice {
+    pub device_id: String,
+    pub status: TargetStatus,
+    pub phase: Option<Phase>,
+    pub progress_pct: Option<u8>,
+    pub error_message: Option<String>,
+    pub log_tail: Option<String>,
+    pub updated_at: Timestamp,
+}
+
+/// A deployment (SPEC §1.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    pub kind: DeploymentKind,
+    pub bundle_id: String,
+    pub bundle_version: String,
+    pub target_device_ids: Vec<String>,
+    pub status: TargetStatus,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub completed_at: Option<Timestamp>,
+    pub counts: Counts,
+    pub devices: Vec<DeploymentDevice>,
+}
+
+/// `POST /deployments` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateDeployment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_id: Option<String>,
+    #[serde(default)]
+    pub target_device_ids: Vec<String>,
+    #[serde(default)]
+    pub target_tags: Vec<String>,
+}
+
+/// `POST /devices/rollback` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    pub bundle_version: String,
+    pub target_device_ids: Vec<String>,
+}
+
+/// `POST /deployments/{id}/progress` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgressReport {
+    pub device_id: String,
+    pub phase: Phase,
+    pub progress_pct: u8,
+}
+
+/// Final outcome a device reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultStatus {
+    Success,
+    Failed,
+}
+
+impl ResultStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultStatus::Success => "success",
+            ResultStatus::Failed => "failed",
+        }
+    }
+}
+
+/// `POST /deployments/{id}/result` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultReport {
+    pub device_id: String,
+    pub status: ResultStatus,
+    pub report_id: String,
+    #[serde(default)]
+    pub error_message: Option<String>,
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
+    #[serde(default)]
+    pub log_tail: Option<String>,
+    #[serde(default)]
+    pub rolled_back_to: Option<String>,
+}
+
+/// One row of `GET /devices/{id}/bundle-history`; also the reply to a result report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    pub id: String,
+    pub device_id: String,
+    pub deployment_id: String,
+    pub kind: DeploymentKind,
+    pub bundle_id: String,
+    pub bundle_version: String,
+    pub status: ResultStatus,
+    pub error_message: Option<String>,
+    pub log_tail: Option<String>,
+    pub rolled_back_to: Option<String>,
+    pub deployed_at: Timestamp,
+    pub duration_seconds: Option<f64>,
+}
+
+// ----------------------------------------------------------------------------- tokens
+
+/// `POST /tokens` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateToken {
+    pub name: String,
+}
+
+/// `POST /tokens` reply: the only time the token itself is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub name: String,
+    pub token: String,
+}
+
+/// One row of `GET /tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+}
+
+/// Name → value map used for free-form metadata when a typed map is wanted.
+pub type Metadata = BTreeMap<String, Value>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_tagged_by_type() {
+        let c = Command::Deploy(BundleCommand {
+            deployment_id: "d".into(),
+            bundle_id: "b".into(),
+            bundle_version: "1.0.0".into(),
+            checksum_sha256: "00".into(),
+            size_bytes: 3,
+        });
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["type"], "deploy");
+        assert_eq!(v["bundle_version"], "1.0.0");
+        let back: Command = serde_json::from_value(v).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn overall_status_follows_spec() {
+        let mut c = Counts {
+            pending: 2,
+            ..Counts::default()
+        };
+        assert_eq!(c.overall(), TargetStatus::Pending);
+        c.shift(TargetStatus::Pending, TargetStatus::InProgress);
+        assert_eq!(c.overall(), TargetStatus::InProgress);
+        c.shift(TargetStatus::InProgress, TargetStatus::Success);
+        c.shift(TargetStatus::Pending, TargetStatus::Cancelled);
+        assert_eq!(c.overall(), TargetStatus::Cancelled);
+        c.shift(TargetStatus::Success, TargetStatus::Failed);
+        assert_eq!(c.overall(), TargetStatus::Failed);
+    }
+}

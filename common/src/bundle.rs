@@ -1,0 +1,416 @@
+//! Bundles: gzip'd tar archives with `manifest.json` at the root.
+//!
+//! [`inspect`] and [`unpack`] walk an archive with the same checks, entry by entry, so the
+//! server refuses at upload exactly what the agent would refuse to extract: absolute
+//! paths, `..` components, links that leave the bundle, entries beneath a link, device
+//! and fifo nodes, duplicate files, too many entries or bytes (tar bombs), a missing or
+//! invalid manifest, and scripts the manifest names that are not regular files.
+//! Ownership, permissions beyond the executable bit, and xattrs are never restored.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+use tar::EntryType;
+
+use crate::manifest::{Manifest, ManifestError, normalize_entry_path};
+
+/// Name of the manifest at the archive root.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Caps applied while walking an archive.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most entries (files, dirs, links) an archive may hold.
+    pub max_entries: u64,
+    /// Most bytes its regular files may add up to once unpacked.
+    pub max_unpacked_bytes: u64,
+    /// Largest `manifest.json` accepted.
+    pub max_manifest_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_entries: 100_000,
+            max_unpacked_bytes: 8 * 1024 * 1024 * 1024,
+            max_manifest_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// What a successful walk found.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub manifest: Manifest,
+    /// The manifest exactly as the archive has it (for comparison with an uploaded one).
+    pub manifest_json: serde_json::Value,
+    pub entries: u64,
+    pub unpacked_bytes: u64,
+}
+
+/// Why an archive is refused. Every message names the problem and, where there is one,
+/// the offending entry.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("not a gzip archive")]
+    NotGzip,
+    #[error("not a valid tar.gz archive: {0}")]
+    Corrupt(String),
+    #[error("archive has no manifest.json at its root")]
+    MissingManifest,
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("manifest {field} script {path:?} is not a regular file in the archive")]
+    MissingScript { field: &'static str, path: String },
+    #[error("unsafe entry {entry:?}: {reason}")]
+    Unsafe { entry: String, reason: &'static str },
+    #[error("archive has more than {0} entries")]
+    TooManyEntries(u64),
+    #[error("archive unpacks to more than {0} bytes")]
+    TooLarge(u64),
+    #[error("manifest.json is larger than {0} bytes")]
+    ManifestTooLarge(u64),
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What kind of thing a path ends up as after the walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    Link,
+}
+
+/// One checked entry, as the walk hands it to its visitor.
+enum Checked<'a> {
+    Dir,
+    File { mode: u32 },
+    Symlink { target: &'a str },
+    HardLink { target: String },
+}
+
+/// Check every entry of a tar.gz stream and return the manifest. Reads the whole stream.
+pub fn inspect<R: Read>(reader: R, limits: &Limits) -> Result<Inspection, BundleError> {
+    walk(reader, limits, |_, _, _| Ok(()))
+}
+
+/// Check and extract a tar.gz stream into `dest` (an existing, empty directory). On error
+/// `dest` may hold a partial tree: extract into a temporary directory and rename it into
+/// place only on success.
+pub fn unpack<R: Read>(reader: R, dest: &Path, limits: &Limits) -> Result<Inspection, BundleError> {
+    walk(reader, limits, |path, checked, entry| {
+        let out = dest.join(path);
+        match checked {
+            Checked::Dir => fs::create_dir_all(&out)?,
+            Checked::File { mode } => {
+                if let Some(parent) = out.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                let mut file = fs::File::create(&out)?;
+                io::copy(entry, &mut file)?;
+                set_mode(&out, if mode & 0o111 != 0 { 0o755 } else { 0o644 })?;
+            }
+            Checked::Symlink { target } => {
+                if let Some(parent) = out.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                symlink(target, &out)?;
+            }
+            Checked::HardLink { target } => {
+                if let Some(parent) = out.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                fs::hard_link(dest.join(target), &out)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(unix)]
+fn symlink(target: &str, link: &Path) -> io::Result<()> {
+    std::os::unix::fs::symlink(target, link)
+}
+
+#[cfg(not(unix))]
+fn symlink(_target: &str, _link: &Path) -> io::Result<()> {
+    Err(io::Error::other(
+        "symbolic links in bundles need a unix system",
+    ))
+}
+
+fn unsafe_entry(entry: &str, reason: &'static str) -> BundleError {
+    BundleError::Unsafe {
+        entry: entry.to_owned(),
+        reason,
+    }
+}
+
+fn walk<R, F>(reader: R, limits: &Limits, mut visit: F) -> Result<Inspection, BundleError>
+where
+    R: Read,
+    F: FnMut(&str, Checked<'_>, &mut dyn Read) -> Result<(), BundleError>,
+{
+    let mut reader = BufReader::new(reader);
+    let mut magic = [0u8; 2];
+    reader
+        .read_exact(&mut magic)
+        .map_err(|_| BundleError::NotGzip)?;
+    if magic != [0x1f, 0x8b] {
+        return Err(BundleError::NotGzip);
+    }
+    let gz = GzDecoder::new(magic.chain(reader));
+    let mut archive = tar::Archive::new(gz);
+    let corrupt = |e: io::Error| BundleError::Corrupt(e.to_string());
+
+    let mut kinds: HashMap<String, Kind> = HashMap::new();
+    let mut links: HashSet<String> = HashSet::new();
+    let mut manifest_bytes: Option<Vec<u8>> = None;
+    let mut entries = 0u64;
+    let mut unpacked = 0u64;
+
+    for entry in archive.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        let etype = entry.header().entry_type();
+        if matches!(etype, EntryType::XGlobalHeader | EntryType::XHeader) {
+            continue;
+        }
+        entries += 1;
+        if entries > limits.max_entries {
+            return Err(BundleError::TooManyEntries(limits.max_entries));
+        }
+        let raw_path = entry.path_bytes();
+        let raw = std::str::from_utf8(&raw_path)
+            .map_err(|_| unsafe_entry(&String::from_utf8_lossy(&raw_path), "name is not UTF-8"))?
+            .to_owned();
+        // The archive's own root ("./") carries nothing.
+        if etype == EntryType::Directory && matches!(raw.trim_end_matches('/'), "." | "") {
+            continue;
+        }
+        if raw.starts_with('/') {
+            return Err(unsafe_entry(&raw, "absolute path"));
+        }
+        let path = normalize_entry_path(&raw).ok_or_else(|| {
+            unsafe_entry(
+                &raw,
+                "path has a '..' component or is not a plain relative path",
+            )
+        })?;
+        if ancestors(&path).any(|a| links.contains(a)) {
+            return Err(unsafe_entry(&raw, "beneath a symbolic link in the bundle"));
+        }
+        if ancestors(&path).any(|a| kinds.get(a).is_some_and(|k| *k != Kind::Dir)) {
+            return Err(unsafe_entry(&raw, "beneath a file"));
+        }
+        if kinds
+            .get(&path)
+            .is_some_and(|k| !(*k == Kind::Dir && etype == EntryType::Directory))
+        {
+            return Err(unsafe_entry(&raw, "duplicate entry"));
+        }
+
+        let checked = match etype {
+            EntryType::Directory => Checked::Dir,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let size = entry.header().size().map_err(corrupt)?;
+                unpacked = unpacked.saturating_add(size);
+                if unpacked > limits.max_unpacked_bytes {
+                    return Err(BundleError::TooLarge(limits.max_unpacked_bytes));
+                }
+                Checked::File {
+                    mode: entry.header().mode().unwrap_or(0o644),
+                }
+            }
+            EntryType::Symlink | EntryType::Link => {
+                let target_bytes = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| unsafe_entry(&raw, "link without a target"))?;
+                let target = std::str::from_utf8(&target_bytes)
+                    .map_err(|_| unsafe_entry(&raw, "link target is not UTF-8"))?
+                    .to_owned();
+                if target.starts_with('/') {
+                    return Err(unsafe_entry(&raw, "link points to an absolute path"));
+                }
+                if etype == EntryType::Symlink {
+                    let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+                    if resolve_inside(parent, &target).is_none() {
+                        return Err(unsafe_entry(&raw, "link points outside the bundle"));
+                    }
+                    links.insert(path.clone());
+                    kinds.insert(path.clone(), Kind::Link);
+                    visit(&path, Checked::Symlink { target: &target }, &mut entry)?;
+                    continue;
+                }
+                // Hard link: the target names an earlier regular file of this archive.
+                let target = normalize_entry_path(&target)
+                    .ok_or_else(|| unsafe_entry(&raw, "link points outside the bundle"))?;
+                if kinds.get(&target) != Some(&Kind::File) {
+                    return Err(unsafe_entry(
+                        &raw,
+                        "hard link to something that is not an earlier file",
+                    ));
+                }
+                kinds.insert(path.clone(), Kind::Link);
+                visit(&path, Checked::HardLink { target }, &mut entry)?;
+                continue;
+            }
+            EntryType::Char | EntryType::Block => return Err(unsafe_entry(&raw, "device node")),
+            EntryType::Fifo => return Err(unsafe_entry(&raw, "fifo")),
+            _ => return Err(unsafe_entry(&raw, "unsupported entry type")),
+        };
+
+        match checked {
+            Checked::Dir => {
+                kinds.insert(path.clone(), Kind::Dir);
+                visit(&path, Checked::Dir, &mut entry)?;
+            }
+            Checked::File { mode } => {
+                kinds.insert(path.clone(), Kind::File);
+                if path == MANIFEST_FILE {
+                    let size = entry.header().size().map_err(corrupt)?;
+                    if size > limits.max_manifest_bytes {
+                        return Err(BundleError::ManifestTooLarge(limits.max_manifest_bytes));
+                    }
+                    let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+                    entry.read_to_end(&mut buf).map_err(corrupt)?;
+                    visit(&path, Checked::File { mode }, &mut buf.as_slice())?;
+                    manifest_bytes = Some(buf);
+                } else {
+                    visit(&path, Checked::File { mode }, &mut entry)?;
+                }
+            }
+            Checked::Symlink { .. } | Checked::HardLink { .. } => {}
+        }
+    }
+
+    let bytes = manifest_bytes.ok_or(BundleError::MissingManifest)?;
+    let manifest = Manifest::from_slice(&bytes)?;
+    let manifest_json =
+        serde_json::from_slice(&bytes).map_err(|e| ManifestError::Parse(e.to_string()))?;
+    for (field, spec) in manifest.scripts() {
+        let script = normalize_entry_path(&spec.script).unwrap_or_default();
+        if kinds.get(&script) != Some(&Kind::File) {
+            return Err(BundleError::MissingScript {
+                field,
+                path: spec.script.clone(),
+            });
+        }
+    }
+    Ok(Inspection {
+        manifest,
+        manifest_json,
+        entries,
+        unpacked_bytes: unpacked,
+    })
+}
+
+/// The proper ancestors of a normalised path: `a/b/c` → `a`, `a/b`.
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/').map(move |(i, _)| &path[..i])
+}
+
+/// Resolve a relative link `target` from directory `base` (both normalised, `""` is the
+/// root); `None` when it would climb above the root.
+fn resolve_inside(base: &str, target: &str) -> Option<String> {
+    let mut parts: Vec<&str> = base.split('/').filter(|p| !p.is_empty()).collect();
+    for comp in target.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Pack the folder `dir` (which must hold a valid `manifest.json` and the scripts it
+/// names) into a tar.gz written to `out`. Entries are added in sorted order with
+/// normalised metadata, so packing the same folder twice gives the same archive.
+/// Returns the manifest after checking the result with [`inspect`]'s rules.
+pub fn pack<W: Write>(dir: &Path, out: W) -> Result<Manifest, BundleError> {
+    let raw = fs::read(dir.join(MANIFEST_FILE)).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => BundleError::MissingManifest,
+        _ => BundleError::Io(e),
+    })?;
+    let manifest = Manifest::from_slice(&raw)?;
+    for (field, spec) in manifest.scripts() {
+        let path = dir.join(normalize_entry_path(&spec.script).unwrap_or_default());
+        let meta = fs::symlink_metadata(&path);
+        if !meta.is_ok_and(|m| m.is_file()) {
+            return Err(BundleError::MissingScript {
+                field,
+                path: spec.script.clone(),
+            });
+        }
+    }
+    let mut files = Vec::new();
+    collect(dir, dir, &mut files)?;
+    files.sort();
+
+    let mut builder = tar::Builder::new(GzEncoder::new(out, Compression::default()));
+    builder.mode(tar::HeaderMode::Deterministic);
+    builder.follow_symlinks(false);
+    for rel in &files {
+        let name = rel
+            .to_str()
+            .ok_or_else(|| unsafe_entry(&rel.to_string_lossy(), "name is not UTF-8"))?;
+        builder.append_path_with_name(dir.join(rel), name)?;
+    }
+    builder.into_inner()?.finish()?;
+    Ok(manifest)
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let rel = path
+            .strip_prefix(root)
+            .map_err(io::Error::other)?
+            .to_path_buf();
+        let ft = entry.file_type()?;
+        out.push(rel);
+        if ft.is_dir() {
+            collect(root, &path, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Lowercase hex SHA-256 of a file, read in chunks.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests;

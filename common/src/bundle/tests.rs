@@ -1,0 +1,270 @@
+use super::*;
+
+/// One raw entry for hand-built (possibly hostile) archives.
+struct Raw<'a> {
+    name: &'a str,
+    kind: EntryType,
+    data: &'a [u8],
+    link: Option<&'a str>,
+    mode: u32,
+}
+
+fn file<'a>(name: &'a str, data: &'a [u8]) -> Raw<'a> {
+    Raw {
+        name,
+        kind: EntryType::Regular,
+        data,
+        link: None,
+        mode: 0o755,
+    }
+}
+
+fn of<'a>(kind: EntryType, name: &'a str, link: Option<&'a str>) -> Raw<'a> {
+    Raw {
+        name,
+        kind,
+        data: b"",
+        link,
+        mode: 0o755,
+    }
+}
+
+const MANIFEST: &[u8] = br#"{"name":"app","version":"1.0.0","deploy":{"script":"deploy.sh"},"health":{"script":"health.sh"}}"#;
+
+/// Build a tar.gz byte for byte, writing names straight into the header so that
+/// absolute and `..` paths (which `tar::Builder` refuses) can be produced.
+fn archive(entries: &[Raw<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut gz = GzEncoder::new(&mut out, Compression::fast());
+        for e in entries {
+            let mut h = tar::Header::new_old();
+            let name = e.name.as_bytes();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            if let Some(l) = e.link {
+                h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+            }
+            h.set_entry_type(e.kind);
+            h.set_size(e.data.len() as u64);
+            h.set_mode(e.mode);
+            h.set_cksum();
+            gz.write_all(h.as_bytes()).unwrap();
+            gz.write_all(e.data).unwrap();
+            let pad = (512 - e.data.len() % 512) % 512;
+            gz.write_all(&vec![0u8; pad]).unwrap();
+        }
+        gz.write_all(&[0u8; 1024]).unwrap();
+        gz.finish().unwrap();
+    }
+    out
+}
+
+fn good_entries<'a>() -> Vec<Raw<'a>> {
+    vec![
+        file("./manifest.json", MANIFEST),
+        file("./deploy.sh", b"#!/bin/sh\necho deployed\n"),
+        file("./health.sh", b"#!/bin/sh\nexit 0\n"),
+    ]
+}
+
+fn check(entries: &[Raw<'_>]) -> Result<Inspection, BundleError> {
+    inspect(archive(entries).as_slice(), &Limits::default())
+}
+
+fn unsafe_reason(entries: &[Raw<'_>]) -> String {
+    match check(entries) {
+        Err(e @ BundleError::Unsafe { .. }) => e.to_string(),
+        other => panic!("expected an unsafe-entry error, got {other:?}"),
+    }
+}
+
+#[test]
+fn accepts_a_good_bundle() {
+    let inspection = check(&good_entries()).unwrap();
+    assert_eq!(inspection.manifest.version, "1.0.0");
+    assert_eq!(inspection.entries, 3);
+}
+
+#[test]
+fn refuses_absolute_path() {
+    let mut e = good_entries();
+    e.push(file("/etc/evil", b"x"));
+    assert!(unsafe_reason(&e).contains("absolute path"));
+}
+
+#[test]
+fn refuses_dotdot() {
+    let mut e = good_entries();
+    e.push(file("sub/../../evil", b"x"));
+    assert!(unsafe_reason(&e).contains(".."));
+}
+
+#[test]
+fn refuses_symlink_escaping() {
+    let mut e = good_entries();
+    e.push(of(
+        EntryType::Symlink,
+        "lib/escape",
+        Some("../../etc/passwd"),
+    ));
+    assert!(unsafe_reason(&e).contains("outside the bundle"));
+    let mut e = good_entries();
+    e.push(of(EntryType::Symlink, "abs", Some("/etc/passwd")));
+    assert!(unsafe_reason(&e).contains("absolute"));
+}
+
+#[test]
+fn accepts_symlink_inside_but_not_entries_beneath_it() {
+    let mut e = good_entries();
+    e.push(of(EntryType::Symlink, "current", Some("./deploy.sh")));
+    assert!(check(&e).is_ok());
+    let mut e = good_entries();
+    e.push(of(EntryType::Symlink, "here", Some(".")));
+    e.push(file("here/x", b"x"));
+    assert!(unsafe_reason(&e).contains("beneath a symbolic link"));
+}
+
+#[test]
+fn refuses_hard_link_outside() {
+    let mut e = good_entries();
+    e.push(of(EntryType::Link, "hl", Some("../outside")));
+    assert!(unsafe_reason(&e).contains("outside"));
+}
+
+#[test]
+fn refuses_device_and_fifo_nodes() {
+    for (kind, word) in [
+        (EntryType::Char, "device"),
+        (EntryType::Block, "device"),
+        (EntryType::Fifo, "fifo"),
+    ] {
+        let mut e = good_entries();
+        e.push(of(kind, "node", None));
+        assert!(unsafe_reason(&e).contains(word));
+    }
+}
+
+#[test]
+fn refuses_duplicates() {
+    let mut e = good_entries();
+    e.push(file("deploy.sh", b"replaced"));
+    assert!(unsafe_reason(&e).contains("duplicate"));
+}
+
+#[test]
+fn refuses_missing_manifest() {
+    let e = vec![file("deploy.sh", b"x")];
+    assert!(matches!(check(&e), Err(BundleError::MissingManifest)));
+    // A manifest.json that is not at the root does not count.
+    let e = vec![file("sub/manifest.json", MANIFEST), file("deploy.sh", b"x")];
+    assert!(matches!(check(&e), Err(BundleError::MissingManifest)));
+}
+
+#[test]
+fn refuses_missing_or_linked_script() {
+    let e = vec![file("manifest.json", MANIFEST), file("deploy.sh", b"x")];
+    let err = check(&e).unwrap_err().to_string();
+    assert!(err.contains("health.sh"), "{err}");
+    let e = vec![
+        file("manifest.json", MANIFEST),
+        file("deploy.sh", b"x"),
+        of(EntryType::Symlink, "health.sh", Some("deploy.sh")),
+    ];
+    assert!(matches!(
+        check(&e),
+        Err(BundleError::MissingScript {
+            field: "health",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn refuses_invalid_manifest() {
+    let e = vec![file("manifest.json", b"{not json"), file("deploy.sh", b"x")];
+    assert!(matches!(check(&e), Err(BundleError::Manifest(_))));
+}
+
+#[test]
+fn refuses_non_gzip_and_corrupt() {
+    assert!(matches!(
+        inspect(&b"PK\x03\x04 zip"[..], &Limits::default()),
+        Err(BundleError::NotGzip)
+    ));
+    assert!(matches!(
+        inspect(&b""[..], &Limits::default()),
+        Err(BundleError::NotGzip)
+    ));
+    let mut bytes = archive(&good_entries());
+    bytes.truncate(bytes.len() / 2);
+    assert!(check_bytes(&bytes).is_err());
+}
+
+fn check_bytes(bytes: &[u8]) -> Result<Inspection, BundleError> {
+    inspect(bytes, &Limits::default())
+}
+
+#[test]
+fn caps_entries_and_size() {
+    let limits = Limits {
+        max_entries: 2,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        inspect(archive(&good_entries()).as_slice(), &limits),
+        Err(BundleError::TooManyEntries(2))
+    ));
+    let limits = Limits {
+        max_unpacked_bytes: 10,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        inspect(archive(&good_entries()).as_slice(), &limits),
+        Err(BundleError::TooLarge(10))
+    ));
+}
+
+#[test]
+fn pack_then_unpack_round_trips() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("manifest.json"), MANIFEST).unwrap();
+    fs::write(src.path().join("deploy.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    fs::write(src.path().join("health.sh"), "#!/bin/sh\nexit 0\n").unwrap();
+    fs::create_dir(src.path().join("data")).unwrap();
+    fs::write(src.path().join("data/model.bin"), [1u8, 2, 3]).unwrap();
+    set_mode(&src.path().join("deploy.sh"), 0o755).unwrap();
+
+    let mut bytes = Vec::new();
+    let m = pack(src.path(), &mut bytes).unwrap();
+    assert_eq!(m.name, "app");
+    let mut again = Vec::new();
+    pack(src.path(), &mut again).unwrap();
+    assert_eq!(bytes, again, "packing is deterministic");
+
+    let dest = tempfile::tempdir().unwrap();
+    let inspection = unpack(bytes.as_slice(), dest.path(), &Limits::default()).unwrap();
+    assert_eq!(inspection.manifest, m);
+    assert_eq!(
+        fs::read(dest.path().join("data/model.bin")).unwrap(),
+        [1, 2, 3]
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dest.path().join("deploy.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+    }
+}
+
+#[test]
+fn pack_refuses_folder_without_scripts() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("manifest.json"), MANIFEST).unwrap();
+    assert!(matches!(
+        pack(src.path(), Vec::new()),
+        Err(BundleError::MissingScript { .. })
+    ));
+}
