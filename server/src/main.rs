@@ -1,1 +1,94 @@
-fn main() {}
+//! `kernex-server`: thin CLI over the library.
+
+use anyhow::Context;
+use clap::Parser;
+use kernex_server::settings::{Cli, Command, ServeArgs, TokenCommand, default_data_dir};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token {
+            command: TokenCommand::Create { name, data_dir },
+        }) => token_create(&name, data_dir.unwrap_or_else(default_data_dir)),
+        Some(Command::Serve(args)) => run(args),
+        None => run(cli.serve),
+    }
+}
+
+fn token_create(name: &str, data_dir: std::path::PathBuf) -> anyhow::Result<()> {
+    if !kernex_server::routes::tokens::valid_token_name(name) {
+        anyhow::bail!("--name must be 1-64 characters of [A-Za-z0-9._-]");
+    }
+    let store = kernex_server::open_store(&data_dir)?;
+    let token = kernex_server::auth::mint_token("kxo_");
+    store
+        .create_operator_token(
+            name,
+            &kernex_server::auth::hash_token(&token),
+            chrono::Utc::now(),
+        )
+        .with_context(|| format!("creating token {name:?}"))?;
+    futures_flush(&store)?;
+    println!("{token}");
+    Ok(())
+}
+
+fn futures_flush(store: &kernex_server::store::Store) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .build()?
+        .block_on(store.flush())?;
+    Ok(())
+}
+
+fn run(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&args.log_level).context("--log-level")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = args.settings();
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let state = kernex_server::open(&settings)?;
+        tracing::info!(data_dir = %settings.data_dir.display(), "store open");
+        let std_listener = std::net::TcpListener::bind(args.listen)
+            .with_context(|| format!("binding {}", args.listen))?;
+        let addr = std_listener.local_addr()?;
+        match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => {
+                tracing::info!(%addr, "listening (https)");
+                kernex_server::serve_tls(state, std_listener, cert, key, shutdown_signal()).await?;
+            }
+            _ => {
+                std_listener.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(std_listener)?;
+                tracing::info!(%addr, "listening (http)");
+                kernex_server::serve(state, listener, shutdown_signal()).await?;
+            }
+        }
+        tracing::info!("stopped cleanly");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

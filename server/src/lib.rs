@@ -1,0 +1,177 @@
+//! Kernex server: the fleet control plane.
+//!
+//! An axum HTTP API (`/api/v1`, SPEC §1) over an embedded sled store. `main.rs` is a thin
+//! CLI; everything else is here so tests can run a server in-process:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), kernex_server::StartError> {
+//! let settings = kernex_server::ServerSettings::for_data_dir("/tmp/kernex-data");
+//! let state = kernex_server::open(&settings)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! kernex_server::serve(state, listener, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod auth; // bearer tokens, the Caller extractor
+pub mod error; // ApiError and rejection mapping
+pub mod events; // live event broadcast
+pub mod metrics; // Prometheus registry
+pub mod router; // every route
+pub mod routes; // handlers
+pub mod settings; // CLI flags and env
+pub mod state; // AppState
+pub mod store; // storage behind one interface
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+
+pub use router::router;
+pub use settings::ServerSettings;
+pub use state::AppState;
+
+use crate::auth::{hash_token, mint_token};
+use crate::state::Limits;
+use crate::store::{Store, StoreError};
+
+/// Name of the bootstrap operator token file in the data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "the data dir {0} is in use by another process (a running kernex-server?); stop it or use the HTTP API"
+    )]
+    Locked(PathBuf),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Open the store in the data dir, clean up what a crash may have left, and make sure an
+/// operator token exists.
+pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
+    let store = open_store(&settings.data_dir)?;
+    let bundle_dir = settings.data_dir.join("bundles");
+    std::fs::create_dir_all(&bundle_dir)?;
+    clean_bundle_dir(&store, &bundle_dir)?;
+    bootstrap_admin(&store, settings)?;
+    let limits = Limits {
+        enrollment_token: settings.enrollment_token.clone().filter(|t| !t.is_empty()),
+        max_bundle_size: settings.max_bundle_size,
+        heartbeat_retention: settings.heartbeat_retention.max(1),
+    };
+    Ok(AppState::new(store, limits, bundle_dir))
+}
+
+/// Open the sled store, telling a held lock apart from other failures.
+pub fn open_store(data_dir: &Path) -> Result<Store, StartError> {
+    std::fs::create_dir_all(data_dir)?;
+    Store::open(&data_dir.join("db")).map_err(|e| {
+        if e.is_locked() {
+            StartError::Locked(data_dir.to_path_buf())
+        } else {
+            StartError::Store(e)
+        }
+    })
+}
+
+/// Remove half-uploaded files and archives whose record never got written (a crash
+/// between the two).
+fn clean_bundle_dir(store: &Store, bundle_dir: &Path) -> Result<(), StartError> {
+    let tmp = bundle_dir.join("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    for entry in std::fs::read_dir(bundle_dir)? {
+        let path = entry?.path();
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".tar.gz"))
+        else {
+            continue;
+        };
+        if matches!(store.bundle(id), Err(StoreError::NotFound(_))) {
+            tracing::warn!(path = %path.display(), "removing bundle file with no record");
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn bootstrap_admin(store: &Store, settings: &ServerSettings) -> Result<(), StartError> {
+    let now = Utc::now();
+    if let Some(token) = settings.admin_token.as_deref().filter(|t| !t.is_empty()) {
+        store.put_operator_token("admin", &hash_token(token), now)?;
+        return Ok(());
+    }
+    if store.has_operator_tokens() {
+        return Ok(());
+    }
+    let token = mint_token("kxo_");
+    let path = settings.data_dir.join(ADMIN_TOKEN_FILE);
+    write_secret(&path, &format!("{token}\n"))?;
+    store.create_operator_token("admin", &hash_token(&token), now)?;
+    tracing::info!(path = %path.display(), "generated the first operator token");
+    Ok(())
+}
+
+/// Write a file only its owner can read (mode 0600 from creation, never wider).
+pub fn write_secret(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+/// Serve plain HTTP on `listener` until `shutdown` resolves, then drain in-flight
+/// requests and flush the store.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let store = state.store.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    store.flush().await.map_err(std::io::Error::other)?;
+    Ok(())
+}
+
+/// Serve HTTPS (rustls) with the PEM certificate chain and key given.
+pub async fn serve_tls(
+    state: AppState,
+    listener: std::net::TcpListener,
+    cert: &Path,
+    key: &Path,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    });
+    let store = state.store.clone();
+    listener.set_nonblocking(true)?;
+    axum_server::from_tcp_rustls(listener, config)?
+        .handle(handle)
+        .serve(router(state).into_make_service())
+        .await?;
+    store.flush().await.map_err(std::io::Error::other)?;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Every route in one place.
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::routes::{bundles, config, deployments, devices, events, health, tokens};
+use crate::state::AppState;
+
+/// Largest JSON body accepted (SPEC §1.8). Bundle uploads have their own limit.
+pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The whole HTTP surface: `/api/v1/...`, `/healthz`, `/metrics`.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/devices/register", post(devices::register))
+        .route("/devices/rollback", post(devices::rollback))
+        .route("/devices", get(devices::list))
+        .route(
+            "/devices/{device_id}",
+            get(devices::get)
+                .patch(devices::patch)
+                .delete(devices::delete),
+        )
+        .route("/devices/{device_id}/heartbeat", post(devices::heartbeat))
+        .route("/devices/{device_id}/heartbeats", get(devices::heartbeats))
+        .route("/devices/{device_id}/accept", post(devices::accept))
+        .route("/devices/{device_id}/reject", post(devices::reject))
+        .route("/devices/{device_id}/bundle-history", get(devices::history))
+        .route(
+            "/devices/{device_id}/config",
+            get(config::get).put(config::put),
+        )
+        .route(
+            "/bundles",
+            get(bundles::list)
+                .post(bundles::upload)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/bundles/{bundle_id}",
+            get(bundles::download).delete(bundles::delete),
+        )
+        .route("/bundles/{bundle_id}/info", get(bundles::info))
+        .route(
+            "/deployments",
+            get(deployments::list).post(deployments::create),
+        )
+        .route("/deployments/{deployment_id}", get(deployments::get))
+        .route(
+            "/deployments/{deployment_id}/cancel",
+            post(deployments::cancel),
+        )
+        .route(
+            "/deployments/{deployment_id}/progress",
+            post(deployments::progress),
+        )
+        .route(
+            "/deployments/{deployment_id}/result",
+            post(deployments::result),
+        )
+        .route("/events", get(events::stream))
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{name}", axum::routing::delete(tokens::delete))
+        .route("/openapi.json", get(health::openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("a handler panicked").into_response()
+        }))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", MatchedPath::as_str);
+            tracing::info_span!("http", method = %req.method(), route)
+        }))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
+}
+
+/// Count requests and time them by matched route (never by raw path: ids would explode
+/// the label set).
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .observe_request(&route, &method, resp.status().as_u16(), started.elapsed());
+    resp
+}

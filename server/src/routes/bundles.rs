@@ -1,0 +1,383 @@
+//! Bundles: streamed multipart upload (hashed while it arrives, checked entry by entry),
+//! listing, byte-exact download with `ETag` and `Range`, and deletion.
+
+use std::io::SeekFrom;
+use std::path::PathBuf;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::{Multipart, State};
+use axum::http::header::{
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RANGE,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use futures_util::StreamExt;
+use kernex_common::api::BundleInfo;
+use kernex_common::bundle::{self, Limits};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+use tracing::instrument;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiPath, ApiResult};
+use crate::state::AppState;
+use crate::store::{BundleRecord, new_id};
+
+/// Largest `manifest` form part accepted.
+const MAX_MANIFEST_PART: usize = 1024 * 1024;
+
+fn multipart_error(e: MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(e.body_text())
+    } else {
+        ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+fn too_large(max: u64) -> ApiError {
+    ApiError::too_large(format!(
+        "bundle is larger than the server's limit of {max} bytes"
+    ))
+}
+
+/// Path of a stored archive.
+pub fn archive_path(state: &AppState, id: &str) -> PathBuf {
+    state.bundle_dir.join(format!("{id}.tar.gz"))
+}
+
+/// `POST /bundles` — multipart with part `file` and optional part `manifest`.
+#[instrument(skip_all, err(level = "warn"))]
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<(StatusCode, Json<BundleInfo>)> {
+    caller.require_operator()?;
+    let max = state.limits.max_bundle_size;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Multipart framing adds a little; anything far beyond the limit is refused unread.
+    if declared.is_some_and(|n| n > max.saturating_add(1024 * 1024)) {
+        return Err(too_large(max));
+    }
+    let mut multipart = multipart.map_err(|r| ApiError::bad_request(r.body_text()))?;
+
+    let tmp_dir = state.bundle_dir.join("tmp");
+    tokio::fs::create_dir_all(&tmp_dir)
+        .await
+        .map_err(ApiError::internal)?;
+    // Removed on drop: any early return leaves no file behind.
+    let tmp = tempfile::Builder::new()
+        .suffix(".part")
+        .tempfile_in(&tmp_dir)
+        .map_err(ApiError::internal)?;
+    let mut received: Option<(String, u64)> = None;
+    let mut manifest_part: Option<serde_json::Value> = None;
+
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("file") => {
+                if received.is_some() {
+                    return Err(ApiError::bad_request("more than one 'file' part"));
+                }
+                let std_file = tmp.reopen().map_err(ApiError::internal)?;
+                let mut out = tokio::fs::File::from_std(std_file);
+                let mut hasher = Sha256::new();
+                let mut size = 0u64;
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    size += chunk.len() as u64;
+                    if size > max {
+                        return Err(too_large(max));
+                    }
+                    hasher.update(&chunk);
+                    out.write_all(&chunk).await.map_err(ApiError::internal)?;
+                }
+                out.flush().await.map_err(ApiError::internal)?;
+                out.sync_all().await.map_err(ApiError::internal)?;
+                received = Some((hex::encode(hasher.finalize()), size));
+            }
+            Some("manifest") => {
+                let mut text = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    text.extend_from_slice(&chunk);
+                    if text.len() > MAX_MANIFEST_PART {
+                        return Err(ApiError::bad_request("manifest part is larger than 1 MiB"));
+                    }
+                }
+                let value = serde_json::from_slice(&text).map_err(|e| {
+                    ApiError::bad_request(format!("manifest part is not valid JSON: {e}"))
+                })?;
+                manifest_part = Some(value);
+            }
+            _ => while field.chunk().await.map_err(multipart_error)?.is_some() {},
+        }
+    }
+    let (checksum, size) =
+        received.ok_or_else(|| ApiError::bad_request("missing multipart part 'file'"))?;
+
+    let path = tmp.path().to_path_buf();
+    let inspection = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        bundle::inspect(std::io::BufReader::new(file), &Limits::default())
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| match e {
+        bundle::BundleError::Io(io) => ApiError::internal(io),
+        other => ApiError::bad_request(format!("bundle refused: {other}")),
+    })?;
+    if let Some(given) = &manifest_part
+        && *given != inspection.manifest_json
+    {
+        return Err(ApiError::bad_request(
+            "the manifest part does not match the archive's manifest.json",
+        ));
+    }
+    let manifest = inspection.manifest;
+    if state.store.bundle_version_exists(&manifest.version)? {
+        return Err(ApiError::conflict(format!(
+            "bundle version {} already exists",
+            manifest.version
+        )));
+    }
+
+    let record = BundleRecord {
+        id: new_id(),
+        name: manifest.name.clone(),
+        version: manifest.version.clone(),
+        checksum_sha256: checksum,
+        size_bytes: size,
+        manifest,
+        created_at: Utc::now(),
+    };
+    let final_path = archive_path(&state, &record.id);
+    tmp.persist(&final_path)
+        .map_err(|e| ApiError::internal(e.error))?;
+    if let Err(e) = state.store.insert_bundle(&record) {
+        let _ = tokio::fs::remove_file(&final_path).await;
+        return Err(e.into());
+    }
+    state.store.flush().await?;
+    tracing::info!(bundle.id = %record.id, version = %record.version, size, "bundle stored");
+    let info = record.to_info();
+    state.events.emit("bundle", &info);
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// `GET /bundles` — newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<BundleInfo>>> {
+    caller.require_operator()?;
+    Ok(Json(
+        state
+            .store
+            .list_bundles()?
+            .iter()
+            .map(BundleRecord::to_info)
+            .collect(),
+    ))
+}
+
+/// `GET /bundles/{id}/info`.
+pub async fn info(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<BundleInfo>> {
+    let b = state.store.bundle(&id)?;
+    caller.require_operator()?;
+    Ok(Json(b.to_info()))
+}
+
+/// A parsed single `Range: bytes=…` request against a body of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No usable Range header: send everything.
+    Full,
+    /// Send bytes `start..=end`.
+    Partial { start: u64, end: u64 },
+    /// Syntactically fine but outside the body.
+    Unsatisfiable,
+}
+
+/// Parse `Range` (RFC 9110 §14.2). Multiple ranges and malformed values are ignored (the
+/// whole body is sent), as the RFC allows.
+pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeRequest::Full;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeRequest::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_empty() {
+        // Suffix range: the last `b` bytes.
+        return match b.parse::<u64>() {
+            Ok(0) => RangeRequest::Unsatisfiable,
+            Ok(_) if size == 0 => RangeRequest::Unsatisfiable,
+            Ok(n) => RangeRequest::Partial {
+                start: size.saturating_sub(n),
+                end: size - 1,
+            },
+            Err(_) => RangeRequest::Full,
+        };
+    }
+    let Ok(start) = a.parse::<u64>() else {
+        return RangeRequest::Full;
+    };
+    let end = if b.is_empty() {
+        size.saturating_sub(1)
+    } else {
+        match b.parse::<u64>() {
+            Ok(e) if e >= start => e.min(size.saturating_sub(1)),
+            _ => return RangeRequest::Full,
+        }
+    };
+    if start >= size {
+        return RangeRequest::Unsatisfiable;
+    }
+    RangeRequest::Partial { start, end }
+}
+
+/// `GET /bundles/{id}` — the archive, byte for byte, streamed from disk.
+#[instrument(skip_all, err(level = "warn"), fields(bundle.id = %id))]
+pub async fn download(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let b = state.store.bundle(&id)?;
+    if let Caller::Device { device_id } = &caller
+        && !state.store.device_may_download(device_id, &id)?
+    {
+        return Err(ApiError::forbidden(
+            "this device is not targeted by a deployment of this bundle",
+        ));
+    }
+    let etag = format!("\"{}\"", b.checksum_sha256);
+    let etag_value = HeaderValue::from_str(&etag).map_err(ApiError::internal)?;
+    if headers
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag_value)]).into_response());
+    }
+
+    let mut file = tokio::fs::File::open(archive_path(&state, &id))
+        .await
+        .map_err(ApiError::internal)?;
+    let size = b.size_bytes;
+    let range = parse_range(headers.get(RANGE).and_then(|v| v.to_str().ok()), size);
+    let (status, start, len) = match range {
+        RangeRequest::Full => (StatusCode::OK, 0, size),
+        RangeRequest::Partial { start, end } => {
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        RangeRequest::Unsatisfiable => {
+            let mut resp = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("range is outside the {size}-byte bundle"),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(CONTENT_RANGE, v);
+            }
+            return Ok(resp);
+        }
+    };
+    if start > 0 {
+        file.seek(SeekFrom::Start(start))
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    let metrics_state = state.clone();
+    let body = ReaderStream::with_capacity(file.take(len), 64 * 1024).inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            metrics_state
+                .metrics
+                .bundle_bytes_served(bytes.len() as u64);
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/gzip"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(ETAG, etag_value);
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        let value = format!("bytes {start}-{}/{size}", start + len - 1);
+        h.insert(
+            CONTENT_RANGE,
+            HeaderValue::from_str(&value).map_err(ApiError::internal)?,
+        );
+    }
+    Ok(resp)
+}
+
+/// `DELETE /bundles/{id}` — 409 while an unfinished deployment uses it.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    state.store.bundle(&id)?;
+    caller.require_operator()?;
+    let b = state.store.delete_bundle(&id)?;
+    state.store.flush().await?;
+    if let Err(e) = tokio::fs::remove_file(archive_path(&state, &id)).await {
+        tracing::warn!(bundle.id = %id, error = %e, "bundle record removed but its file could not be");
+    }
+    tracing::info!(bundle.id = %id, version = %b.version, "bundle deleted");
+    state.events.emit(
+        "bundle",
+        serde_json::json!({"id": id, "version": b.version, "deleted": true}),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeRequest::*;
+        assert_eq!(parse_range(None, 10), Full);
+        assert_eq!(
+            parse_range(Some("bytes=2-"), 10),
+            Partial { start: 2, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=2-4"), 10),
+            Partial { start: 2, end: 4 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=2-400"), 10),
+            Partial { start: 2, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-3"), 10),
+            Partial { start: 7, end: 9 }
+        );
+        assert_eq!(parse_range(Some("bytes=10-"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), Full);
+        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), Full);
+        assert_eq!(parse_range(Some("items=0-1"), 10), Full);
+    }
+}

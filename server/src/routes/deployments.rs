@@ -1,0 +1,266 @@
+//! Deployments: creation by ids and tags, listing, cancel, and the device side
+//! (progress and idempotent results).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::Utc;
+use kernex_common::api::{
+    Admission, CreateDeployment, Deployment, DeploymentDevice, DeploymentKind, ProgressReport,
+    ResultReport, TargetStatus,
+};
+use kernex_common::validate::{MAX_MESSAGE_LEN, is_valid_tag};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::instrument;
+
+use super::limit;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::state::AppState;
+use crate::store::{DeploymentRecord, ResultOutcome, TargetRecord};
+
+/// The wire form of a deployment, with its targets.
+pub fn deployment_json(state: &AppState, dep: &DeploymentRecord) -> ApiResult<Deployment> {
+    Ok(dep.to_wire(state.store.deployment_targets(&dep.id)?))
+}
+
+/// Publish a deployment's new state (without the target list, which can be long).
+pub fn emit_deployment(state: &AppState, dep: &DeploymentRecord) {
+    emit_deployment_with(state, dep, None);
+}
+
+fn emit_deployment_with(state: &AppState, dep: &DeploymentRecord, device: Option<&TargetRecord>) {
+    state.events.emit(
+        "deployment",
+        json!({
+            "id": dep.id,
+            "kind": dep.kind,
+            "bundle_id": dep.bundle_id,
+            "bundle_version": dep.bundle_version,
+            "status": dep.status,
+            "counts": dep.counts,
+            "updated_at": dep.updated_at,
+            "completed_at": dep.completed_at,
+            "device": device.cloned().map(TargetRecord::into_wire),
+        }),
+    );
+}
+
+/// `POST /deployments`.
+#[instrument(skip_all, err(level = "warn"))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<ApiJson<CreateDeployment>, ApiError>,
+) -> ApiResult<(StatusCode, Json<Deployment>)> {
+    caller.require_operator()?;
+    let ApiJson(req) = body?;
+    let bundle = match (&req.bundle_version, &req.bundle_id) {
+        (Some(v), _) => state
+            .store
+            .bundle_by_version(v)?
+            .ok_or_else(|| ApiError::bad_request(format!("no bundle version {v:?}")))?,
+        (None, Some(id)) => state
+            .store
+            .bundle(id)
+            .map_err(|_| ApiError::bad_request(format!("no bundle {id:?}")))?,
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "bundle_version or bundle_id is required",
+            ));
+        }
+    };
+    let mut targets = std::collections::BTreeSet::new();
+    for id in &req.target_device_ids {
+        let d = state
+            .store
+            .device(id)
+            .map_err(|_| ApiError::bad_request(format!("no device {id:?}")))?;
+        if d.admission != Admission::Accepted {
+            return Err(ApiError::bad_request(format!(
+                "device {id} is {}, not accepted",
+                d.admission.as_str()
+            )));
+        }
+        targets.insert(id.clone());
+    }
+    if let Some(bad) = req.target_tags.iter().find(|t| !is_valid_tag(t)) {
+        return Err(ApiError::bad_request(format!("invalid tag {bad:?}")));
+    }
+    targets.extend(state.store.accepted_devices_with_tags(&req.target_tags)?);
+    if targets.is_empty() {
+        return Err(ApiError::bad_request(
+            "no target devices: give target_device_ids or target_tags that match accepted devices",
+        ));
+    }
+    let targets: Vec<String> = targets.into_iter().collect();
+    let dep =
+        state
+            .store
+            .create_deployment(DeploymentKind::Deploy, &bundle, &targets, Utc::now())?;
+    state.store.flush().await?;
+    tracing::info!(deployment.id = %dep.id, version = %dep.bundle_version, targets = targets.len(), "deployment created");
+    emit_deployment(&state, &dep);
+    Ok((StatusCode::CREATED, Json(deployment_json(&state, &dep)?)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /deployments`.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Vec<Deployment>>> {
+    caller.require_operator()?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            TargetStatus::parse(s).ok_or_else(|| {
+                ApiError::bad_request(
+                    "status must be pending, in_progress, success, failed or cancelled",
+                )
+            })
+        })
+        .transpose()?;
+    let n = limit(q.limit, 50, 1000)?;
+    let deps = state.store.list_deployments(status, n)?;
+    deps.iter()
+        .map(|d| deployment_json(&state, d))
+        .collect::<ApiResult<_>>()
+        .map(Json)
+}
+
+/// `GET /deployments/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Deployment>> {
+    let dep = state.store.deployment(&id)?;
+    caller.require_operator()?;
+    Ok(Json(deployment_json(&state, &dep)?))
+}
+
+/// `POST /deployments/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Deployment>> {
+    state.store.deployment(&id)?;
+    caller.require_operator()?;
+    let dep = state.store.cancel_deployment(&id, Utc::now())?;
+    state.store.flush().await?;
+    tracing::info!(deployment.id = %id, status = dep.status.as_str(), "deployment cancelled");
+    emit_deployment(&state, &dep);
+    Ok(Json(deployment_json(&state, &dep)?))
+}
+
+/// The device a device-side deployment call speaks for: 404 for an unknown deployment,
+/// 403 for operators and for devices that are not its targets.
+fn target_caller(state: &AppState, caller: &Caller, deployment_id: &str) -> ApiResult<String> {
+    state.store.deployment(deployment_id)?;
+    let Caller::Device { device_id } = caller else {
+        return Err(ApiError::forbidden(
+            "only a target device reports on a deployment",
+        ));
+    };
+    if !state.store.is_target(deployment_id, device_id)? {
+        return Err(ApiError::forbidden(
+            "this device is not a target of the deployment",
+        ));
+    }
+    Ok(device_id.clone())
+}
+
+fn same_device(body_device: &str, caller_device: &str) -> ApiResult<()> {
+    if body_device != caller_device {
+        return Err(ApiError::forbidden(
+            "device_id does not match the device token",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /deployments/{id}/progress`.
+pub async fn progress(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<ProgressReport>, ApiError>,
+) -> ApiResult<StatusCode> {
+    let device_id = target_caller(&state, &caller, &id)?;
+    let ApiJson(p) = body?;
+    same_device(&p.device_id, &device_id)?;
+    if p.progress_pct > 100 {
+        return Err(ApiError::bad_request(
+            "progress_pct must be between 0 and 100",
+        ));
+    }
+    let target = state.store.record_progress(&id, &p, Utc::now())?;
+    let dep = state.store.deployment(&id)?;
+    emit_deployment_with(&state, &dep, Some(&target));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /deployments/{id}/result`.
+#[instrument(skip_all, err(level = "warn"), fields(deployment.id = %id))]
+pub async fn result(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<ResultReport>, ApiError>,
+) -> ApiResult<Json<DeploymentDevice>> {
+    let device_id = target_caller(&state, &caller, &id)?;
+    let ApiJson(mut r) = body?;
+    same_device(&r.device_id, &device_id)?;
+    if r.report_id.is_empty() || r.report_id.len() > 64 {
+        return Err(ApiError::bad_request("report_id must be 1-64 characters"));
+    }
+    if let Some(m) = &r.error_message
+        && m.len() > MAX_MESSAGE_LEN
+    {
+        return Err(ApiError::bad_request("error_message is longer than 8 KiB"));
+    }
+    if r.duration_seconds
+        .is_some_and(|d| !d.is_finite() || d < 0.0)
+    {
+        return Err(ApiError::bad_request(
+            "duration_seconds must be a finite number >= 0",
+        ));
+    }
+    if let Some(v) = &r.rolled_back_to
+        && !kernex_common::validate::is_valid_version(v)
+    {
+        return Err(ApiError::bad_request(
+            "rolled_back_to is not a valid version",
+        ));
+    }
+    // Agents send at most 8 KiB; keep the end of anything longer rather than refuse a
+    // result that is otherwise good.
+    r.log_tail = r
+        .log_tail
+        .map(|t| kernex_common::validate::tail_utf8(&t, MAX_MESSAGE_LEN).to_owned());
+    match state.store.apply_result(&id, &r, Utc::now())? {
+        ResultOutcome::Applied {
+            deployment,
+            target,
+            history,
+            device,
+        } => {
+            state.store.flush().await?;
+            tracing::info!(device.id = %device_id, status = history.status.as_str(), "result recorded");
+            emit_deployment_with(&state, &deployment, Some(&target));
+            state.events.emit("device", device.to_summary(Utc::now()));
+            Ok(Json(target.into_wire()))
+        }
+        ResultOutcome::Repeat { target } => Ok(Json(target.into_wire())),
+    }
+}

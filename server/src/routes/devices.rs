@@ -1,0 +1,399 @@
+//! Devices: signed registration, heartbeats, operator views and admission.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::Utc;
+use kernex_common::api::{
+    Admission, DeploymentKind, DeviceDetail, DevicePatch, DeviceSummary, HeartbeatRecord,
+    HeartbeatRequest, HeartbeatResponse, HistoryRecord, OnlineStatus, RegisterRequest,
+    RegisterResponse, RollbackRequest,
+};
+use kernex_common::signing::{DevicePublicKey, ENROLLMENT_HEADER, SIGNATURE_HEADER};
+use kernex_common::validate::{MAX_ID_LEN, MAX_TAGS, is_valid_tag, is_valid_version};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tracing::instrument;
+
+use super::{Access, check_len, device_access, limit};
+use crate::auth::{Caller, hash_token, mint_token, secret_eq};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::routes::deployments::{deployment_json, emit_deployment};
+use crate::state::AppState;
+use crate::store::NewRegistration;
+
+/// How far a registration's `timestamp` may be from the server clock, and how long its
+/// signature is remembered against replay.
+pub const REPLAY_WINDOW_SECS: i64 = 300;
+/// Largest `hardware_metadata` accepted, serialised.
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// `POST /devices/register`.
+#[instrument(skip_all, err(level = "warn"))]
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<RegisterResponse>)> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large("request body is larger than 1 MiB")
+        } else {
+            ApiError::bad_request(r.body_text())
+        }
+    })?;
+    let is_json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if !is_json {
+        return Err(ApiError::bad_request(
+            "expected a JSON body with Content-Type: application/json",
+        ));
+    }
+    let req: RegisterRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid registration body: {e}")))?;
+    if req.device_type.is_empty() {
+        return Err(ApiError::bad_request("device_type must not be empty"));
+    }
+    check_len("device_type", &req.device_type, MAX_ID_LEN)?;
+    let hardware_metadata = match req.hardware_metadata {
+        serde_json::Value::Null => json!({}),
+        v @ serde_json::Value::Object(_) => v,
+        _ => return Err(ApiError::bad_request("hardware_metadata must be an object")),
+    };
+    if hardware_metadata.to_string().len() > MAX_METADATA_BYTES {
+        return Err(ApiError::bad_request(
+            "hardware_metadata is larger than 16 KiB",
+        ));
+    }
+    let key = DevicePublicKey::from_pem(&req.public_key)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::unauthorized(format!("missing {SIGNATURE_HEADER} header")))?;
+    key.verify(&body, signature)
+        .map_err(|e| ApiError::unauthorized(format!("registration signature refused: {e}")))?;
+    let now = Utc::now();
+    if (now - req.timestamp).num_seconds().abs() > REPLAY_WINDOW_SECS {
+        return Err(ApiError::unauthorized(format!(
+            "registration timestamp is more than {REPLAY_WINDOW_SECS} s from the server clock ({now})"
+        )));
+    }
+
+    let presented = headers.get(ENROLLMENT_HEADER).and_then(|v| v.to_str().ok());
+    let admission = match (&state.limits.enrollment_token, presented) {
+        (Some(expected), Some(given)) if secret_eq(expected, given) => Admission::Accepted,
+        (Some(_), Some(_)) => return Err(ApiError::unauthorized("wrong enrollment token")),
+        _ => Admission::Pending,
+    };
+
+    let token = mint_token("kxd_");
+    let reg = NewRegistration {
+        public_key_pem: key.to_pem(),
+        fingerprint: key.fingerprint(),
+        device_type: req.device_type,
+        hardware_metadata,
+        signature_hash: hex::encode(Sha256::digest(signature.trim().as_bytes())),
+        replay_until: now + chrono::Duration::seconds(2 * REPLAY_WINDOW_SECS),
+        admission,
+        token_hash: hash_token(&token),
+        now,
+    };
+    let outcome = state.store.register(&reg)?;
+    state.store.flush().await?;
+    let d = &outcome.device;
+    tracing::info!(device.id = %d.device_id, created = outcome.created, admission = d.admission.as_str(), "device registered");
+    state.events.emit("device", d.to_summary(now));
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(RegisterResponse {
+            device_id: d.device_id.clone(),
+            device_token: token,
+            admission: d.admission,
+        }),
+    ))
+}
+
+fn validate_heartbeat(hb: &HeartbeatRequest) -> ApiResult<()> {
+    check_len("status", &hb.status, 32)?;
+    check_len("agent_version", &hb.agent_version, MAX_ID_LEN)?;
+    for (field, v) in [("cpu_pct", hb.cpu_pct), ("memory_mb", hb.memory_mb)] {
+        if !v.is_finite() || v < 0.0 {
+            return Err(ApiError::bad_request(format!(
+                "{field} must be a finite number >= 0"
+            )));
+        }
+    }
+    if let Some(v) = &hb.current_bundle_version
+        && !is_valid_version(v)
+    {
+        return Err(ApiError::bad_request(
+            "current_bundle_version is not a valid version",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /devices/{id}/heartbeat`.
+#[instrument(skip_all, err(level = "warn"), fields(device.id = %device_id))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(device_id): ApiPath<String>,
+    body: Result<ApiJson<HeartbeatRequest>, ApiError>,
+) -> ApiResult<Json<HeartbeatResponse>> {
+    device_access(&state, &caller, &device_id, Access::DeviceOnly)?;
+    let ApiJson(hb) = body?;
+    validate_heartbeat(&hb)?;
+    let now = Utc::now();
+    let out = state
+        .store
+        .heartbeat(&device_id, &hb, now, state.limits.heartbeat_retention)?;
+    state.metrics.heartbeat();
+    state.events.emit(
+        "heartbeat",
+        json!({
+            "device_id": device_id,
+            "timestamp": now,
+            "agent_version": hb.agent_version,
+            "cpu_pct": hb.cpu_pct,
+            "memory_mb": hb.memory_mb,
+            "status": hb.status,
+            "current_bundle_version": out.device.current_bundle_version,
+            "config_version": hb.config_version,
+            "queued_reports": hb.queued_reports,
+        }),
+    );
+    if let Some(dep) = &out.delivered {
+        emit_deployment(&state, dep);
+    }
+    Ok(Json(HeartbeatResponse {
+        commands: out.commands,
+        admission: out.device.admission,
+        server_time: now,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+    tag: Option<String>,
+    status: Option<String>,
+    admission: Option<String>,
+}
+
+/// `GET /devices`.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Vec<DeviceSummary>>> {
+    caller.require_operator()?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            OnlineStatus::parse(s)
+                .ok_or_else(|| ApiError::bad_request("status must be online, offline or never"))
+        })
+        .transpose()?;
+    let admission = q
+        .admission
+        .as_deref()
+        .map(|s| {
+            Admission::parse(s).ok_or_else(|| {
+                ApiError::bad_request("admission must be pending, accepted or rejected")
+            })
+        })
+        .transpose()?;
+    let filter = crate::store::DeviceFilter {
+        after: q.after,
+        limit: limit(q.limit, 100, 1000)?,
+        tag: q.tag,
+        status,
+        admission,
+    };
+    let now = Utc::now();
+    let page = state.store.list_devices(&filter, now)?;
+    Ok(Json(page.iter().map(|d| d.to_summary(now)).collect()))
+}
+
+/// `GET /devices/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(device_id): ApiPath<String>,
+) -> ApiResult<Json<DeviceDetail>> {
+    device_access(&state, &caller, &device_id, Access::OperatorOnly)?;
+    Ok(Json(state.store.device(&device_id)?.to_detail(Utc::now())))
+}
+
+/// `PATCH /devices/{id}` — tags.
+pub async fn patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(device_id): ApiPath<String>,
+    body: Result<ApiJson<DevicePatch>, ApiError>,
+) -> ApiResult<Json<DeviceDetail>> {
+    device_access(&state, &caller, &device_id, Access::OperatorOnly)?;
+    let ApiJson(patch) = body?;
+    if patch.tags.len() > MAX_TAGS {
+        return Err(ApiError::bad_request(format!("at most {MAX_TAGS} tags")));
+    }
+    if let Some(bad) = patch.tags.iter().find(|t| !is_valid_tag(t)) {
+        return Err(ApiError::bad_request(format!(
+            "tag {bad:?} must be 1-64 characters of [A-Za-z0-9._:-]"
+        )));
+    }
+    let mut tags = patch.tags;
+    tags.sort();
+    tags.dedup();
+    let d = state.store.set_tags(&device_id, &tags)?;
+    state.store.flush().await?;
+    let now = Utc::now();
+    state.events.emit("device", d.to_summary(now));
+    Ok(Json(d.to_detail(now)))
+}
+
+async fn set_admission(
+    state: &AppState,
+    caller: &Caller,
+    device_id: &str,
+    admission: Admission,
+) -> ApiResult<Json<DeviceDetail>> {
+    device_access(state, caller, device_id, Access::OperatorOnly)?;
+    let now = Utc::now();
+    let (d, cancelled) = state.store.set_admission(device_id, admission, now)?;
+    state.store.flush().await?;
+    tracing::info!(device.id = %device_id, admission = admission.as_str(), "admission changed");
+    state.events.emit("device", d.to_summary(now));
+    for dep in &cancelled {
+        emit_deployment(state, dep);
+    }
+    Ok(Json(d.to_detail(now)))
+}
+
+/// `POST /devices/{id}/accept`.
+pub async fn accept(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(device_id): ApiPath<String>,
+) -> ApiResult<Json<DeviceDetail>> {
+    set_admission(&state, &caller, &device_id, Admission::Accepted).await
+}
+
+/// `POST /devices/{id}/reject` — also revokes its token.
+pub async fn reject(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(device_id): ApiPath<String>,
+) -> ApiResult<Json<DeviceDetail>> {
+    set_admission(&state, &caller, &device_id, Admission::Rejected).await
+}
+
+/// `DELETE /devices/{id}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(device_id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    device_access(&state, &caller, &device_id, Access::OperatorOnly)?;
+    let cancelled = state.store.delete_device(&device_id, Utc::now())?;
+    state.store.flush().await?;
+    tracing::info!(device.id = %device_id, "device deleted");
+    state
+        .events
+        .emit("device", json!({"device_id": device_id, "deleted": true}));
+    for dep in &cancelled {
+        emit_deployment(&state, dep);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LimitQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /devices/{id}/heartbeats`.
+pub async fn heartbeats(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(device_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LimitQuery>,
+) -> ApiResult<Json<Vec<HeartbeatRecord>>> {
+    device_access(&state, &caller, &device_id, Access::OperatorOnly)?;
+    let n = limit(q.limit, 50, 1000)?;
+    Ok(Json(state.store.heartbeats(&device_id, n)?))
+}
+
+/// `GET /devices/{id}/bundle-history`.
+pub async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(device_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LimitQuery>,
+) -> ApiResult<Json<Vec<HistoryRecord>>> {
+    device_access(&state, &caller, &device_id, Access::OperatorOrDevice)?;
+    let n = limit(q.limit, 20, 100)?;
+    Ok(Json(state.store.history(&device_id, n)?))
+}
+
+/// `POST /devices/rollback`.
+pub async fn rollback(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<ApiJson<RollbackRequest>, ApiError>,
+) -> ApiResult<(StatusCode, Json<kernex_common::api::Deployment>)> {
+    caller.require_operator()?;
+    let ApiJson(req) = body?;
+    let bundle = state
+        .store
+        .bundle_by_version(&req.bundle_version)?
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("no bundle version {:?}", req.bundle_version))
+        })?;
+    if req.target_device_ids.is_empty() {
+        return Err(ApiError::bad_request("target_device_ids must not be empty"));
+    }
+    let mut ids = req.target_device_ids.clone();
+    ids.sort();
+    ids.dedup();
+    for id in &ids {
+        let d = state
+            .store
+            .device(id)
+            .map_err(|_| ApiError::bad_request(format!("no device {id:?}")))?;
+        if d.admission != Admission::Accepted {
+            return Err(ApiError::bad_request(format!(
+                "device {id} is not accepted"
+            )));
+        }
+        if !state.store.device_ran_version(id, &req.bundle_version)? {
+            return Err(ApiError::bad_request(format!(
+                "device {id} never ran version {} successfully; roll back only to a version it ran",
+                req.bundle_version
+            )));
+        }
+    }
+    let dep = state
+        .store
+        .create_deployment(DeploymentKind::Rollback, &bundle, &ids, Utc::now())?;
+    state.store.flush().await?;
+    tracing::info!(deployment.id = %dep.id, version = %dep.bundle_version, targets = ids.len(), "rollback created");
+    emit_deployment(&state, &dep);
+    Ok((StatusCode::CREATED, Json(deployment_json(&state, &dep)?)))
+}

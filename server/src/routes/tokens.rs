@@ -1,0 +1,86 @@
+//! Operator tokens over the API.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::Utc;
+use kernex_common::api::{CreateToken, CreatedToken, TokenInfo};
+
+use crate::auth::{Caller, hash_token, mint_token};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiResult};
+use crate::state::AppState;
+
+/// A token name: 1–64 chars of `[A-Za-z0-9._-]`.
+pub fn valid_token_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `POST /tokens`.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<ApiJson<CreateToken>, ApiError>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    caller.require_operator()?;
+    let ApiJson(req) = body?;
+    if !valid_token_name(&req.name) {
+        return Err(ApiError::bad_request(
+            "name must be 1-64 characters of [A-Za-z0-9._-]",
+        ));
+    }
+    let token = mint_token("kxo_");
+    state
+        .store
+        .create_operator_token(&req.name, &hash_token(&token), Utc::now())?;
+    state.store.flush().await?;
+    tracing::info!(token.name = %req.name, "operator token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            name: req.name,
+            token,
+        }),
+    ))
+}
+
+/// `GET /tokens` — names and creation times, never the tokens.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<TokenInfo>>> {
+    caller.require_operator()?;
+    let tokens = state.store.list_operator_tokens()?;
+    Ok(Json(
+        tokens
+            .into_iter()
+            .map(|t| TokenInfo {
+                name: t.name,
+                created_at: t.created_at,
+            })
+            .collect(),
+    ))
+}
+
+/// `DELETE /tokens/{name}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    if !state
+        .store
+        .list_operator_tokens()?
+        .iter()
+        .any(|t| t.name == name)
+    {
+        return Err(ApiError::not_found(format!("no token named {name:?}")));
+    }
+    caller.require_operator()?;
+    state.store.delete_operator_token(&name)?;
+    state.store.flush().await?;
+    tracing::info!(token.name = %name, "operator token deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
