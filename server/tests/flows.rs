@@ -1,4 +1,4 @@
-//! A first end-to-end pass through the API: register, deploy, heartbeat, result.
+//! Whole flows through the API: register, deploy, heartbeat, result.
 #![allow(clippy::unwrap_used)]
 
 mod support;
