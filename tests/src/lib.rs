@@ -1,1 +1,130 @@
-//! e2e
+//! Support for end-to-end tests that run the real Kernex binaries over loopback.
+//!
+//! [`ServerProcess`] starts `kernex-server` on a temp data dir and port 0, learns the
+//! bound address from its log line (no sleeping, no port guessing), and can be killed
+//! with SIGKILL to test crash durability.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// Path of a workspace binary, building it first if this test run did not.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-binary> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target dir")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", name, "--bin", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()?;
+        if !status.success() {
+            bail!("cargo build --bin {name} failed");
+        }
+    }
+    Ok(path)
+}
+
+/// A running `kernex-server`.
+pub struct ServerProcess {
+    child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    /// Everything it logged so far is kept draining into this (for failure messages).
+    logs: mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Start on `data_dir` with the given admin and enrollment tokens.
+    pub fn start(data_dir: &Path, admin: &str, enroll: &str) -> Result<Self> {
+        let mut child = Command::new(bin("kernex-server")?)
+            .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("KERNEX_ADMIN_TOKEN", admin)
+            .env("KERNEX_ENROLLMENT_TOKEN", enroll)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    if let Some(addr) = line
+                        .split("addr=")
+                        .nth(1)
+                        .filter(|_| line.contains("listening"))
+                    {
+                        let addr = addr
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                        return Ok(ServerProcess {
+                            child,
+                            addr,
+                            data_dir: data_dir.to_path_buf(),
+                            logs: rx,
+                        });
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("server did not start; it said:\n{}", seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGKILL: no clean shutdown, no final flush.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited with status 0.
+    pub fn terminate(mut self) -> Result<bool> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        Ok(self.child.wait()?.success())
+    }
+
+    /// Log lines received so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.try_iter().collect()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

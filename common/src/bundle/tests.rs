@@ -268,3 +268,19 @@ fn pack_refuses_folder_without_scripts() {
         Err(BundleError::MissingScript { .. })
     ));
 }
+
+#[test]
+fn every_fixture_bundle_packs_and_passes_inspection() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/bundles");
+    let mut seen = 0;
+    for entry in fs::read_dir(&root).unwrap() {
+        let dir = entry.unwrap().path();
+        let mut bytes = Vec::new();
+        let m = pack(&dir, &mut bytes).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        assert_eq!(format!("{}-{}", m.name, m.version), name, "folder is named <name>-<version>");
+        inspect(bytes.as_slice(), &Limits::default()).unwrap();
+        seen += 1;
+    }
+    assert!(seen >= 4, "fixtures: two good versions, a failing deploy, a failing health check");
+}

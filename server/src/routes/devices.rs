@@ -55,7 +55,14 @@ pub async fn register(
             "expected a JSON body with Content-Type: application/json",
         ));
     }
-    let req: RegisterRequest = serde_json::from_slice(&body)
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid registration body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the registration body must be a JSON object",
+        ));
+    }
+    let req: RegisterRequest = serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(format!("invalid registration body: {e}")))?;
     if req.device_type.is_empty() {
         return Err(ApiError::bad_request("device_type must not be empty"));
