@@ -480,7 +480,7 @@ pub struct ResultReport {
     pub rolled_back_to: Option<String>,
 }
 
-/// One row of `GET /devices/{id}/bundle-history`; also the reply to a result report.
+/// One row of `GET /devices/{id}/bundle-history`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryRecord {
     pub id: String,
