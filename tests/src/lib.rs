@@ -33,6 +33,11 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The workspace root (for fixtures).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// A running `kernex-server`.
 pub struct ServerProcess {
     child: Child,
@@ -45,8 +50,14 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Start on `data_dir` with the given admin and enrollment tokens.
     pub fn start(data_dir: &Path, admin: &str, enroll: &str) -> Result<Self> {
+        Self::start_with(data_dir, admin, enroll, &[])
+    }
+
+    /// Start with extra command-line arguments.
+    pub fn start_with(data_dir: &Path, admin: &str, enroll: &str, extra: &[&str]) -> Result<Self> {
         let mut child = Command::new(bin("kernex-server")?)
             .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .env("KERNEX_ADMIN_TOKEN", admin)

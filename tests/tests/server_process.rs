@@ -313,3 +313,39 @@ async fn first_start_writes_a_private_admin_token() {
         );
     }
 }
+
+#[tokio::test]
+async fn serves_https_with_the_given_certificate() {
+    let tls = kernex_tests::workspace_root().join("fixtures/tls");
+    let cert = tls.join("server.pem");
+    let key = tls.join("server.key");
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(
+        dir.path(),
+        ADMIN,
+        ENROLL,
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    )
+    .unwrap();
+    let port = server.addr.rsplit(':').next().unwrap().to_owned();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(tls.join("ca.pem")).unwrap()).unwrap();
+    let client = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let r = client
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Without the private CA the certificate is not trusted.
+    let untrusted = reqwest::Client::new()
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .await;
+    assert!(untrusted.is_err());
+    // Plain HTTP on the TLS port gets no API answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await;
+    assert!(plain.map(|r| r.status() != StatusCode::OK).unwrap_or(true));
+}
