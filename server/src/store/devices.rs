@@ -63,90 +63,98 @@ impl Store {
             &self.tokens,
             &self.device_tokens,
             &self.registrations,
+            &self.registration_expiry,
         )
-            .transaction(|(devices, keys, tokens, device_tokens, registrations)| {
-                if registrations.get(reg.signature_hash.as_bytes())?.is_some() {
-                    return abort(StoreError::Unauthorized(
-                        "this registration request was already used; sign a new one".into(),
-                    ));
-                }
-                tx_put(registrations, &reg.signature_hash, &reg.replay_until)?;
+            .transaction(
+                |(devices, keys, tokens, device_tokens, registrations, expiry)| {
+                    if registrations.get(reg.signature_hash.as_bytes())?.is_some() {
+                        return abort(StoreError::Unauthorized(
+                            "this registration request was already used; sign a new one".into(),
+                        ));
+                    }
+                    tx_put(registrations, &reg.signature_hash, &reg.replay_until)?;
+                    expiry.insert(expiry_key(reg.replay_until, &reg.signature_hash), &[])?;
 
-                let existing = match keys.get(reg.fingerprint.as_bytes())? {
-                    Some(id) => tx_get::<DeviceRecord>(devices, &id)?,
-                    None => None,
-                };
-                let (mut device, created) = match existing {
-                    Some(d) if d.admission == Admission::Rejected => {
-                        return abort(StoreError::Forbidden(format!(
-                            "device {} was rejected by an operator",
-                            d.device_id
-                        )));
-                    }
-                    Some(mut d) => {
-                        if d.admission == Admission::Pending && reg.admission == Admission::Accepted
-                        {
-                            d.admission = Admission::Accepted;
+                    let existing = match keys.get(reg.fingerprint.as_bytes())? {
+                        Some(id) => tx_get::<DeviceRecord>(devices, &id)?,
+                        None => None,
+                    };
+                    let (mut device, created) = match existing {
+                        Some(d) if d.admission == Admission::Rejected => {
+                            return abort(StoreError::Forbidden(format!(
+                                "device {} was rejected by an operator",
+                                d.device_id
+                            )));
                         }
-                        if let Some(old) = device_tokens.get(d.device_id.as_bytes())? {
-                            tokens.remove(old)?;
+                        Some(mut d) => {
+                            if d.admission == Admission::Pending
+                                && reg.admission == Admission::Accepted
+                            {
+                                d.admission = Admission::Accepted;
+                            }
+                            if let Some(old) = device_tokens.get(d.device_id.as_bytes())? {
+                                tokens.remove(old)?;
+                            }
+                            (d, false)
                         }
-                        (d, false)
-                    }
-                    None => {
-                        let d = DeviceRecord {
-                            device_id: new_id(),
-                            device_type: reg.device_type.clone(),
-                            admission: reg.admission,
-                            tags: Vec::new(),
-                            public_key_pem: reg.public_key_pem.clone(),
-                            fingerprint: reg.fingerprint.clone(),
-                            hardware_metadata: reg.hardware_metadata.clone(),
-                            registered_at: reg.now,
-                            current_bundle_version: None,
-                            agent_version: None,
-                            agent_status: None,
-                            last_heartbeat: None,
-                            cpu_pct: None,
-                            memory_mb: None,
-                            config_version: None,
-                            queued_reports: 0,
-                            polling_interval:
-                                kernex_common::api::DeviceConfig::DEFAULT_POLLING_INTERVAL,
-                            heartbeat_seq: 0,
-                        };
-                        keys.insert(reg.fingerprint.as_bytes(), d.device_id.as_bytes())?;
-                        (d, true)
-                    }
-                };
-                device.device_type = reg.device_type.clone();
-                device.hardware_metadata = reg.hardware_metadata.clone();
-                tx_put(devices, &device.device_id, &device)?;
-                tx_put(
-                    tokens,
-                    &reg.token_hash,
-                    &Principal::Device {
-                        device_id: device.device_id.clone(),
-                    },
-                )?;
-                device_tokens.insert(device.device_id.as_bytes(), reg.token_hash.as_bytes())?;
-                Ok(RegisterOutcome { device, created })
-            })
+                        None => {
+                            let d = DeviceRecord {
+                                device_id: new_id(),
+                                device_type: reg.device_type.clone(),
+                                admission: reg.admission,
+                                tags: Vec::new(),
+                                public_key_pem: reg.public_key_pem.clone(),
+                                fingerprint: reg.fingerprint.clone(),
+                                hardware_metadata: reg.hardware_metadata.clone(),
+                                registered_at: reg.now,
+                                current_bundle_version: None,
+                                agent_version: None,
+                                agent_status: None,
+                                last_heartbeat: None,
+                                cpu_pct: None,
+                                memory_mb: None,
+                                config_version: None,
+                                queued_reports: 0,
+                                polling_interval:
+                                    kernex_common::api::DeviceConfig::DEFAULT_POLLING_INTERVAL,
+                                heartbeat_seq: 0,
+                            };
+                            keys.insert(reg.fingerprint.as_bytes(), d.device_id.as_bytes())?;
+                            (d, true)
+                        }
+                    };
+                    device.device_type = reg.device_type.clone();
+                    device.hardware_metadata = reg.hardware_metadata.clone();
+                    tx_put(devices, &device.device_id, &device)?;
+                    tx_put(
+                        tokens,
+                        &reg.token_hash,
+                        &Principal::Device {
+                            device_id: device.device_id.clone(),
+                        },
+                    )?;
+                    device_tokens.insert(device.device_id.as_bytes(), reg.token_hash.as_bytes())?;
+                    Ok(RegisterOutcome { device, created })
+                },
+            )
             .map_err(tx_err)?;
         self.prune_registrations(reg.now)?;
         Ok(outcome)
     }
 
-    /// Forget replay-window entries that have expired. Only entries younger than the
-    /// window (plus the expired ones removed here) are ever in the tree.
+    /// Forget replay-window entries that have expired: a range read over the expiry
+    /// index touches only those, however many registrations are remembered.
     fn prune_registrations(&self, now: Ts) -> Result<()> {
-        for item in self.registrations.iter() {
-            let (k, v) = item?;
-            let until: Ts = dec(&v)?;
-            if until < now {
-                self.registrations.remove(k)?;
-            }
+        let end = expiry_key(now, "");
+        let mut sigs = sled::Batch::default();
+        let mut keys = sled::Batch::default();
+        for key in self.registration_expiry.range(..end).keys() {
+            let key = key?;
+            sigs.remove(&key[8..]);
+            keys.remove(key);
         }
+        self.registrations.apply_batch(sigs)?;
+        self.registration_expiry.apply_batch(keys)?;
         Ok(())
     }
 
@@ -454,6 +462,14 @@ impl Store {
         }
         Ok(changed)
     }
+}
+
+/// `expiry (ms since the epoch, u64 BE) ‖ signature hash`: sorts by expiry.
+fn expiry_key(until: Ts, signature_hash: &str) -> Vec<u8> {
+    let ms = u64::try_from(until.timestamp_millis()).unwrap_or(0);
+    let mut k = ms.to_be_bytes().to_vec();
+    k.extend_from_slice(signature_hash.as_bytes());
+    k
 }
 
 fn heartbeat_key(device_id: &str, seq: u64) -> Vec<u8> {

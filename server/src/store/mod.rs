@@ -18,6 +18,7 @@
 //! | `operator_tokens` | name | name, hash, created_at |
 //! | `device_tokens` | device_id | SHA-256 of its live token |
 //! | `registrations` | SHA-256(signature) | expiry (replay window) |
+//! | `registration_expiry` | expiry ms (u64 BE) ‖ SHA-256(signature) | — (pruning in expiry order) |
 //! | `bundles` | bundle_id (UUIDv7: time-ordered) | bundle record |
 //! | `bundle_versions` | version | bundle_id |
 //! | `deployments` | deployment_id (UUIDv7) | deployment record (counts, no targets) |
@@ -93,6 +94,7 @@ pub struct Store {
     operator_tokens: sled::Tree,
     device_tokens: sled::Tree,
     registrations: sled::Tree,
+    registration_expiry: sled::Tree,
     bundles: sled::Tree,
     bundle_versions: sled::Tree,
     deployments: sled::Tree,
@@ -130,6 +132,7 @@ impl Store {
             operator_tokens: t("operator_tokens")?,
             device_tokens: t("device_tokens")?,
             registrations: t("registrations")?,
+            registration_expiry: t("registration_expiry")?,
             bundles: t("bundles")?,
             bundle_versions: t("bundle_versions")?,
             deployments: t("deployments")?,
@@ -146,7 +149,13 @@ impl Store {
 
     /// Make everything written so far durable. Called before acknowledging a write.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
+        // Not `flush_async`: in sled 0.34 concurrent `flush_async` calls park sled's own IO
+        // threads, which the flush itself needs, and the server hangs (spacejam/sled#1308,
+        // #1241). A blocking flush on tokio's blocking pool leaves those threads free.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e))))??;
         Ok(())
     }
 }
