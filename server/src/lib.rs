@@ -143,6 +143,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let store = state.store.clone();
+    let stopping = state.shutdown.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.cancel();
+    };
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;
@@ -162,8 +167,10 @@ pub async fn serve_tls(
     let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
+    let stopping = state.shutdown.clone();
     tokio::spawn(async move {
         shutdown.await;
+        stopping.cancel();
         stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
     let store = state.store.clone();

@@ -4,6 +4,8 @@ use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -28,6 +30,9 @@ pub struct Inner {
     pub limits: Limits,
     /// Where archives live: `<data-dir>/bundles/`.
     pub bundle_dir: PathBuf,
+    /// Cancelled when the server starts shutting down: ends the endless responses
+    /// (`/events`) so a graceful shutdown does not wait for them forever.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -38,6 +43,7 @@ impl AppState {
             metrics: Metrics::default(),
             limits,
             bundle_dir,
+            shutdown: CancellationToken::new(),
         }))
     }
 }

@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-/// Path of a workspace binary, building it first if this test run did not.
+/// Path of a workspace binary, (re)built first so a test never runs a stale one.
+/// Each binary is built once per test process.
 pub fn bin(name: &str) -> Result<PathBuf> {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test-binary> → target/<profile>/<name>
     let dir = exe
@@ -21,14 +23,21 @@ pub fn bin(name: &str) -> Result<PathBuf> {
         .and_then(Path::parent)
         .context("test binary has no target dir")?;
     let path = dir.join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", name, "--bin", name])
+    let mut built = BUILT
+        .lock()
+        .map_err(|_| anyhow::anyhow!("build lock poisoned"))?;
+    if !built.iter().any(|b| b == name) {
+        let out = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", name, "--bin", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()?;
-        if !status.success() {
-            bail!("cargo build --bin {name} failed");
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "cargo build --bin {name} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
+        built.push(name.to_owned());
     }
     Ok(path)
 }
@@ -120,11 +129,26 @@ impl ServerProcess {
         Ok(())
     }
 
-    /// SIGTERM and wait for a clean exit; returns whether it exited with status 0.
-    pub fn terminate(mut self) -> Result<bool> {
+    /// SIGTERM and wait (up to `limit`) for the exit; returns whether it exited with
+    /// status 0. An error if it is still running after `limit`.
+    pub fn terminate_within(mut self, limit: Duration) -> Result<bool> {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status()?;
-        Ok(self.child.wait()?.success())
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.success());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("server still running {limit:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited with status 0.
+    pub fn terminate(self) -> Result<bool> {
+        self.terminate_within(Duration::from_secs(60))
     }
 
     /// Log lines received so far.

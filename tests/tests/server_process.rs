@@ -324,12 +324,20 @@ async fn serves_https_with_the_given_certificate() {
         dir.path(),
         ADMIN,
         ENROLL,
-        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
     )
     .unwrap();
     let port = server.addr.rsplit(':').next().unwrap().to_owned();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(tls.join("ca.pem")).unwrap()).unwrap();
-    let client = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
     let r = client
         .get(format!("https://localhost:{port}/healthz"))
         .send()
@@ -348,4 +356,26 @@ async fn serves_https_with_the_given_certificate() {
         .send()
         .await;
     assert!(plain.map(|r| r.status() != StatusCode::OK).unwrap_or(true));
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_even_with_a_live_event_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), ADMIN, ENROLL).unwrap();
+    let resp = reqwest::Client::new()
+        .get(server.url("/api/v1/events"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The stream is open (headers arrived); SIGTERM must still end the process promptly.
+    let clean = tokio::task::spawn_blocking(move || {
+        server.terminate_within(std::time::Duration::from_secs(30))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(clean, "exit status 0 after SIGTERM");
+    drop(resp);
 }
