@@ -278,9 +278,16 @@ fn every_fixture_bundle_packs_and_passes_inspection() {
         let mut bytes = Vec::new();
         let m = pack(&dir, &mut bytes).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let name = dir.file_name().unwrap().to_str().unwrap();
-        assert_eq!(format!("{}-{}", m.name, m.version), name, "folder is named <name>-<version>");
+        assert_eq!(
+            format!("{}-{}", m.name, m.version),
+            name,
+            "folder is named <name>-<version>"
+        );
         inspect(bytes.as_slice(), &Limits::default()).unwrap();
         seen += 1;
     }
-    assert!(seen >= 4, "fixtures: two good versions, a failing deploy, a failing health check");
+    assert!(
+        seen >= 4,
+        "fixtures: two good versions, a failing deploy, a failing health check"
+    );
 }
