@@ -107,30 +107,19 @@ pub async fn create(
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
-    status: Option<String>,
+    status: Option<TargetStatus>,
     limit: Option<usize>,
 }
 
-/// `GET /deployments`.
+/// `GET /deployments`. An unknown `status` is a 400 naming the valid ones.
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Vec<Deployment>>> {
     caller.require_operator()?;
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| {
-            TargetStatus::parse(s).ok_or_else(|| {
-                ApiError::bad_request(
-                    "status must be pending, in_progress, success, failed or cancelled",
-                )
-            })
-        })
-        .transpose()?;
     let n = limit(q.limit, 50, 1000)?;
-    let deps = state.store.list_deployments(status, n)?;
+    let deps = state.store.list_deployments(q.status, n)?;
     deps.iter()
         .map(|d| deployment_json(&state, d))
         .collect::<ApiResult<_>>()

@@ -198,40 +198,23 @@ pub struct ListQuery {
     limit: Option<usize>,
     after: Option<String>,
     tag: Option<String>,
-    status: Option<String>,
-    admission: Option<String>,
+    status: Option<OnlineStatus>,
+    admission: Option<Admission>,
 }
 
-/// `GET /devices`.
+/// `GET /devices`. Unknown `status`/`admission` values are a 400 naming the valid ones.
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Vec<DeviceSummary>>> {
     caller.require_operator()?;
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| {
-            OnlineStatus::parse(s)
-                .ok_or_else(|| ApiError::bad_request("status must be online, offline or never"))
-        })
-        .transpose()?;
-    let admission = q
-        .admission
-        .as_deref()
-        .map(|s| {
-            Admission::parse(s).ok_or_else(|| {
-                ApiError::bad_request("admission must be pending, accepted or rejected")
-            })
-        })
-        .transpose()?;
     let filter = crate::store::DeviceFilter {
         after: q.after,
         limit: limit(q.limit, 100, 1000)?,
         tag: q.tag,
-        status,
-        admission,
+        status: q.status,
+        admission: q.admission,
     };
     let now = Utc::now();
     let page = state.store.list_devices(&filter, now)?;
