@@ -163,3 +163,17 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A reqwest client builder with rustls on the `ring` provider (the only one the workspace
+/// compiles in; installed once per process).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+/// A default HTTP client (see [`client_builder`]).
+pub fn client() -> reqwest::Client {
+    client_builder()
+        .build()
+        .expect("a default reqwest client builds")
+}

@@ -28,7 +28,7 @@ struct Api {
 impl Api {
     fn new(server: &ServerProcess) -> Self {
         Api {
-            http: reqwest::Client::new(),
+            http: kernex_tests::client(),
             base: server.url("/api/v1"),
         }
     }
@@ -265,7 +265,7 @@ async fn token_create_refuses_a_held_data_dir_and_works_on_a_stopped_one() {
     assert!(token.starts_with("kxo_"));
 
     let server = ServerProcess::start(dir.path(), ADMIN, ENROLL).unwrap();
-    let r = reqwest::Client::new()
+    let r = kernex_tests::client()
         .get(server.url("/api/v1/devices"))
         .bearer_auth(&token)
         .send()
@@ -334,7 +334,7 @@ async fn serves_https_with_the_given_certificate() {
     .unwrap();
     let port = server.addr.rsplit(':').next().unwrap().to_owned();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(tls.join("ca.pem")).unwrap()).unwrap();
-    let client = reqwest::Client::builder()
+    let client = kernex_tests::client_builder()
         .add_root_certificate(ca)
         .build()
         .unwrap();
@@ -345,13 +345,13 @@ async fn serves_https_with_the_given_certificate() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // Without the private CA the certificate is not trusted.
-    let untrusted = reqwest::Client::new()
+    let untrusted = kernex_tests::client()
         .get(format!("https://localhost:{port}/healthz"))
         .send()
         .await;
     assert!(untrusted.is_err());
     // Plain HTTP on the TLS port gets no API answer.
-    let plain = reqwest::Client::new()
+    let plain = kernex_tests::client()
         .get(format!("http://127.0.0.1:{port}/healthz"))
         .send()
         .await;
@@ -362,7 +362,7 @@ async fn serves_https_with_the_given_certificate() {
 async fn sigterm_stops_cleanly_even_with_a_live_event_stream() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), ADMIN, ENROLL).unwrap();
-    let resp = reqwest::Client::new()
+    let resp = kernex_tests::client()
         .get(server.url("/api/v1/events"))
         .bearer_auth(ADMIN)
         .send()
