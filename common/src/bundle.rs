@@ -183,6 +183,9 @@ where
 
     let mut kinds: HashMap<String, Kind> = HashMap::new();
     let mut links: HashSet<String> = HashSet::new();
+    // (link path, its target) for the check after the walk: a target may pass through
+    // a link that only appears later in the archive.
+    let mut link_targets: Vec<(String, String)> = Vec::new();
     let mut manifest_bytes: Option<Vec<u8>> = None;
     let mut entries = 0u64;
     let mut unpacked = 0u64;
@@ -230,7 +233,8 @@ where
         let checked = match etype {
             EntryType::Directory => Checked::Dir,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let size = entry.header().size().map_err(corrupt)?;
+                // `Entry::size` honours a PAX `size` record; the raw header field can lie.
+                let size = entry.size();
                 unpacked = unpacked.saturating_add(size);
                 if unpacked > limits.max_unpacked_bytes {
                     return Err(BundleError::TooLarge(limits.max_unpacked_bytes));
@@ -255,6 +259,8 @@ where
                         return Err(unsafe_entry(&raw, "link points outside the bundle"));
                     }
                     links.insert(path.clone());
+                    link_targets.push((path.clone(), target.clone()));
+                    mark_parents(&mut kinds, &path);
                     kinds.insert(path.clone(), Kind::Link);
                     visit(&path, Checked::Symlink { target: &target }, &mut entry)?;
                     continue;
@@ -268,6 +274,7 @@ where
                         "hard link to something that is not an earlier file",
                     ));
                 }
+                mark_parents(&mut kinds, &path);
                 kinds.insert(path.clone(), Kind::Link);
                 visit(&path, Checked::HardLink { target }, &mut entry)?;
                 continue;
@@ -277,6 +284,7 @@ where
             _ => return Err(unsafe_entry(&raw, "unsupported entry type")),
         };
 
+        mark_parents(&mut kinds, &path);
         match checked {
             Checked::Dir => {
                 kinds.insert(path.clone(), Kind::Dir);
@@ -285,12 +293,19 @@ where
             Checked::File { mode } => {
                 kinds.insert(path.clone(), Kind::File);
                 if path == MANIFEST_FILE {
-                    let size = entry.header().size().map_err(corrupt)?;
-                    if size > limits.max_manifest_bytes {
-                        return Err(BundleError::ManifestTooLarge(limits.max_manifest_bytes));
+                    let cap = limits.max_manifest_bytes;
+                    if entry.size() > cap {
+                        return Err(BundleError::ManifestTooLarge(cap));
                     }
-                    let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-                    entry.read_to_end(&mut buf).map_err(corrupt)?;
+                    // Read at most one byte past the cap, whatever the headers claim.
+                    let mut buf = Vec::new();
+                    (&mut entry)
+                        .take(cap + 1)
+                        .read_to_end(&mut buf)
+                        .map_err(corrupt)?;
+                    if buf.len() as u64 > cap {
+                        return Err(BundleError::ManifestTooLarge(cap));
+                    }
                     visit(&path, Checked::File { mode }, &mut buf.as_slice())?;
                     manifest_bytes = Some(buf);
                 } else {
@@ -298,6 +313,15 @@ where
                 }
             }
             Checked::Symlink { .. } | Checked::HardLink { .. } => {}
+        }
+    }
+
+    // A link whose target passes *through* another link (`a -> .`, `b -> a/..`) would
+    // resolve relative to where that link points, not where it sits: refuse it.
+    for (path, target) in &link_targets {
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        if resolve_through(parent, target, &links).is_none() {
+            return Err(unsafe_entry(path, "link resolves through another link"));
         }
     }
 
@@ -325,6 +349,35 @@ where
 /// The proper ancestors of a normalised path: `a/b/c` → `a`, `a/b`.
 fn ancestors(path: &str) -> impl Iterator<Item = &str> {
     path.match_indices('/').map(move |(i, _)| &path[..i])
+}
+
+/// Record the implied parent directories of `path` (an entry `a/b` makes `a` a
+/// directory even when the archive has no entry for it).
+fn mark_parents(kinds: &mut HashMap<String, Kind>, path: &str) {
+    for parent in ancestors(path) {
+        kinds.entry(parent.to_owned()).or_insert(Kind::Dir);
+    }
+}
+
+/// Like [`resolve_inside`], but `None` also when a component *before the last* names a
+/// link: what follows it would be resolved from the link's target, not its place.
+fn resolve_through(base: &str, target: &str, links: &HashSet<String>) -> Option<String> {
+    let mut parts: Vec<&str> = base.split('/').filter(|p| !p.is_empty()).collect();
+    let comps: Vec<&str> = target
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    for (i, comp) in comps.iter().enumerate() {
+        if *comp == ".." {
+            parts.pop()?;
+        } else {
+            parts.push(comp);
+        }
+        if i + 1 < comps.len() && !parts.is_empty() && links.contains(&parts.join("/")) {
+            return None;
+        }
+    }
+    Some(parts.join("/"))
 }
 
 /// Resolve a relative link `target` from directory `base` (both normalised, `""` is the

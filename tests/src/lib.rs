@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-/// Path of a workspace binary, (re)built first so a test never runs a stale one.
-/// Each binary is built once per test process.
+/// Path of a workspace binary. `cargo test --workspace` builds every binary before the
+/// tests run, so it is normally used as is; when it is missing or older than its sources
+/// (someone ran only `cargo test -p kernex-tests` after an edit), it is rebuilt first, so
+/// a test never runs a stale program.
 pub fn bin(name: &str) -> Result<PathBuf> {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    static CHECKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test-binary> → target/<profile>/<name>
     let dir = exe
@@ -23,23 +25,47 @@ pub fn bin(name: &str) -> Result<PathBuf> {
         .and_then(Path::parent)
         .context("test binary has no target dir")?;
     let path = dir.join(name);
-    let mut built = BUILT
+    let mut checked = CHECKED
         .lock()
         .map_err(|_| anyhow::anyhow!("build lock poisoned"))?;
-    if !built.iter().any(|b| b == name) {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", name, "--bin", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "cargo build --bin {name} failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+    if !checked.iter().any(|b| b == name) {
+        let crate_dir = workspace_root().join(name.trim_start_matches("kernex-"));
+        let sources = [crate_dir.join("src"), workspace_root().join("common/src")];
+        let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let stale = match built {
+            None => true,
+            Some(t) => sources.iter().any(|d| newer_than(d, t)),
+        };
+        if stale {
+            let out = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "-p", name, "--bin", name])
+                .current_dir(workspace_root())
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "cargo build --bin {name} failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
         }
-        built.push(name.to_owned());
+        checked.push(name.to_owned());
     }
     Ok(path)
+}
+
+/// Is any file below `dir` modified after `t`?
+fn newer_than(dir: &Path, t: std::time::SystemTime) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            newer_than(&p, t)
+        } else {
+            e.metadata().and_then(|m| m.modified()).is_ok_and(|m| m > t)
+        }
+    })
 }
 
 /// The workspace root (for fixtures).

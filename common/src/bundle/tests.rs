@@ -291,3 +291,81 @@ fn every_fixture_bundle_packs_and_passes_inspection() {
         "fixtures: two good versions, a failing deploy, a failing health check"
     );
 }
+
+#[test]
+fn refuses_links_that_resolve_through_other_links() {
+    // `a -> .` then `b -> a/..`: lexically inside, really the bundle's parent.
+    let mut e = good_entries();
+    e.push(of(EntryType::Symlink, "a", Some(".")));
+    e.push(of(EntryType::Symlink, "b", Some("a/..")));
+    assert!(unsafe_reason(&e).contains("through another link"));
+    // The same with the links in the other order.
+    let mut e = good_entries();
+    e.push(of(EntryType::Symlink, "b", Some("a/..")));
+    e.push(of(EntryType::Symlink, "a", Some(".")));
+    assert!(unsafe_reason(&e).contains("through another link"));
+    // A deeper chain: d/l -> .., x -> d/l/..
+    let mut e = good_entries();
+    e.push(of(EntryType::Directory, "d/", None));
+    e.push(of(EntryType::Symlink, "d/l", Some("..")));
+    e.push(of(EntryType::Symlink, "x", Some("d/l/..")));
+    assert!(unsafe_reason(&e).contains("through another link"));
+}
+
+#[test]
+fn a_link_cannot_replace_an_implied_directory() {
+    let mut e = good_entries();
+    e.push(file("lib/x", b"x"));
+    e.push(of(EntryType::Symlink, "lib", Some(".")));
+    assert!(unsafe_reason(&e).contains("duplicate"));
+}
+
+/// A PAX `size` record overrides the header's size field: the caps must use the real
+/// size, or a manifest (or any file) could be far larger than the header claims.
+#[test]
+fn pax_size_cannot_sneak_past_the_caps() {
+    let big = vec![b' '; 5000];
+    let record = "13 size=5000\n";
+    assert_eq!(record.len(), 13, "a PAX record counts its own length");
+    let mut out = Vec::new();
+    {
+        let mut gz = GzEncoder::new(&mut out, Compression::fast());
+        let mut write = |name: &str, kind: EntryType, header_size: u64, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.as_ustar_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_entry_type(kind);
+            h.set_size(header_size);
+            h.set_mode(0o644);
+            h.set_cksum();
+            gz.write_all(h.as_bytes()).unwrap();
+            gz.write_all(data).unwrap();
+            gz.write_all(&vec![0u8; (512 - data.len() % 512) % 512])
+                .unwrap();
+        };
+        write(
+            "PaxHeaders/manifest.json",
+            EntryType::XHeader,
+            record.len() as u64,
+            record.as_bytes(),
+        );
+        write("manifest.json", EntryType::Regular, 0, &big);
+        gz.write_all(&[0u8; 1024]).unwrap();
+        gz.finish().unwrap();
+    }
+    let limits = Limits {
+        max_manifest_bytes: 1024,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        inspect(out.as_slice(), &limits),
+        Err(BundleError::ManifestTooLarge(1024))
+    ));
+    let limits = Limits {
+        max_unpacked_bytes: 1000,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        inspect(out.as_slice(), &limits),
+        Err(BundleError::TooLarge(1000))
+    ));
+}
