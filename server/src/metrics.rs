@@ -52,6 +52,8 @@ pub struct Metrics {
     bundle_bytes: Counter,
     devices: Family<DeviceLabels, Gauge>,
     deployments: Family<StatusLabels, Gauge>,
+    /// One render at a time: a render clears and refills the fleet gauges.
+    render: std::sync::Mutex<()>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -101,6 +103,7 @@ impl Default for Metrics {
             bundle_bytes,
             devices,
             deployments,
+            render: std::sync::Mutex::new(()),
         }
     }
 }
@@ -131,6 +134,7 @@ impl Metrics {
 
     /// Refresh the fleet gauges from the store and render the text exposition.
     pub fn render(&self, store: &Store) -> Result<String, StoreError> {
+        let _one_at_a_time = self.render.lock().unwrap_or_else(|p| p.into_inner());
         let now = Utc::now();
         self.devices.clear();
         for device in store.all_devices() {

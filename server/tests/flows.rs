@@ -85,3 +85,119 @@ async fn slow_event_subscriber_is_told_it_lagged_and_continues() {
     assert!(first.contains("event: lagged"), "first event: {first}");
     assert!(first.contains("\"missed\":"), "first event: {first}");
 }
+
+/// Regression: a target deleted or rejected between the handler's checks and the write
+/// must not become a target nobody will ever report for (the store re-checks inside the
+/// transaction).
+#[tokio::test]
+async fn deployments_never_target_a_device_rejected_or_deleted_meanwhile() {
+    use kernex_common::api::{Admission, DeploymentKind};
+    let app = TestApp::new();
+    let a = app.device().await;
+    let b = app.device().await;
+    let info = app.bundle("1.0.0").await;
+    let bundle = app
+        .state
+        .store
+        .bundle(info["id"].as_str().unwrap())
+        .unwrap();
+    let now = chrono::Utc::now();
+    app.state
+        .store
+        .set_admission(&a.id, Admission::Rejected, now)
+        .unwrap();
+    app.state.store.delete_device(&b.id, now).unwrap();
+    for id in [&a.id, &b.id] {
+        let err = app
+            .state
+            .store
+            .create_deployment(
+                DeploymentKind::Deploy,
+                &bundle,
+                std::slice::from_ref(id),
+                now,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, kernex_server::store::StoreError::Invalid(_)),
+            "{err}"
+        );
+    }
+    let list = app.get("/api/v1/deployments").await.expect(StatusCode::OK);
+    assert_eq!(list, json!([]), "nothing was written");
+    // And the bundle is not held by a phantom deployment.
+    app.delete(&format!("/api/v1/bundles/{}", info["id"].as_str().unwrap()))
+        .await
+        .expect(StatusCode::NO_CONTENT);
+}
+
+/// Regression: concurrent scrapes each report the whole fleet (a render clears and
+/// refills the gauges, so renders must not interleave).
+#[tokio::test]
+async fn concurrent_metrics_scrapes_agree() {
+    let app = std::sync::Arc::new(TestApp::new());
+    for _ in 0..5 {
+        app.device().await;
+    }
+    let scrapes = (0..16).map(|_| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.call(axum::http::Method::GET, "/metrics", None, None)
+                .await
+        })
+    });
+    for scrape in futures_util::future::join_all(scrapes).await {
+        let text = scrape.unwrap().text();
+        let total: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("kernex_devices{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(total, 5.0, "{text}");
+    }
+}
+
+/// Regression: a malformed query string is checked after the path resource and the
+/// caller's rights (401 → 404 → 403 → 400).
+#[tokio::test]
+async fn query_errors_come_after_404_and_403() {
+    let app = TestApp::new();
+    let dev = app.device().await;
+    app.get("/api/v1/devices/nope/heartbeats?limit=abc")
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    let r = app
+        .call(
+            axum::http::Method::GET,
+            "/api/v1/devices?limit=abc",
+            Some(&dev.token),
+            None,
+        )
+        .await;
+    r.expect(StatusCode::FORBIDDEN);
+    let r = app
+        .call(
+            axum::http::Method::GET,
+            "/api/v1/deployments?status=x",
+            Some(&dev.token),
+            None,
+        )
+        .await;
+    r.expect(StatusCode::FORBIDDEN);
+    app.get("/api/v1/devices?limit=abc")
+        .await
+        .expect(StatusCode::BAD_REQUEST);
+}
+
+/// The replay window is exact: 300.9 s in the future is outside it.
+#[tokio::test]
+async fn registration_window_is_exact() {
+    let app = TestApp::new();
+    let key = new_key();
+    let at = chrono::Utc::now() + chrono::Duration::milliseconds(300_900);
+    let body = registration_body(&key, at);
+    let sig = key.sign(&body);
+    app.register_raw(&body, Some(&sig), Some(ENROLL))
+        .await
+        .expect(StatusCode::UNAUTHORIZED);
+}

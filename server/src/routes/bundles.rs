@@ -79,6 +79,9 @@ pub async fn upload(
         .tempfile_in(&tmp_dir)
         .map_err(ApiError::internal)?;
     let mut received: Option<(String, u64)> = None;
+    // Every part counts, not only `file`: a chunked body has no Content-Length to check.
+    let mut total = 0u64;
+    let body_cap = max.saturating_add(2 * MAX_MANIFEST_PART as u64);
     let mut manifest_part: Option<serde_json::Value> = None;
 
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
@@ -93,7 +96,8 @@ pub async fn upload(
                 let mut size = 0u64;
                 while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
                     size += chunk.len() as u64;
-                    if size > max {
+                    total += chunk.len() as u64;
+                    if size > max || total > body_cap {
                         return Err(too_large(max));
                     }
                     hasher.update(&chunk);
@@ -106,6 +110,7 @@ pub async fn upload(
             Some("manifest") => {
                 let mut text = Vec::new();
                 while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    total += chunk.len() as u64;
                     text.extend_from_slice(&chunk);
                     if text.len() > MAX_MANIFEST_PART {
                         return Err(ApiError::bad_request("manifest part is larger than 1 MiB"));
@@ -116,7 +121,14 @@ pub async fn upload(
                 })?;
                 manifest_part = Some(value);
             }
-            _ => while field.chunk().await.map_err(multipart_error)?.is_some() {},
+            _ => {
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    total += chunk.len() as u64;
+                    if total > body_cap {
+                        return Err(too_large(max));
+                    }
+                }
+            }
         }
     }
     let (checksum, size) =
@@ -160,6 +172,12 @@ pub async fn upload(
     let final_path = archive_path(&state, &record.id);
     tmp.persist(&final_path)
         .map_err(|e| ApiError::internal(e.error))?;
+    // Make the rename itself durable before the record that points at it is.
+    let dir = state.bundle_dir.clone();
+    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
     if let Err(e) = state.store.insert_bundle(&record) {
         let _ = tokio::fs::remove_file(&final_path).await;
         return Err(e.into());

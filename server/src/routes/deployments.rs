@@ -115,9 +115,10 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    query: Result<ApiQuery<ListQuery>, ApiError>,
 ) -> ApiResult<Json<Vec<Deployment>>> {
     caller.require_operator()?;
+    let ApiQuery(q) = query?;
     let n = limit(q.limit, 50, 1000)?;
     let deps = state.store.list_deployments(q.status, n)?;
     deps.iter()
@@ -250,6 +251,11 @@ pub async fn result(
             state.events.emit("device", device.to_summary(Utc::now()));
             Ok(Json(target.into_wire()))
         }
-        ResultOutcome::Repeat { target } => Ok(Json(target.into_wire())),
+        ResultOutcome::Repeat { target } => {
+            // The first request may still be flushing: don't acknowledge before it is
+            // on disk, or a crash could lose a result the device already dropped.
+            state.store.flush().await?;
+            Ok(Json(target.into_wire()))
+        }
     }
 }

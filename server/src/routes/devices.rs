@@ -88,7 +88,8 @@ pub async fn register(
     key.verify(&body, signature)
         .map_err(|e| ApiError::unauthorized(format!("registration signature refused: {e}")))?;
     let now = Utc::now();
-    if (now - req.timestamp).num_seconds().abs() > REPLAY_WINDOW_SECS {
+    let window = chrono::Duration::seconds(REPLAY_WINDOW_SECS);
+    if (now - req.timestamp).abs() > window {
         return Err(ApiError::unauthorized(format!(
             "registration timestamp is more than {REPLAY_WINDOW_SECS} s from the server clock ({now})"
         )));
@@ -108,7 +109,8 @@ pub async fn register(
         device_type: req.device_type,
         hardware_metadata,
         signature_hash: hex::encode(Sha256::digest(signature.trim().as_bytes())),
-        replay_until: now + chrono::Duration::seconds(2 * REPLAY_WINDOW_SECS),
+        // Remembered for as long as the timestamp would still be accepted, plus margin.
+        replay_until: now.max(req.timestamp) + window + chrono::Duration::seconds(60),
         admission,
         token_hash: hash_token(&token),
         now,
@@ -206,9 +208,10 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    query: Result<ApiQuery<ListQuery>, ApiError>,
 ) -> ApiResult<Json<Vec<DeviceSummary>>> {
     caller.require_operator()?;
+    let ApiQuery(q) = query?;
     let filter = crate::store::DeviceFilter {
         after: q.after,
         limit: limit(q.limit, 100, 1000)?,
@@ -323,9 +326,10 @@ pub async fn heartbeats(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(device_id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<LimitQuery>,
+    query: Result<ApiQuery<LimitQuery>, ApiError>,
 ) -> ApiResult<Json<Vec<HeartbeatRecord>>> {
     device_access(&state, &caller, &device_id, Access::OperatorOnly)?;
+    let ApiQuery(q) = query?;
     let n = limit(q.limit, 50, 1000)?;
     Ok(Json(state.store.heartbeats(&device_id, n)?))
 }
@@ -335,9 +339,10 @@ pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(device_id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<LimitQuery>,
+    query: Result<ApiQuery<LimitQuery>, ApiError>,
 ) -> ApiResult<Json<Vec<HistoryRecord>>> {
     device_access(&state, &caller, &device_id, Access::OperatorOrDevice)?;
+    let ApiQuery(q) = query?;
     let n = limit(q.limit, 20, 100)?;
     Ok(Json(state.store.history(&device_id, n)?))
 }

@@ -22,7 +22,10 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiE
 
 /// `GET /metrics` — Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let text = state.metrics.render(&state.store)?;
+    // Reads the whole store: off the async workers.
+    let text = tokio::task::spawn_blocking(move || state.metrics.render(&state.store))
+        .await
+        .map_err(ApiError::internal)??;
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

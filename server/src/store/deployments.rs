@@ -1,7 +1,8 @@
 //! Deployments, their per-device targets, results and bundle history.
 
 use kernex_common::api::{
-    DeploymentKind, HistoryRecord, ProgressReport, ResultReport, ResultStatus, TargetStatus,
+    Admission, DeploymentKind, HistoryRecord, ProgressReport, ResultReport, ResultStatus,
+    TargetStatus,
 };
 use sled::Transactional;
 
@@ -24,7 +25,9 @@ pub enum ResultOutcome {
 }
 
 impl Store {
-    /// Create a deployment of `bundle` to `target_ids` (validated by the caller).
+    /// Create a deployment of `bundle` to `target_ids`. Every target must exist and be
+    /// accepted *inside* the transaction, so a device deleted or rejected concurrently
+    /// can never end up as a target nobody will ever report for.
     pub fn create_deployment(
         &self,
         kind: DeploymentKind,
@@ -55,9 +58,18 @@ impl Store {
             &self.bundle_open,
             &self.device_bundles,
             &self.bundles,
+            &self.devices,
         )
             .transaction(
-                |(deployments, targets, device_open, bundle_open, device_bundles, bundles)| {
+                |(
+                    deployments,
+                    targets,
+                    device_open,
+                    bundle_open,
+                    device_bundles,
+                    bundles,
+                    devices,
+                )| {
                     if bundles.get(bundle.id.as_bytes())?.is_none() {
                         return abort(StoreError::Invalid(format!(
                             "bundle {} no longer exists",
@@ -66,6 +78,19 @@ impl Store {
                     }
                     tx_put(deployments, &dep.id, &dep)?;
                     for device_id in target_ids {
+                        match tx_get::<DeviceRecord>(devices, device_id)? {
+                            Some(d) if d.admission == Admission::Accepted => {}
+                            Some(_) => {
+                                return abort(StoreError::Invalid(format!(
+                                    "device {device_id} is not accepted"
+                                )));
+                            }
+                            None => {
+                                return abort(StoreError::Invalid(format!(
+                                    "no device {device_id:?}"
+                                )));
+                            }
+                        }
                         let t = TargetRecord {
                             device_id: device_id.clone(),
                             status: TargetStatus::Pending,
