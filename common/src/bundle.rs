@@ -465,5 +465,81 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Hand-built (possibly hostile) archives for tests: entries are written byte for byte,
+/// so absolute paths, `..`, device nodes and lying headers can be produced, which
+/// `tar::Builder` refuses to write. Enabled by the `test-util` feature.
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing {
+    use std::io::Write;
+
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    pub use tar::EntryType;
+
+    /// One raw tar entry.
+    #[derive(Debug, Clone, Copy)]
+    pub struct RawEntry<'a> {
+        pub name: &'a str,
+        pub kind: EntryType,
+        pub data: &'a [u8],
+        pub link: Option<&'a str>,
+        pub mode: u32,
+    }
+
+    impl<'a> RawEntry<'a> {
+        /// A regular, executable file.
+        pub fn file(name: &'a str, data: &'a [u8]) -> Self {
+            RawEntry {
+                name,
+                kind: EntryType::Regular,
+                data,
+                link: None,
+                mode: 0o755,
+            }
+        }
+
+        /// An entry of any kind without data (directory, link, node).
+        pub fn of(kind: EntryType, name: &'a str, link: Option<&'a str>) -> Self {
+            RawEntry {
+                name,
+                kind,
+                data: b"",
+                link,
+                mode: 0o755,
+            }
+        }
+    }
+
+    /// A tar.gz of `entries`, names written straight into old-style headers (at most
+    /// 100 bytes each).
+    pub fn raw_archive(entries: &[RawEntry<'_>]) -> std::io::Result<Vec<u8>> {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        for e in entries {
+            let mut h = tar::Header::new_old();
+            let old = h.as_old_mut();
+            let name = e.name.as_bytes();
+            old.name
+                .get_mut(..name.len())
+                .ok_or_else(|| std::io::Error::other("name longer than 100 bytes"))?
+                .copy_from_slice(name);
+            if let Some(l) = e.link {
+                old.linkname
+                    .get_mut(..l.len())
+                    .ok_or_else(|| std::io::Error::other("link longer than 100 bytes"))?
+                    .copy_from_slice(l.as_bytes());
+            }
+            h.set_entry_type(e.kind);
+            h.set_size(e.data.len() as u64);
+            h.set_mode(e.mode);
+            h.set_cksum();
+            gz.write_all(h.as_bytes())?;
+            gz.write_all(e.data)?;
+            gz.write_all(&vec![0u8; (512 - e.data.len() % 512) % 512])?;
+        }
+        gz.write_all(&[0u8; 1024])?;
+        gz.finish()
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -6,18 +6,15 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use flate2::Compression;
-use flate2::write::GzEncoder;
+use kernex_common::bundle::testing::EntryType;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::*;
-use tar::EntryType;
 
 // ------------------------------------------------------------------------ helpers
 
@@ -197,60 +194,20 @@ async fn upload_raw(app: &TestApp, token: &str, content_type: &str, body: Vec<u8
 
 // ----------------------------------------------------------- hand-built archives
 
-/// One raw tar entry, for archives `tar::Builder` would refuse to write.
-struct Raw<'a> {
-    name: &'a str,
-    kind: EntryType,
-    data: &'a [u8],
-    link: Option<&'a str>,
-}
+use kernex_common::bundle::testing::{RawEntry as Raw, raw_archive as build_raw};
 
 fn raw_file<'a>(name: &'a str, data: &'a [u8]) -> Raw<'a> {
-    Raw {
-        name,
-        kind: EntryType::Regular,
-        data,
-        link: None,
-    }
+    Raw::file(name, data)
 }
 
 fn raw_entry<'a>(kind: EntryType, name: &'a str, link: Option<&'a str>) -> Raw<'a> {
-    Raw {
-        name,
-        kind,
-        data: b"",
-        link,
-    }
+    Raw::of(kind, name, link)
 }
 
 const RAW_MANIFEST: &[u8] = br#"{"name":"raw","version":"7.0.0","deploy":{"script":"deploy.sh"},"health":{"script":"health.sh"}}"#;
 
-/// A tar.gz written byte for byte: names go straight into old-style headers, so
-/// absolute and `..` paths can be produced.
 fn raw_archive(entries: &[Raw<'_>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    {
-        let mut gz = GzEncoder::new(&mut out, Compression::fast());
-        for e in entries {
-            let mut h = tar::Header::new_old();
-            let name = e.name.as_bytes();
-            h.as_old_mut().name[..name.len()].copy_from_slice(name);
-            if let Some(l) = e.link {
-                h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
-            }
-            h.set_entry_type(e.kind);
-            h.set_size(e.data.len() as u64);
-            h.set_mode(0o755);
-            h.set_cksum();
-            gz.write_all(h.as_bytes()).unwrap();
-            gz.write_all(e.data).unwrap();
-            let pad = (512 - e.data.len() % 512) % 512;
-            gz.write_all(&vec![0u8; pad]).unwrap();
-        }
-        gz.write_all(&[0u8; 1024]).unwrap();
-        gz.finish().unwrap();
-    }
-    out
+    build_raw(entries).unwrap()
 }
 
 fn good_raw<'a>() -> Vec<Raw<'a>> {

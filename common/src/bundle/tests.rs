@@ -1,62 +1,19 @@
 use super::*;
 
-/// One raw entry for hand-built (possibly hostile) archives.
-struct Raw<'a> {
-    name: &'a str,
-    kind: EntryType,
-    data: &'a [u8],
-    link: Option<&'a str>,
-    mode: u32,
-}
+use super::testing::{RawEntry as Raw, raw_archive};
 
 fn file<'a>(name: &'a str, data: &'a [u8]) -> Raw<'a> {
-    Raw {
-        name,
-        kind: EntryType::Regular,
-        data,
-        link: None,
-        mode: 0o755,
-    }
+    Raw::file(name, data)
 }
 
 fn of<'a>(kind: EntryType, name: &'a str, link: Option<&'a str>) -> Raw<'a> {
-    Raw {
-        name,
-        kind,
-        data: b"",
-        link,
-        mode: 0o755,
-    }
+    Raw::of(kind, name, link)
 }
 
 const MANIFEST: &[u8] = br#"{"name":"app","version":"1.0.0","deploy":{"script":"deploy.sh"},"health":{"script":"health.sh"}}"#;
 
-/// Build a tar.gz byte for byte, writing names straight into the header so that
-/// absolute and `..` paths (which `tar::Builder` refuses) can be produced.
 fn archive(entries: &[Raw<'_>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    {
-        let mut gz = GzEncoder::new(&mut out, Compression::fast());
-        for e in entries {
-            let mut h = tar::Header::new_old();
-            let name = e.name.as_bytes();
-            h.as_old_mut().name[..name.len()].copy_from_slice(name);
-            if let Some(l) = e.link {
-                h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
-            }
-            h.set_entry_type(e.kind);
-            h.set_size(e.data.len() as u64);
-            h.set_mode(e.mode);
-            h.set_cksum();
-            gz.write_all(h.as_bytes()).unwrap();
-            gz.write_all(e.data).unwrap();
-            let pad = (512 - e.data.len() % 512) % 512;
-            gz.write_all(&vec![0u8; pad]).unwrap();
-        }
-        gz.write_all(&[0u8; 1024]).unwrap();
-        gz.finish().unwrap();
-    }
-    out
+    raw_archive(entries).unwrap()
 }
 
 fn good_entries<'a>() -> Vec<Raw<'a>> {
