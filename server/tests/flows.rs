@@ -201,3 +201,60 @@ async fn registration_window_is_exact() {
         .await
         .expect(StatusCode::UNAUTHORIZED);
 }
+
+/// Rejecting or deleting a device cancels its unfinished targets (delivered or not), so
+/// its deployments complete and their bundles can be deleted.
+#[tokio::test]
+async fn reject_and_delete_cancel_the_devices_unfinished_targets() {
+    let app = TestApp::new();
+    let (a, b, other) = (app.device().await, app.device().await, app.device().await);
+    let v1 = app.bundle("1.0.0").await;
+    app.bundle("2.0.0").await;
+    let d1 = app.deploy("1.0.0", &[&a, &b, &other]).await;
+    let d2 = app.deploy("2.0.0", &[&a, &b]).await;
+    // `a` has received d1 (in progress); d2 is still pending for both.
+    app.heartbeat(&a, None, None).await.expect(StatusCode::OK);
+
+    app.post(&format!("/api/v1/devices/{}/reject", a.id), json!({}))
+        .await
+        .expect(StatusCode::OK);
+    app.delete(&format!("/api/v1/devices/{}", b.id))
+        .await
+        .expect(StatusCode::NO_CONTENT);
+
+    let dep = |id: serde_json::Value| {
+        let app = &app;
+        async move {
+            app.get(&format!("/api/v1/deployments/{}", id.as_str().unwrap()))
+                .await
+                .expect(StatusCode::OK)
+        }
+    };
+    let d2 = dep(d2["id"].clone()).await;
+    assert_eq!(d2["status"], "cancelled", "{d2}");
+    let reasons: Vec<&str> = d2["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["error_message"].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"device was rejected") && reasons.contains(&"device was deleted"));
+    let d1 = dep(d1["id"].clone()).await;
+    assert_eq!(d1["counts"]["cancelled"], 2, "{d1}");
+    assert_eq!(d1["counts"]["pending"], 1, "the third device is untouched");
+
+    // Once `other` finishes d1, nothing holds bundle 1.0.0 any more.
+    app.heartbeat(&other, None, None)
+        .await
+        .expect(StatusCode::OK);
+    app.result(
+        &other,
+        d1["id"].as_str().unwrap(),
+        json!({"device_id": other.id, "status": "success", "report_id": "x1"}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    app.delete(&format!("/api/v1/bundles/{}", v1["id"].as_str().unwrap()))
+        .await
+        .expect(StatusCode::NO_CONTENT);
+}

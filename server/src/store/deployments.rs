@@ -190,6 +190,15 @@ impl Store {
             .map_err(tx_err)
     }
 
+    /// This device's unfinished deployments (its own `device_open` prefix).
+    pub(super) fn open_deployments(&self, device_id: &str) -> Result<Vec<String>> {
+        self.device_open
+            .scan_prefix(prefix(device_id))
+            .keys()
+            .map(|k| Ok(second(&k?)))
+            .collect()
+    }
+
     /// Cancel this device's unfinished targets (it was rejected or deleted).
     pub fn cancel_device_targets(
         &self,
@@ -197,14 +206,8 @@ impl Store {
         reason: &str,
         now: Ts,
     ) -> Result<Vec<DeploymentRecord>> {
-        let open: Vec<String> = self
-            .device_open
-            .scan_prefix(prefix(device_id))
-            .keys()
-            .map(|k| k.map(|k| second(&k)))
-            .collect::<std::result::Result<_, _>>()?;
         let mut changed = Vec::new();
-        for dep_id in open {
+        for dep_id in self.open_deployments(device_id)? {
             let dep = (
                 &self.deployments,
                 &self.targets,
@@ -212,27 +215,13 @@ impl Store {
                 &self.bundle_open,
             )
                 .transaction(|(deployments, targets, device_open, bundle_open)| {
-                    device_open.remove(key2(device_id, &dep_id))?;
-                    let key = key2(&dep_id, device_id);
-                    let Some(mut t) = tx_get::<TargetRecord>(targets, &key)? else {
-                        return Ok(None);
+                    let trees = OpenTrees {
+                        deployments,
+                        targets,
+                        device_open,
+                        bundle_open,
                     };
-                    let Some(mut dep) = tx_get::<DeploymentRecord>(deployments, &dep_id)? else {
-                        return Ok(None);
-                    };
-                    if t.status.is_final() {
-                        return Ok(None);
-                    }
-                    dep.shift(t.status, TargetStatus::Cancelled, now);
-                    t.status = TargetStatus::Cancelled;
-                    t.error_message = Some(reason.to_owned());
-                    t.updated_at = now;
-                    tx_put(targets, &key, &t)?;
-                    if dep.status.is_final() {
-                        tx_release_bundle(bundle_open, &dep.bundle_id)?;
-                    }
-                    tx_put(deployments, &dep_id, &dep)?;
-                    Ok(Some(dep))
+                    tx_cancel_target(&trees, &dep_id, device_id, reason, now)
                 })
                 .map_err(tx_err)?;
             changed.extend(dep);
@@ -400,6 +389,46 @@ impl Store {
     pub fn device_ran_version(&self, device_id: &str, version: &str) -> Result<bool> {
         Ok(self.device_success.contains_key(key2(device_id, version))?)
     }
+}
+
+/// The trees a target cancellation writes, inside a transaction.
+pub(super) struct OpenTrees<'a> {
+    pub deployments: &'a TransactionalTree,
+    pub targets: &'a TransactionalTree,
+    pub device_open: &'a TransactionalTree,
+    pub bundle_open: &'a TransactionalTree,
+}
+
+/// Cancel one device's target in one deployment if it is unfinished; returns the
+/// deployment when it changed.
+pub(super) fn tx_cancel_target(
+    t: &OpenTrees<'_>,
+    dep_id: &str,
+    device_id: &str,
+    reason: &str,
+    now: Ts,
+) -> TxResult<Option<DeploymentRecord>> {
+    t.device_open.remove(key2(device_id, dep_id))?;
+    let key = key2(dep_id, device_id);
+    let Some(mut target) = tx_get::<TargetRecord>(t.targets, &key)? else {
+        return Ok(None);
+    };
+    let Some(mut dep) = tx_get::<DeploymentRecord>(t.deployments, dep_id)? else {
+        return Ok(None);
+    };
+    if target.status.is_final() {
+        return Ok(None);
+    }
+    dep.shift(target.status, TargetStatus::Cancelled, now);
+    target.status = TargetStatus::Cancelled;
+    target.error_message = Some(reason.to_owned());
+    target.updated_at = now;
+    tx_put(t.targets, &key, &target)?;
+    if dep.status.is_final() {
+        tx_release_bundle(t.bundle_open, &dep.bundle_id)?;
+    }
+    tx_put(t.deployments, dep_id, &dep)?;
+    Ok(Some(dep))
 }
 
 /// One unfinished deployment of this bundle fewer.

@@ -9,6 +9,7 @@ use kernex_common::api::{
 use serde_json::Value;
 use sled::Transactional;
 
+use super::deployments::{OpenTrees, tx_cancel_target};
 use super::*;
 
 /// A verified registration, ready to be stored.
@@ -390,64 +391,139 @@ impl Store {
     }
 
     /// Set admission. Rejecting revokes the device's token and cancels its unfinished
-    /// deployment targets (it will never report them).
+    /// deployment targets (it will never report them) in the same transaction.
     pub fn set_admission(
         &self,
         device_id: &str,
         admission: Admission,
         now: Ts,
     ) -> Result<(DeviceRecord, Vec<DeploymentRecord>)> {
-        let device = (&self.devices, &self.tokens, &self.device_tokens)
-            .transaction(|(devices, tokens, device_tokens)| {
-                let Some(mut d) = tx_get::<DeviceRecord>(devices, device_id)? else {
-                    return abort(StoreError::NotFound(format!("no device {device_id:?}")));
-                };
-                d.admission = admission;
-                if admission == Admission::Rejected
-                    && let Some(old) = device_tokens.remove(device_id.as_bytes())?
-                {
-                    tokens.remove(old)?;
-                }
-                tx_put(devices, device_id, &d)?;
-                Ok(d)
-            })
-            .map_err(tx_err)?;
-        let changed = if admission == Admission::Rejected {
-            self.cancel_device_targets(device_id, "device was rejected", now)?
+        let reject = admission == Admission::Rejected;
+        let open = if reject {
+            self.open_deployments(device_id)?
         } else {
             Vec::new()
         };
+        let (device, mut changed) = (
+            &self.devices,
+            &self.tokens,
+            &self.device_tokens,
+            &self.deployments,
+            &self.targets,
+            &self.device_open,
+            &self.bundle_open,
+        )
+            .transaction(
+                |(
+                    devices,
+                    tokens,
+                    device_tokens,
+                    deployments,
+                    targets,
+                    device_open,
+                    bundle_open,
+                )| {
+                    let Some(mut d) = tx_get::<DeviceRecord>(devices, device_id)? else {
+                        return abort(StoreError::NotFound(format!("no device {device_id:?}")));
+                    };
+                    d.admission = admission;
+                    let mut changed = Vec::new();
+                    if reject {
+                        if let Some(old) = device_tokens.remove(device_id.as_bytes())? {
+                            tokens.remove(old)?;
+                        }
+                        let trees = OpenTrees {
+                            deployments,
+                            targets,
+                            device_open,
+                            bundle_open,
+                        };
+                        for dep_id in &open {
+                            changed.extend(tx_cancel_target(
+                                &trees,
+                                dep_id,
+                                device_id,
+                                "device was rejected",
+                                now,
+                            )?);
+                        }
+                    }
+                    tx_put(devices, device_id, &d)?;
+                    Ok((d, changed))
+                },
+            )
+            .map_err(tx_err)?;
+        if reject {
+            // A deployment committed between the scan and the transaction; none can
+            // start after it (targets must be accepted, checked transactionally).
+            changed.extend(self.cancel_device_targets(device_id, "device was rejected", now)?);
+        }
         Ok((device, changed))
     }
 
-    /// Delete a device, its tokens, tags, config, heartbeats and indexes. Its history
-    /// records go too; deployments keep its (cancelled) target entries.
+    /// Delete a device, its tokens, tags, config, heartbeats and indexes, and cancel its
+    /// unfinished deployment targets in the same transaction. Its history records go
+    /// too; deployments keep its (cancelled) target entries.
     pub fn delete_device(&self, device_id: &str, now: Ts) -> Result<Vec<DeploymentRecord>> {
-        let changed = self.cancel_device_targets(device_id, "device was deleted", now)?;
-        (
+        let open = self.open_deployments(device_id)?;
+        let mut changed = (
             &self.devices,
             &self.device_keys,
             &self.device_tags,
             &self.tokens,
             &self.device_tokens,
             &self.configs,
+            &self.deployments,
+            &self.targets,
+            &self.device_open,
+            &self.bundle_open,
         )
-            .transaction(|(devices, keys, tags, tokens, device_tokens, configs)| {
-                let Some(d) = tx_get::<DeviceRecord>(devices, device_id)? else {
-                    return abort(StoreError::NotFound(format!("no device {device_id:?}")));
-                };
-                devices.remove(device_id.as_bytes())?;
-                keys.remove(d.fingerprint.as_bytes())?;
-                for tag in &d.tags {
-                    tags.remove(key2(tag, device_id))?;
-                }
-                if let Some(old) = device_tokens.remove(device_id.as_bytes())? {
-                    tokens.remove(old)?;
-                }
-                configs.remove(device_id.as_bytes())?;
-                Ok(())
-            })
+            .transaction(
+                |(
+                    devices,
+                    keys,
+                    tags,
+                    tokens,
+                    device_tokens,
+                    configs,
+                    deployments,
+                    targets,
+                    device_open,
+                    bundle_open,
+                )| {
+                    let Some(d) = tx_get::<DeviceRecord>(devices, device_id)? else {
+                        return abort(StoreError::NotFound(format!("no device {device_id:?}")));
+                    };
+                    devices.remove(device_id.as_bytes())?;
+                    keys.remove(d.fingerprint.as_bytes())?;
+                    for tag in &d.tags {
+                        tags.remove(key2(tag, device_id))?;
+                    }
+                    if let Some(old) = device_tokens.remove(device_id.as_bytes())? {
+                        tokens.remove(old)?;
+                    }
+                    configs.remove(device_id.as_bytes())?;
+                    let trees = OpenTrees {
+                        deployments,
+                        targets,
+                        device_open,
+                        bundle_open,
+                    };
+                    let mut changed = Vec::new();
+                    for dep_id in &open {
+                        changed.extend(tx_cancel_target(
+                            &trees,
+                            dep_id,
+                            device_id,
+                            "device was deleted",
+                            now,
+                        )?);
+                    }
+                    Ok(changed)
+                },
+            )
             .map_err(tx_err)?;
+        changed.extend(self.cancel_device_targets(device_id, "device was deleted", now)?);
         for tree in [
             &self.heartbeats,
             &self.history,

@@ -11,45 +11,25 @@ impl Store {
     }
 
     /// Mint a named operator token; 409 when the name is taken.
-    pub fn create_operator_token(
-        &self,
-        name: &str,
-        hash: &str,
-        now: Ts,
-    ) -> Result<OperatorTokenRecord> {
-        let rec = OperatorTokenRecord {
-            name: name.to_owned(),
-            hash: hash.to_owned(),
-            created_at: now,
-        };
-        (&self.operator_tokens, &self.tokens)
-            .transaction(|(names, tokens)| {
-                if names.get(name)?.is_some() {
-                    return abort(StoreError::Conflict(format!(
-                        "a token named {name:?} exists"
-                    )));
-                }
-                tx_put(names, name, &rec)?;
-                tx_put(
-                    tokens,
-                    hash,
-                    &Principal::Operator {
-                        name: name.to_owned(),
-                    },
-                )?;
-                Ok(())
-            })
-            .map_err(tx_err)?;
-        Ok(rec)
+    pub fn create_operator_token(&self, name: &str, hash: &str, now: Ts) -> Result<()> {
+        self.set_operator_token(name, hash, now, false)
     }
 
     /// Make `hash` the token named `name`, replacing any earlier one of that name (used
     /// for `--admin-token`, which must win over what is stored).
     pub fn put_operator_token(&self, name: &str, hash: &str, now: Ts) -> Result<()> {
+        self.set_operator_token(name, hash, now, true)
+    }
+
+    fn set_operator_token(&self, name: &str, hash: &str, now: Ts, replace: bool) -> Result<()> {
         (&self.operator_tokens, &self.tokens)
             .transaction(|(names, tokens)| {
-                let old: Option<OperatorTokenRecord> = tx_get(names, name)?;
-                if let Some(old) = &old {
+                if let Some(old) = tx_get::<OperatorTokenRecord>(names, name)? {
+                    if !replace {
+                        return abort(StoreError::Conflict(format!(
+                            "a token named {name:?} exists"
+                        )));
+                    }
                     if old.hash == hash {
                         return Ok(());
                     }
