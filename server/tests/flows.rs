@@ -258,3 +258,34 @@ async fn reject_and_delete_cancel_the_devices_unfinished_targets() {
         .await
         .expect(StatusCode::NO_CONTENT);
 }
+
+/// Lowering `--heartbeat-retention` between restarts prunes the backlog too, a bounded
+/// number per heartbeat.
+#[tokio::test]
+async fn lowered_retention_catches_up() {
+    use kernex_common::api::HeartbeatRequest;
+    let app = TestApp::new();
+    let dev = app.device().await;
+    let hb = HeartbeatRequest {
+        agent_version: "1".into(),
+        cpu_pct: 1.0,
+        memory_mb: 1.0,
+        status: "idle".into(),
+        current_bundle_version: None,
+        config_version: None,
+        queued_reports: 0,
+    };
+    let store = &app.state.store;
+    for _ in 0..30 {
+        store
+            .heartbeat(&dev.id, &hb, chrono::Utc::now(), 20)
+            .unwrap();
+    }
+    assert_eq!(store.heartbeats(&dev.id, 1000).unwrap().len(), 20);
+    for _ in 0..2 {
+        store
+            .heartbeat(&dev.id, &hb, chrono::Utc::now(), 3)
+            .unwrap();
+    }
+    assert_eq!(store.heartbeats(&dev.id, 1000).unwrap().len(), 3);
+}

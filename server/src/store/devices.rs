@@ -119,6 +119,7 @@ impl Store {
                                 polling_interval:
                                     kernex_common::api::DeviceConfig::DEFAULT_POLLING_INTERVAL,
                                 heartbeat_seq: 0,
+                                heartbeat_oldest: 1,
                             };
                             keys.insert(reg.fingerprint.as_bytes(), d.device_id.as_bytes())?;
                             (d, true)
@@ -208,8 +209,14 @@ impl Store {
                     heartbeat_key(device_id, d.heartbeat_seq),
                     &record,
                 )?;
-                if let Some(old) = d.heartbeat_seq.checked_sub(retention.max(1)) {
-                    heartbeats.remove(heartbeat_key(device_id, old))?;
+                // Keep seqs (seq - retention, seq]. Normally that deletes exactly one
+                // entry; after the retention was lowered it catches up a few per beat.
+                let keep_from = d.heartbeat_seq.saturating_sub(retention.max(1)) + 1;
+                let mut pruned = 0;
+                while d.heartbeat_oldest < keep_from && pruned < PRUNE_PER_BEAT {
+                    heartbeats.remove(heartbeat_key(device_id, d.heartbeat_oldest))?;
+                    d.heartbeat_oldest += 1;
+                    pruned += 1;
                 }
                 tx_put(devices, device_id, &d)?;
                 Ok(d)
@@ -539,6 +546,9 @@ impl Store {
         Ok(changed)
     }
 }
+
+/// Most old heartbeats one heartbeat deletes (bounds its cost after a retention cut).
+const PRUNE_PER_BEAT: u32 = 16;
 
 /// `expiry (ms since the epoch, u64 BE) ‖ signature hash`: sorts by expiry.
 fn expiry_key(until: Ts, signature_hash: &str) -> Vec<u8> {

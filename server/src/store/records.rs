@@ -37,6 +37,9 @@ pub struct DeviceRecord {
     pub polling_interval: u64,
     /// Sequence number of the newest stored heartbeat (keys `device_id ‖ seq`).
     pub heartbeat_seq: u64,
+    /// Oldest heartbeat seq possibly still stored (pruning walks up from here).
+    #[serde(default)]
+    pub heartbeat_oldest: u64,
 }
 
 impl DeviceRecord {
