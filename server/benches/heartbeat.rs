@@ -1,6 +1,7 @@
 //! Heartbeat cost against fleet size: the same per-heartbeat work on a fleet of 1,000 and
-//! of 20,000 devices (each with an open deployment) shows it is O(this device), not a
-//! scan. Run with `just bench` (release build). Prints a table; no pass/fail.
+//! of 100,000 devices (each with an open deployment) shows it is O(this device), not a
+//! scan. Run with `just bench` (release build; `KERNEX_BENCH_FLEETS=1000,20000` picks the
+//! sizes). Prints a table; no pass/fail.
 
 use std::time::Instant;
 
@@ -44,7 +45,12 @@ fn main() {
         "{:>8} {:>16} {:>12} {:>14} {:>14}",
         "devices", "µs/first beat", "heartbeats", "mean µs/beat", "beats/s"
     );
-    for n in [1_000usize, 20_000] {
+    // KERNEX_BENCH_FLEETS=1000,20000,100000 to choose the fleet sizes.
+    let fleets: Vec<usize> = std::env::var("KERNEX_BENCH_FLEETS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 100_000]);
+    for n in fleets {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         let ids = fleet(&store, n);
