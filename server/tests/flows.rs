@@ -289,3 +289,37 @@ async fn lowered_retention_catches_up() {
     }
     assert_eq!(store.heartbeats(&dev.id, 1000).unwrap().len(), 3);
 }
+
+/// A report naming another device is a 403 even when the rest of its body is bad.
+#[tokio::test]
+async fn report_for_another_device_is_403_before_body_errors() {
+    let app = TestApp::new();
+    let (a, b) = (app.device().await, app.device().await);
+    app.bundle("1.0.0").await;
+    let dep = app.deploy("1.0.0", &[&a, &b]).await;
+    let id = dep["id"].as_str().unwrap();
+    app.result(
+        &a,
+        id,
+        json!({"device_id": b.id, "status": "bogus", "report_id": "r"}),
+    )
+    .await
+    .expect(StatusCode::FORBIDDEN);
+    app.result(
+        &a,
+        id,
+        json!({"device_id": a.id, "status": "bogus", "report_id": "r"}),
+    )
+    .await
+    .expect(StatusCode::BAD_REQUEST);
+    let path = format!("/api/v1/deployments/{id}/progress");
+    let progress = |body: serde_json::Value| {
+        app.call(axum::http::Method::POST, &path, Some(&a.token), Some(body))
+    };
+    progress(json!({"device_id": b.id, "phase": "nope", "progress_pct": 500}))
+        .await
+        .expect(StatusCode::FORBIDDEN);
+    progress(json!({"device_id": a.id, "phase": "nope", "progress_pct": 5}))
+        .await
+        .expect(StatusCode::BAD_REQUEST);
+}

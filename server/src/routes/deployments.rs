@@ -170,13 +170,24 @@ fn target_caller(state: &AppState, caller: &Caller, deployment_id: &str) -> ApiR
     Ok(device_id.clone())
 }
 
-fn same_device(body_device: &str, caller_device: &str) -> ApiResult<()> {
-    if body_device != caller_device {
+/// Read a device report: a `device_id` that is not the caller's is a 403 even when the
+/// rest of the body is malformed (403 comes before 400), then the body must parse.
+fn device_report<T: serde::de::DeserializeOwned>(
+    body: Result<ApiJson<serde_json::Value>, ApiError>,
+    caller_device: &str,
+) -> ApiResult<T> {
+    let ApiJson(value) = body?;
+    if value
+        .get("device_id")
+        .and_then(|d| d.as_str())
+        .is_some_and(|d| d != caller_device)
+    {
         return Err(ApiError::forbidden(
             "device_id does not match the device token",
         ));
     }
-    Ok(())
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
 /// `POST /deployments/{id}/progress`.
@@ -184,11 +195,10 @@ pub async fn progress(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-    body: Result<ApiJson<ProgressReport>, ApiError>,
+    body: Result<ApiJson<serde_json::Value>, ApiError>,
 ) -> ApiResult<StatusCode> {
     let device_id = target_caller(&state, &caller, &id)?;
-    let ApiJson(p) = body?;
-    same_device(&p.device_id, &device_id)?;
+    let p: ProgressReport = device_report(body, &device_id)?;
     if p.progress_pct > 100 {
         return Err(ApiError::bad_request(
             "progress_pct must be between 0 and 100",
@@ -206,11 +216,10 @@ pub async fn result(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-    body: Result<ApiJson<ResultReport>, ApiError>,
+    body: Result<ApiJson<serde_json::Value>, ApiError>,
 ) -> ApiResult<Json<DeploymentDevice>> {
     let device_id = target_caller(&state, &caller, &id)?;
-    let ApiJson(mut r) = body?;
-    same_device(&r.device_id, &device_id)?;
+    let mut r: ResultReport = device_report(body, &device_id)?;
     if r.report_id.is_empty() || r.report_id.len() > 64 {
         return Err(ApiError::bad_request("report_id must be 1-64 characters"));
     }
