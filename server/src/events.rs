@@ -37,6 +37,11 @@ impl Events {
         let _ = self.tx.send(Event { kind, data });
     }
 
+    /// Is anyone listening? Lets hot paths skip building an event nobody reads.
+    pub fn has_subscribers(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
     }

@@ -40,15 +40,8 @@ fn token_create(name: &str, data_dir: std::path::PathBuf) -> anyhow::Result<()> 
             chrono::Utc::now(),
         )
         .with_context(|| format!("creating token {name:?}"))?;
-    futures_flush(&store)?;
+    store.flush_blocking()?;
     println!("{token}");
-    Ok(())
-}
-
-fn futures_flush(store: &kernex_server::store::Store) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_current_thread()
-        .build()?
-        .block_on(store.flush())?;
     Ok(())
 }
 

@@ -171,20 +171,22 @@ pub async fn heartbeat(
         .store
         .heartbeat(&device_id, &hb, now, state.limits.heartbeat_retention)?;
     state.metrics.heartbeat();
-    state.events.emit(
-        "heartbeat",
-        json!({
-            "device_id": device_id,
-            "timestamp": now,
-            "agent_version": hb.agent_version,
-            "cpu_pct": hb.cpu_pct,
-            "memory_mb": hb.memory_mb,
-            "status": hb.status,
-            "current_bundle_version": out.device.current_bundle_version,
-            "config_version": hb.config_version,
-            "queued_reports": hb.queued_reports,
-        }),
-    );
+    if state.events.has_subscribers() {
+        state.events.emit(
+            "heartbeat",
+            json!({
+                "device_id": device_id,
+                "timestamp": now,
+                "agent_version": hb.agent_version,
+                "cpu_pct": hb.cpu_pct,
+                "memory_mb": hb.memory_mb,
+                "status": hb.status,
+                "current_bundle_version": out.device.current_bundle_version,
+                "config_version": hb.config_version,
+                "queued_reports": hb.queued_reports,
+            }),
+        );
+    }
     if let Some(dep) = &out.delivered {
         emit_deployment(&state, dep);
     }

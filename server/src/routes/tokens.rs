@@ -70,12 +70,7 @@ pub async fn delete(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    if !state
-        .store
-        .list_operator_tokens()?
-        .iter()
-        .any(|t| t.name == name)
-    {
+    if !state.store.operator_token_exists(&name)? {
         return Err(ApiError::not_found(format!("no token named {name:?}")));
     }
     caller.require_operator()?;

@@ -376,13 +376,7 @@ impl Store {
 
     /// Newest first, at most `limit`.
     pub fn history(&self, device_id: &str, limit: usize) -> Result<Vec<HistoryRecord>> {
-        self.history
-            .scan_prefix(prefix(device_id))
-            .values()
-            .rev()
-            .take(limit)
-            .map(|v| dec(&v?))
-            .collect()
+        newest_first(&self.history, device_id, limit)
     }
 
     /// Did this device ever report `success` for this version?

@@ -252,30 +252,17 @@ impl Store {
         for key in self.device_open.scan_prefix(prefix(device_id)).keys() {
             let deployment_id = second(&key?);
             let tkey = key2(&deployment_id, device_id);
-            let step = (&self.targets, &self.deployments)
-                .transaction(|(targets, deployments)| {
-                    let Some(mut t) = tx_get::<TargetRecord>(targets, &tkey)? else {
-                        return Ok(None);
-                    };
-                    let Some(mut dep) = tx_get::<DeploymentRecord>(deployments, &deployment_id)?
-                    else {
-                        return Ok(None);
-                    };
-                    match t.status {
-                        TargetStatus::InProgress => Ok(Some((dep, false))),
-                        TargetStatus::Pending => {
-                            t.status = TargetStatus::InProgress;
-                            t.updated_at = now;
-                            dep.shift(TargetStatus::Pending, TargetStatus::InProgress, now);
-                            tx_put(targets, &tkey, &t)?;
-                            tx_put(deployments, &deployment_id, &dep)?;
-                            Ok(Some((dep, true)))
-                        }
-                        // Finished meanwhile; the index entry is on its way out.
-                        _ => Ok(None),
-                    }
-                })
-                .map_err(tx_err)?;
+            // Steady state (already delivered, re-sent until the result): plain reads.
+            let step = match get::<TargetRecord>(&self.targets, &tkey)? {
+                Some(t) if t.status == TargetStatus::InProgress => {
+                    get::<DeploymentRecord>(&self.deployments, &deployment_id)?.map(|d| (d, false))
+                }
+                Some(t) if t.status == TargetStatus::Pending => {
+                    self.deliver(&deployment_id, &tkey, now)?
+                }
+                // Finished meanwhile; the index entry is on its way out.
+                _ => None,
+            };
             if let Some((dep, moved)) = step {
                 let payload = BundleCommand {
                     deployment_id: dep.id.clone(),
@@ -294,15 +281,41 @@ impl Store {
         Ok(None)
     }
 
+    /// Move a pending target to `in_progress` (its command is being delivered). `None`
+    /// when it changed meanwhile and is no longer for this heartbeat to send.
+    fn deliver(
+        &self,
+        deployment_id: &str,
+        tkey: &[u8],
+        now: Ts,
+    ) -> Result<Option<(DeploymentRecord, bool)>> {
+        (&self.targets, &self.deployments)
+            .transaction(|(targets, deployments)| {
+                let Some(mut t) = tx_get::<TargetRecord>(targets, tkey)? else {
+                    return Ok(None);
+                };
+                let Some(mut dep) = tx_get::<DeploymentRecord>(deployments, deployment_id)? else {
+                    return Ok(None);
+                };
+                match t.status {
+                    TargetStatus::InProgress => Ok(Some((dep, false))),
+                    TargetStatus::Pending => {
+                        t.status = TargetStatus::InProgress;
+                        t.updated_at = now;
+                        dep.shift(TargetStatus::Pending, TargetStatus::InProgress, now);
+                        tx_put(targets, tkey, &t)?;
+                        tx_put(deployments, deployment_id, &dep)?;
+                        Ok(Some((dep, true)))
+                    }
+                    _ => Ok(None),
+                }
+            })
+            .map_err(tx_err)
+    }
+
     /// Newest first, at most `limit`.
     pub fn heartbeats(&self, device_id: &str, limit: usize) -> Result<Vec<HeartbeatRecord>> {
-        self.heartbeats
-            .scan_prefix(prefix(device_id))
-            .values()
-            .rev()
-            .take(limit)
-            .map(|v| dec(&v?))
-            .collect()
+        newest_first(&self.heartbeats, device_id, limit)
     }
 
     /// One page of devices ordered by id, after the cursor, matching the filter.

@@ -152,12 +152,31 @@ impl Store {
         // Not `flush_async`: in sled 0.34 concurrent `flush_async` calls park sled's own IO
         // threads, which the flush itself needs, and the server hangs (spacejam/sled#1308,
         // #1241). A blocking flush on tokio's blocking pool leaves those threads free.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush_blocking())
             .await
-            .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e))))??;
+            .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e))))?
+    }
+
+    /// [`Store::flush`] for callers outside an async runtime (the CLI).
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.db.flush()?;
         Ok(())
     }
+}
+
+/// The newest `limit` records under `owner ‖` (keys sort oldest first).
+fn newest_first<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    owner: &str,
+    limit: usize,
+) -> Result<Vec<T>> {
+    tree.scan_prefix(prefix(owner))
+        .values()
+        .rev()
+        .take(limit)
+        .map(|v| dec(&v?))
+        .collect()
 }
 
 // ------------------------------------------------------------------ key and value codec

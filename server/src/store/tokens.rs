@@ -61,6 +61,10 @@ impl Store {
             .collect()
     }
 
+    pub fn operator_token_exists(&self, name: &str) -> Result<bool> {
+        Ok(self.operator_tokens.contains_key(name)?)
+    }
+
     pub fn has_operator_tokens(&self) -> bool {
         !self.operator_tokens.is_empty()
     }
