@@ -1,7 +1,8 @@
-//! `kernex-agent`: the device daemon (SPEC §3). Not built yet — this crate only reserves
-//! its place in the workspace; it says so instead of pretending to run.
+//! `kernex-agent` binary: see the library docs.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("kernex-agent: not implemented yet (SPEC §3 is the next piece of work)");
-    std::process::ExitCode::from(2)
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    kernex_agent::run_cli(kernex_agent::cli::Cli::parse()).await
 }

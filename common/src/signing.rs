@@ -88,6 +88,7 @@ impl DevicePublicKey {
 }
 
 /// A device's private key (held only by the agent, and by tests acting as devices).
+#[derive(Clone)]
 pub struct DeviceKey {
     key: PrivateKey,
 }

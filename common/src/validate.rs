@@ -8,9 +8,13 @@ pub const MAX_MESSAGE_LEN: usize = 8 * 1024;
 /// Most tags a device may carry.
 pub const MAX_TAGS: usize = 32;
 
-/// A bundle version: 1–64 chars of `[A-Za-z0-9._+-]`.
+/// A bundle version: 1–64 chars of `[A-Za-z0-9._+-]`, and not `.` or `..` (the agent
+/// keeps each version in a folder of that name, so a version must be a safe path
+/// component).
 pub fn is_valid_version(v: &str) -> bool {
     (1..=MAX_ID_LEN).contains(&v.len())
+        && v != "."
+        && v != ".."
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
 }
@@ -54,6 +58,9 @@ mod tests {
         assert!(!is_valid_version(""));
         assert!(!is_valid_version("1.0/../x"));
         assert!(!is_valid_version(&"1".repeat(65)));
+        // A version names a folder on the device: never a relative path of its own.
+        assert!(!is_valid_version("."));
+        assert!(!is_valid_version(".."));
     }
 
     #[test]

@@ -1,0 +1,318 @@
+//! Command line: `run` (the daemon), `status`, `flush`, `history`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::Client;
+use crate::context::Ctx;
+use crate::identity::{DeviceFile, Identity};
+use crate::paths::Paths;
+use crate::queue::{self, Queue};
+use crate::runner::{RegisterOptions, Runner};
+use crate::state::StateStore;
+use crate::{executor, logging, status};
+
+/// Server used when neither `--server` nor an earlier registration names one.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8000";
+
+#[derive(Debug, Parser)]
+#[command(name = "kernex-agent", version, about = "Kernex device agent")]
+pub struct Cli {
+    /// Server URL. Defaults to the server this device registered with, else
+    /// http://127.0.0.1:8000.
+    #[arg(long, env = "KERNEX_SERVER", global = true)]
+    pub server: Option<String>,
+    /// State directory (key, identity, state, queue, bundles, logs). Defaults to the
+    /// platform data dir, e.g. ~/.local/share/kernex/agent.
+    #[arg(long, env = "KERNEX_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// PEM file of an extra CA to trust (a private CA), besides the system roots.
+    #[arg(long, env = "KERNEX_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the daemon: register, heartbeat, execute commands, deliver results.
+    Run(RunArgs),
+    /// What this device is, runs and owes the server (works offline).
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Do not probe the server.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Send queued results now; exits 1 if anything stays queued.
+    Flush,
+    /// Deployments this device executed, newest first.
+    History {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// One register/heartbeat/execute/flush cycle, then exit: 0 when the server answered,
+    /// 1 when not.
+    #[arg(long)]
+    pub once: bool,
+    /// Enrollment token: admits the device as accepted instead of pending.
+    #[arg(long, env = "KERNEX_ENROLLMENT_TOKEN", hide_env_values = true)]
+    pub enrollment_token: Option<String>,
+    /// Device type reported at registration.
+    #[arg(long, env = "KERNEX_DEVICE_TYPE", default_value = "generic")]
+    pub device_type: String,
+    /// Size of the RSA key generated on first run.
+    #[arg(long, env = "KERNEX_KEY_BITS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u16).range(2048..=16384))]
+    pub key_bits: u16,
+}
+
+/// Run a parsed command line; the process exit code.
+pub async fn run_cli(cli: Cli) -> ExitCode {
+    let result = match &cli.command {
+        Cmd::Run(args) => run(&cli, args).await,
+        Cmd::Status { json, offline } => status_cmd(&cli, *json, *offline).await,
+        Cmd::Flush => flush_cmd(&cli).await,
+        Cmd::History { json } => history_cmd(&cli, *json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("kernex-agent: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn paths(cli: &Cli) -> anyhow::Result<Paths> {
+    match &cli.state_dir {
+        Some(dir) => Ok(Paths::new(dir)),
+        None => Paths::default_root()
+            .map(Paths::new)
+            .context("no --state-dir given and no platform data dir known"),
+    }
+}
+
+/// `--server`, else the server of the registration on file, else the default.
+fn server(cli: &Cli, paths: &Paths) -> String {
+    cli.server
+        .clone()
+        .or_else(|| {
+            DeviceFile::load(&paths.device())
+                .ok()
+                .flatten()
+                .map(|d| d.server)
+        })
+        .unwrap_or_else(|| DEFAULT_SERVER.to_owned())
+}
+
+/// Hold `agent.lock` for the daemon's lifetime: one daemon per state dir.
+fn lock(paths: &Paths) -> anyhow::Result<File> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(paths.lock())
+        .with_context(|| format!("cannot open {}", paths.lock().display()))?;
+    // `status` takes the lock shared for an instant to see whether we run; allow for it.
+    let mut tries = 0;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(paths.lock()).unwrap_or_default();
+                bail!(
+                    "another kernex-agent (pid {}) is already running on {}",
+                    holder.trim(),
+                    paths.root.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).context("cannot lock the state dir");
+            }
+        }
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let paths = paths(cli)?;
+    paths
+        .create()
+        .with_context(|| format!("cannot create the state dir {}", paths.root.display()))?;
+    let _lock = lock(&paths)?;
+    let state = StateStore::open(&paths.state())
+        .with_context(|| format!("cannot read {}", paths.state().display()))?;
+    // The saved configuration applies before the first beat.
+    let log = logging::init_daemon(&paths.logs(), &state.get().config.log_level)?;
+    let server = server(cli, &paths);
+    let client = Client::new(&server, cli.ca_cert.as_deref())?;
+    tracing::info!(
+        version = crate::AGENT_VERSION,
+        server = %server,
+        state_dir = %paths.root.display(),
+        once = args.once,
+        "kernex-agent starting"
+    );
+    let identity = Identity::load_or_create(&paths.key(), usize::from(args.key_bits)).await?;
+    let ctx = Arc::new(Ctx::new(paths.clone(), state, client));
+    match DeviceFile::load(&paths.device()) {
+        Ok(Some(d))
+            if d.server == ctx.client.server()
+                && d.public_key_fingerprint == identity.fingerprint =>
+        {
+            ctx.set_device(Some(d));
+        }
+        Ok(Some(d)) => {
+            tracing::info!(registered_with = %d.server, "device.json is for another server or key; registering anew");
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "device.json unreadable; registering anew"),
+    }
+    executor::recover(&ctx).await?;
+
+    let mut runner = Runner::new(
+        ctx,
+        identity,
+        RegisterOptions {
+            device_type: args.device_type.clone(),
+            enrollment_token: args.enrollment_token.clone(),
+        },
+        Some(log),
+    );
+    if args.once {
+        return Ok(if runner.once().await {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut first = Some(first_tx);
+        let mut second = Some(second_tx);
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                r = tokio::signal::ctrl_c() => if r.is_err() { return },
+            }
+            if let Some(tx) = first.take() {
+                tracing::info!("signal received; shutting down");
+                let _ = tx.send(());
+            } else if let Some(tx) = second.take() {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    });
+    runner
+        .run(
+            async {
+                let _ = first_rx.await;
+            },
+            async {
+                let _ = second_rx.await;
+            },
+        )
+        .await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status_cmd(cli: &Cli, json: bool, offline: bool) -> anyhow::Result<ExitCode> {
+    logging::init_cli();
+    let paths = paths(cli)?;
+    let server = server(cli, &paths);
+    let client = if offline {
+        None
+    } else {
+        Some(Client::new(&server, cli.ca_cert.as_deref())?)
+    };
+    let report = status::gather(&paths, &server, client.as_ref()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", status::render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn flush_cmd(cli: &Cli) -> anyhow::Result<ExitCode> {
+    logging::init_cli();
+    let paths = paths(cli)?;
+    let queue = Queue::new(paths.queue());
+    let waiting = queue.len();
+    if waiting == 0 {
+        println!("queue is empty");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(device) = DeviceFile::load(&paths.device())? else {
+        println!(
+            "{waiting} report(s) queued, but this device is not registered: run `kernex-agent run` first"
+        );
+        return Ok(ExitCode::from(1));
+    };
+    let server = server(cli, &paths);
+    let client = Client::new(&server, cli.ca_cert.as_deref())?;
+    let skip = StateStore::read(&paths.state())?
+        .in_progress
+        .map(|p| p.deployment_id);
+    let r = queue::flush(
+        &queue,
+        &client,
+        &device.device_id,
+        &device.device_token,
+        skip.as_deref(),
+    )
+    .await?;
+    let left = queue.len();
+    println!(
+        "sent {}, rejected {} (see {}), {left} still queued",
+        r.sent,
+        r.rejected,
+        paths.rejected().display()
+    );
+    if let Some(e) = r.stopped {
+        println!("stopped: {e}");
+    }
+    Ok(if left == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn history_cmd(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
+    let paths = paths(cli)?;
+    let state = StateStore::read(&paths.state())?;
+    let records: Vec<_> = state.history.into_iter().collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+    } else {
+        print!("{}", status::render_history(&records));
+    }
+    Ok(ExitCode::SUCCESS)
+}

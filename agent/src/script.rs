@@ -1,0 +1,351 @@
+//! Running a bundle's script: executed directly (no shell command line is ever built
+//! from input), in its own process group so a timeout kills everything it started,
+//! keeping the last 8 KiB of its combined output.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+/// Bytes of output kept for `log_tail`.
+pub const TAIL_BYTES: usize = 8 * 1024;
+/// After SIGTERM on timeout, how long the group gets before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+/// After the script exits, how long to wait for its output pipes to close (a service it
+/// started in the background may hold them open forever).
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// How a script ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    TimedOut(Duration),
+    /// It could not be started at all.
+    NotStarted(String),
+}
+
+/// The outcome of one script run.
+#[derive(Debug, Clone)]
+pub struct ScriptRun {
+    pub exit: Exit,
+    pub tail: String,
+    pub duration: Duration,
+}
+
+impl ScriptRun {
+    pub fn success(&self) -> bool {
+        self.exit == Exit::Code(0)
+    }
+
+    /// A sentence for `error_message`.
+    pub fn describe(&self, what: &str) -> String {
+        match &self.exit {
+            Exit::Code(0) => format!("{what} succeeded"),
+            Exit::Code(c) => format!("{what} exited with code {c}"),
+            Exit::Signal(s) => format!("{what} was killed by signal {s}"),
+            Exit::TimedOut(t) => format!("{what} timed out after {} s and was killed", t.as_secs()),
+            Exit::NotStarted(e) => format!("{what} could not be started: {e}"),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ScriptSpec {
+    /// The bundle folder: the working directory.
+    pub dir: PathBuf,
+    /// The script's path relative to `dir`, as the manifest names it.
+    pub script: String,
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+/// Run a script to completion (or timeout). `on_start` receives the process group id as
+/// soon as the process exists, so it can be recorded for crash recovery.
+pub async fn run(spec: &ScriptSpec, on_start: impl FnOnce(i32)) -> ScriptRun {
+    let started = Instant::now();
+    let not_started = |e: String| ScriptRun {
+        exit: Exit::NotStarted(e),
+        tail: String::new(),
+        duration: started.elapsed(),
+    };
+    let path = match resolve(&spec.dir, &spec.script) {
+        Ok(p) => p,
+        Err(e) => return not_started(e),
+    };
+    let mut child = match spawn(&path, spec) {
+        Ok(c) => c,
+        Err(e) => return not_started(format!("{}: {e}", spec.script)),
+    };
+    let Some(pgid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
+        return not_started("the process exited before it could be tracked".into());
+    };
+    on_start(pgid);
+
+    let tail = Arc::new(Mutex::new(Tail::default()));
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(tokio::spawn(collect(out, tail.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(collect(err, tail.clone())));
+    }
+
+    let exit = tokio::select! {
+        status = child.wait() => match status {
+            Ok(s) => exit_of(s),
+            Err(e) => Exit::NotStarted(format!("waiting for the script failed: {e}")),
+        },
+        () = tokio::time::sleep(spec.timeout) => {
+            kill_group(pgid, Signal::TERM);
+            if tokio::time::timeout(TERM_GRACE, child.wait()).await.is_err() {
+                kill_group(pgid, Signal::KILL);
+                let _ = child.wait().await;
+            }
+            // Whatever it left behind in its group goes too.
+            kill_group(pgid, Signal::KILL);
+            Exit::TimedOut(spec.timeout)
+        }
+    };
+
+    let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
+    for r in readers {
+        let abort = r.abort_handle();
+        if tokio::time::timeout_at(deadline, r).await.is_err() {
+            abort.abort();
+        }
+    }
+    let tail = tail.lock().map(|t| t.text()).unwrap_or_default();
+    ScriptRun {
+        exit,
+        tail,
+        duration: started.elapsed(),
+    }
+}
+
+/// Send `signal` to a whole process group; a group that is already gone is fine.
+pub fn kill_group(pgid: i32, signal: Signal) {
+    if let Some(pid) = Pid::from_raw(pgid) {
+        let _ = rustix::process::kill_process_group(pid, signal);
+    }
+}
+
+/// Does a process group still have members?
+pub fn group_alive(pgid: i32) -> bool {
+    Pid::from_raw(pgid).is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
+}
+
+/// The script's real path, which must be a regular file inside the bundle folder (the
+/// archive checks already guarantee it; this holds even if the folder was tampered
+/// with on the device).
+fn resolve(dir: &Path, script: &str) -> Result<PathBuf, String> {
+    let rel = kernex_common::manifest::normalize_entry_path(script)
+        .ok_or_else(|| format!("script path {script:?} is not inside the bundle"))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("bundle folder {}: {e}", dir.display()))?;
+    let path = dir
+        .join(&rel)
+        .canonicalize()
+        .map_err(|e| format!("script {script:?}: {e}"))?;
+    if !path.starts_with(&dir) {
+        return Err(format!("script {script:?} resolves outside the bundle"));
+    }
+    if !path.is_file() {
+        return Err(format!("script {script:?} is not a regular file"));
+    }
+    Ok(path)
+}
+
+fn spawn(path: &Path, spec: &ScriptSpec) -> std::io::Result<tokio::process::Child> {
+    let executable = std::fs::metadata(path)?.permissions().mode() & 0o111 != 0;
+    let mut attempts = 0;
+    loop {
+        // A script without the executable bit is handed to sh as a file argument —
+        // still no command line built from input.
+        let mut cmd = if executable {
+            Command::new(path)
+        } else {
+            let mut c = Command::new("/bin/sh");
+            c.arg(path);
+            c
+        };
+        cmd.current_dir(&spec.dir)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        match cmd.spawn() {
+            // ETXTBSY: another thread of ours forked while the freshly extracted file
+            // was still open for writing somewhere; it clears in moments.
+            Err(e) if e.raw_os_error() == Some(26) && attempts < 20 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn exit_of(status: std::process::ExitStatus) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => Exit::Code(c),
+        (None, Some(s)) => Exit::Signal(s),
+        (None, None) => Exit::Code(-1),
+    }
+}
+
+/// A bounded buffer of the newest output bytes.
+#[derive(Default)]
+struct Tail {
+    bytes: VecDeque<u8>,
+}
+
+impl Tail {
+    fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend(chunk);
+        let excess = self.bytes.len().saturating_sub(TAIL_BYTES);
+        self.bytes.drain(..excess);
+    }
+
+    fn text(&self) -> String {
+        let (a, b) = self.bytes.as_slices();
+        let raw = [a, b].concat();
+        let text = String::from_utf8_lossy(&raw);
+        // Lossy decoding can grow the text (U+FFFD is 3 bytes); cut again.
+        kernex_common::validate::tail_utf8(&text, TAIL_BYTES).to_owned()
+    }
+}
+
+async fn collect(mut reader: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if let Ok(mut t) = tail.lock() {
+                    t.push(&buf[..n]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Processes of group `pgid` that are not zombies (from /proc).
+    fn running_members(pgid: i32) -> usize {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
+                let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z"
+            })
+            .count()
+    }
+
+    fn spec(dir: &Path, body: &str, timeout: Duration) -> ScriptSpec {
+        let path = dir.join("run.sh");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ScriptSpec {
+            dir: dir.to_path_buf(),
+            script: "run.sh".into(),
+            env: vec![("KERNEX_TEST_VALUE".into(), "from-env".into())],
+            timeout,
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_in_the_bundle_dir_with_env_and_keeps_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(
+            dir.path(),
+            "pwd; echo \"$KERNEX_TEST_VALUE\"; echo oops >&2; exit 3",
+            Duration::from_secs(30),
+        );
+        let run = run(&s, |_| {}).await;
+        assert_eq!(run.exit, Exit::Code(3));
+        let canon = dir.path().canonicalize().unwrap();
+        assert!(run.tail.contains(canon.to_str().unwrap()), "{}", run.tail);
+        assert!(run.tail.contains("from-env"));
+        assert!(run.tail.contains("oops"));
+        assert_eq!(run.describe("deploy"), "deploy exited with code 3");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        // The child in the background would outlive a kill of the script alone.
+        let s = spec(
+            dir.path(),
+            "sleep 300 & echo started; wait",
+            Duration::from_millis(500),
+        );
+        let mut group = 0;
+        let run = run(&s, |g| group = g).await;
+        assert_eq!(run.exit, Exit::TimedOut(Duration::from_millis(500)));
+        assert!(run.tail.contains("started"));
+        // Killed members may linger as zombies until init reaps them; none may still run.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while running_members(group) > 0 {
+            assert!(Instant::now() < deadline, "the background sleep survived");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_last_8_kib_of_output_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(
+            dir.path(),
+            "i=0; while [ $i -lt 2000 ]; do echo \"line $i\"; i=$((i+1)); done",
+            Duration::from_secs(30),
+        );
+        let run = run(&s, |_| {}).await;
+        assert!(run.success());
+        assert!(run.tail.len() <= TAIL_BYTES);
+        assert!(run.tail.ends_with("line 1999\n"));
+        assert!(!run.tail.contains("line 1\n"));
+    }
+
+    #[tokio::test]
+    async fn a_script_outside_the_bundle_or_missing_is_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), "true", Duration::from_secs(5));
+        s.script = "../run.sh".into();
+        assert!(matches!(run(&s, |_| {}).await.exit, Exit::NotStarted(_)));
+        s.script = "missing.sh".into();
+        assert!(matches!(run(&s, |_| {}).await.exit, Exit::NotStarted(_)));
+    }
+
+    #[tokio::test]
+    async fn a_script_without_the_executable_bit_still_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path(), "echo plain", Duration::from_secs(30));
+        std::fs::set_permissions(
+            dir.path().join("run.sh"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let run = run(&s, |_| {}).await;
+        assert!(run.success(), "{:?}", run.exit);
+        assert!(run.tail.contains("plain"));
+    }
+}
