@@ -28,3 +28,7 @@ check:
 # Benchmarks (release build): heartbeat cost against fleet size.
 bench:
     cargo bench -p kernex-server --bench heartbeat
+
+# Run a device agent against the local server (state in $KERNEX_STATE_DIR or the platform dir).
+agent *ARGS:
+    cargo run --release -p kernex-agent -- run "$@"
