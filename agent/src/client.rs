@@ -211,6 +211,22 @@ impl Client {
         }
     }
 
+    /// The server's clock, from the `Date` header of `GET /healthz` (registration
+    /// timestamps must be within 5 minutes of it).
+    pub async fn server_time(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let resp = self
+            .http
+            .get(format!("{}/healthz", self.base))
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .ok()?;
+        let date = resp.headers().get(reqwest::header::DATE)?.to_str().ok()?;
+        chrono::DateTime::parse_from_rfc2822(date)
+            .ok()
+            .map(|d| d.with_timezone(&chrono::Utc))
+    }
+
     /// Does the server answer `GET /healthz` within [`PROBE_TIMEOUT`]?
     pub async fn probe(&self) -> Result<(), ClientError> {
         let resp = self

@@ -100,11 +100,40 @@ impl Identity {
         device_type: &str,
         enrollment_token: Option<&str>,
     ) -> Result<DeviceFile, RegisterError> {
+        let first = self
+            .register_at(client, device_type, enrollment_token, Utc::now())
+            .await;
+        let Err(RegisterError::Refused(ref why)) = first else {
+            return first;
+        };
+        // Devices without a real-time clock boot with a wrong one, and the server refuses
+        // a timestamp more than 5 minutes off. Its `Date` header tells its time: when ours
+        // is that far off, sign once more with the server's (the signature still proves
+        // the key; the server still refuses replays).
+        let Some(server_now) = client.server_time().await else {
+            return first;
+        };
+        let skew = (server_now - Utc::now()).num_seconds();
+        if skew.abs() < 240 {
+            return first;
+        }
+        tracing::warn!(skew_s = skew, refused = %why, "this device's clock is off; registering with the server's time");
+        self.register_at(client, device_type, enrollment_token, server_now)
+            .await
+    }
+
+    async fn register_at(
+        &self,
+        client: &Client,
+        device_type: &str,
+        enrollment_token: Option<&str>,
+        timestamp: DateTime<Utc>,
+    ) -> Result<DeviceFile, RegisterError> {
         let body = RegisterRequest {
             public_key: self.public_key_pem.clone(),
             device_type: device_type.to_owned(),
             hardware_metadata: sysmetrics::hardware_metadata(),
-            timestamp: Utc::now(),
+            timestamp,
         };
         let bytes = serde_json::to_vec(&body).map_err(|e| RegisterError::Local(e.into()))?;
         let key = self.key.clone();

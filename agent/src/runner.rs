@@ -268,6 +268,15 @@ impl Runner {
             // The running one is reported first; the server keeps re-sending the rest.
             return;
         }
+        if self.ctx.state.get().in_progress.is_some() {
+            // Nothing runs, yet a deployment is marked in progress: its task died
+            // without finishing (a bug, a panic). Settle it as interrupted first, or
+            // the device would refuse work forever.
+            if let Err(e) = executor::recover(&self.ctx).await {
+                tracing::error!(error = %format!("{e:#}"), "cannot settle the unfinished deployment");
+                return;
+            }
+        }
         let ctx = self.ctx.clone();
         let wake = self.wake.clone();
         let job = async move {
