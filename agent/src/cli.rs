@@ -121,7 +121,7 @@ fn server(cli: &Cli, paths: &Paths) -> String {
 }
 
 /// Hold `agent.lock` for the daemon's lifetime: one daemon per state dir.
-fn lock(paths: &Paths) -> anyhow::Result<File> {
+async fn lock(paths: &Paths) -> anyhow::Result<File> {
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -136,7 +136,7 @@ fn lock(paths: &Paths) -> anyhow::Result<File> {
             Ok(()) => break,
             Err(std::fs::TryLockError::WouldBlock) if tries < 20 => {
                 tries += 1;
-                std::thread::sleep(Duration::from_millis(100));
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = std::fs::read_to_string(paths.lock()).unwrap_or_default();
@@ -161,7 +161,7 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     paths
         .create()
         .with_context(|| format!("cannot create the state dir {}", paths.root.display()))?;
-    let _lock = lock(&paths)?;
+    let _lock = lock(&paths).await?;
     let state = StateStore::open(&paths.state())
         .with_context(|| format!("cannot read {}", paths.state().display()))?;
     // The saved configuration applies before the first beat.

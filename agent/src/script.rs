@@ -80,7 +80,7 @@ pub async fn run(spec: &ScriptSpec, on_start: impl FnOnce(i32)) -> ScriptRun {
         Ok(p) => p,
         Err(e) => return not_started(e),
     };
-    let mut child = match spawn(&path, spec) {
+    let mut child = match spawn(&path, spec).await {
         Ok(c) => c,
         Err(e) => return not_started(format!("{}: {e}", spec.script)),
     };
@@ -164,7 +164,7 @@ fn resolve(dir: &Path, script: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-fn spawn(path: &Path, spec: &ScriptSpec) -> std::io::Result<tokio::process::Child> {
+async fn spawn(path: &Path, spec: &ScriptSpec) -> std::io::Result<tokio::process::Child> {
     let executable = std::fs::metadata(path)?.permissions().mode() & 0o111 != 0;
     let mut attempts = 0;
     loop {
@@ -189,7 +189,7 @@ fn spawn(path: &Path, spec: &ScriptSpec) -> std::io::Result<tokio::process::Chil
             // was still open for writing somewhere; it clears in moments.
             Err(e) if e.raw_os_error() == Some(26) && attempts < 20 => {
                 attempts += 1;
-                std::thread::sleep(Duration::from_millis(50));
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             other => return other,
         }
