@@ -16,6 +16,7 @@ use kernex_common::manifest::Manifest;
 use kernex_common::validate::{MAX_MESSAGE_LEN, is_valid_id, is_valid_version, tail_utf8};
 
 use crate::context::Ctx;
+use crate::crashpoint;
 use crate::download::{Download, DownloadError};
 use crate::identity::DeviceFile;
 use crate::queue::{Outcome, QueuedReport};
@@ -93,8 +94,11 @@ pub async fn run_command(
 /// Queue the result durably, then record the outcome in `state.json`, then prune old
 /// bundles. The order is what crash recovery relies on.
 pub fn finish(ctx: &Ctx, report: QueuedReport) -> std::io::Result<()> {
+    crashpoint::hit("before-queue-write");
     ctx.queue.push(&report)?;
+    crashpoint::hit("after-queue-write");
     ctx.state.update(|s| apply(s, &report))?;
+    crashpoint::hit("after-state-update");
     tracing::info!(
         deployment.id = %report.deployment_id,
         status = report.report.status.as_str(),

@@ -17,6 +17,7 @@
 pub mod cli; // clap flags and subcommand dispatch
 pub mod client; // typed HTTP calls to the server
 pub mod context; // what the daemon's parts share
+pub mod crashpoint; // named abort points for crash-safety tests
 pub mod download; // streamed, resumable, checksummed bundle download
 pub mod executor; // the deploy / rollback pipeline and crash recovery
 pub mod fsutil; // durable file writes (write, fsync, rename, fsync dir)

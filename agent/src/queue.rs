@@ -213,6 +213,7 @@ pub async fn flush(
         }
         match client.result(token, &r.deployment_id, &r.report).await {
             Ok(()) => {
+                crate::crashpoint::hit("after-send");
                 queue.remove(&entry.path)?;
                 out.sent += 1;
                 tracing::info!(deployment.id = %r.deployment_id, status = r.report.status.as_str(), "result delivered");

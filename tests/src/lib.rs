@@ -2,7 +2,7 @@
 //!
 //! [`ServerProcess`] starts `kernex-server` on a temp data dir and port 0, learns the
 //! bound address from its log line (no sleeping, no port guessing), and can be killed
-//! with SIGKILL to test crash durability.
+//! with SIGKILL to test crash durability. [`agent`] drives `kernex-agent` the same way.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,6 +11,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+
+/// `kernex-agent` state dirs, one-shot commands and daemons, bundles and polling.
+pub mod agent;
 
 /// Path of a workspace binary. `cargo test --workspace` builds every binary before the
 /// tests run, so it is normally used as is; when it is missing or older than its sources
@@ -90,8 +93,24 @@ impl ServerProcess {
 
     /// Start with extra command-line arguments.
     pub fn start_with(data_dir: &Path, admin: &str, enroll: &str, extra: &[&str]) -> Result<Self> {
+        Self::spawn("127.0.0.1:0", data_dir, admin, enroll, extra)
+    }
+
+    /// Start listening on `listen` (e.g. the address of a server that was killed, so its
+    /// devices find it again after an outage).
+    pub fn start_on(data_dir: &Path, admin: &str, enroll: &str, listen: &str) -> Result<Self> {
+        Self::spawn(listen, data_dir, admin, enroll, &[])
+    }
+
+    fn spawn(
+        listen: &str,
+        data_dir: &Path,
+        admin: &str,
+        enroll: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let mut child = Command::new(bin("kernex-server")?)
-            .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+            .args(["--listen", listen, "--log-level", "info"])
             .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
