@@ -253,9 +253,9 @@ async fn status_cmd(cli: &Cli, json: bool, offline: bool) -> anyhow::Result<Exit
     };
     let report = status::gather(&paths, &server, client.as_ref()).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));
     } else {
-        print!("{}", status::render(&report));
+        emit(&status::render(&report));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -266,13 +266,13 @@ async fn flush_cmd(cli: &Cli) -> anyhow::Result<ExitCode> {
     let queue = Queue::new(paths.queue());
     let waiting = queue.len();
     if waiting == 0 {
-        println!("queue is empty");
+        emit("queue is empty\n");
         return Ok(ExitCode::SUCCESS);
     }
     let Some(device) = DeviceFile::load(&paths.device())? else {
-        println!(
-            "{waiting} report(s) queued, but this device is not registered: run `kernex-agent run` first"
-        );
+        emit(&format!(
+            "{waiting} report(s) queued, but this device is not registered: run `kernex-agent run` first\n"
+        ));
         return Ok(ExitCode::from(1));
     };
     let server = server(cli, &paths);
@@ -289,14 +289,14 @@ async fn flush_cmd(cli: &Cli) -> anyhow::Result<ExitCode> {
     )
     .await?;
     let left = queue.len();
-    println!(
-        "sent {}, rejected {} (see {}), {left} still queued",
+    emit(&format!(
+        "sent {}, rejected {} (see {}), {left} still queued\n",
         r.sent,
         r.rejected,
         paths.rejected().display()
-    );
+    ));
     if let Some(e) = r.stopped {
-        println!("stopped: {e}");
+        emit(&format!("stopped: {e}\n"));
     }
     Ok(if left == 0 {
         ExitCode::SUCCESS
@@ -310,9 +310,16 @@ fn history_cmd(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
     let state = StateStore::read(&paths.state())?;
     let records: Vec<_> = state.history.into_iter().collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&records)?));
     } else {
-        print!("{}", status::render_history(&records));
+        emit(&status::render_history(&records));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Write to stdout; a closed pipe (`status | head`) is not an error worth a panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

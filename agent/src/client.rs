@@ -4,7 +4,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use kernex_common::api::{
-    ErrorBody, HeartbeatRequest, HeartbeatResponse, ProgressReport, RegisterResponse, ResultReport,
+    Admission, Command, DeploymentDevice, ErrorBody, HeartbeatRequest, ProgressReport,
+    RegisterResponse, ResultReport, Timestamp,
 };
 use kernex_common::signing::{ENROLLMENT_HEADER, SIGNATURE_HEADER};
 use reqwest::StatusCode;
@@ -43,6 +44,7 @@ impl ClientError {
             ClientError::Unreachable(_) | ClientError::Decode(_) => true,
             ClientError::Status { status, .. } => {
                 status.is_server_error()
+                    || status.is_redirection()
                     || *status == StatusCode::REQUEST_TIMEOUT
                     || *status == StatusCode::TOO_MANY_REQUESTS
             }
@@ -60,6 +62,22 @@ fn unreachable(e: reqwest::Error) -> ClientError {
         source = s.source();
     }
     ClientError::Unreachable(msg)
+}
+
+/// A heartbeat reply with the commands this agent understands.
+#[derive(Debug, Clone)]
+pub struct HeartbeatReply {
+    pub commands: Vec<Command>,
+    pub admission: Admission,
+    pub server_time: Timestamp,
+}
+
+#[derive(serde::Deserialize)]
+struct RawHeartbeatReply {
+    #[serde(default)]
+    commands: Vec<serde_json::Value>,
+    admission: Admission,
+    server_time: Timestamp,
 }
 
 /// A client for one server.
@@ -82,6 +100,10 @@ impl Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // A redirect is never part of the API. Following one would turn a result
+            // POST into a GET somewhere else (a captive portal, an HTTP→HTTPS proxy)
+            // whose 200 or 405 says nothing about our report.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("kernex-agent/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = ca_cert {
             let pem = std::fs::read(path)
@@ -131,13 +153,15 @@ impl Client {
         Ok((status, decode(resp).await?))
     }
 
+    /// Send a heartbeat. A command this agent does not understand (a newer server) is
+    /// logged and skipped; it does not make the whole reply unreadable.
     pub async fn heartbeat(
         &self,
         device_id: &str,
         token: &str,
         body: &HeartbeatRequest,
         timeout: Duration,
-    ) -> Result<HeartbeatResponse, ClientError> {
+    ) -> Result<HeartbeatReply, ClientError> {
         let resp = self
             .http
             .post(self.url(&format!("/devices/{device_id}/heartbeat")))
@@ -147,7 +171,23 @@ impl Client {
             .send()
             .await
             .map_err(unreachable)?;
-        decode(resp).await
+        let raw: RawHeartbeatReply = decode(resp).await?;
+        let commands = raw
+            .commands
+            .into_iter()
+            .filter_map(|c| match serde_json::from_value::<Command>(c.clone()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(command = %c, error = %e, "skipping a command this agent does not understand");
+                    None
+                }
+            })
+            .collect();
+        Ok(HeartbeatReply {
+            commands,
+            admission: raw.admission,
+            server_time: raw.server_time,
+        })
     }
 
     pub async fn progress(
@@ -168,6 +208,8 @@ impl Client {
         check(resp).await.map(drop)
     }
 
+    /// Deliver a result. Only the server's own reply (the device's entry in the
+    /// deployment) counts as delivery; any other 2xx body is treated as "not delivered".
     pub async fn result(
         &self,
         token: &str,
@@ -183,7 +225,14 @@ impl Client {
             .send()
             .await
             .map_err(unreachable)?;
-        check(resp).await.map(drop)
+        let reply: DeploymentDevice = decode(resp).await?;
+        if reply.device_id != body.device_id {
+            return Err(ClientError::Decode(format!(
+                "result acknowledged for device {:?}, not {:?}",
+                reply.device_id, body.device_id
+            )));
+        }
+        Ok(())
     }
 
     /// Start downloading a bundle from byte `offset`. The caller reads the body as a

@@ -81,13 +81,23 @@ impl Download<'_> {
 
         let mut restarted = false;
         while have < size {
-            let resp = match self.client.download(self.token, &cmd.bundle_id, have).await {
-                Ok(r) => r,
-                Err(e) => return Err(classify(e)),
+            // The stall guard covers the wait for the response too: a connection that
+            // goes silent after the request was sent must not hang the deployment.
+            let request = self.client.download(self.token, &cmd.bundle_id, have);
+            let resp = match tokio::time::timeout(self.stall_timeout, request).await {
+                Err(_) => {
+                    return Err(DownloadError::Retry(format!(
+                        "download stalled: no answer for {:?} (at {have} of {size} bytes; will resume)",
+                        self.stall_timeout
+                    )));
+                }
+                Ok(Err(e)) => return Err(classify(e)),
+                Ok(Ok(r)) => r,
             };
             let mut file = match resp.status() {
                 StatusCode::PARTIAL_CONTENT if content_range_start(&resp) == Some(have) => {
                     tokio::fs::OpenOptions::new()
+                        .create(true)
                         .append(true)
                         .open(&part)
                         .await?
@@ -130,8 +140,8 @@ impl Download<'_> {
                     Err(_) => {
                         file.flush().await?;
                         return Err(DownloadError::Retry(format!(
-                            "download stalled: no data for {} s (at {have} of {size} bytes; will resume)",
-                            self.stall_timeout.as_secs()
+                            "download stalled: no data for {:?} (at {have} of {size} bytes; will resume)",
+                            self.stall_timeout
                         )));
                     }
                     Ok(Err(e)) => {

@@ -70,6 +70,7 @@ pub async fn run_command(
             phase: None,
             pgid: None,
             boot_id: None,
+            restore_attempted: false,
         })
     })?;
     tracing::info!(deployment.id = %cmd.deployment_id, kind = kind.as_str(), version = %cmd.bundle_version, "executing");
@@ -77,7 +78,7 @@ pub async fn run_command(
     match pipeline(ctx, kind, cmd, &device, started_at).await {
         Ok(report) => {
             let status = report.report.status;
-            finish(ctx, report)?;
+            finish_patiently(ctx, report).await?;
             Ok(Ran::Finished(status))
         }
         Err(why) => {
@@ -91,11 +92,30 @@ pub async fn run_command(
     }
 }
 
+/// [`finish`], retried while the disk refuses (full, read-only for a moment): the
+/// outcome is only in memory until it is written, and giving up would make a restart
+/// report a finished deployment as interrupted.
+async fn finish_patiently(ctx: &Ctx, report: QueuedReport) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        match finish(ctx, report.clone()) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::error!(deployment.id = %report.deployment_id, error = %e, "cannot record the result; retrying in 10 s");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Queue the result durably, then record the outcome in `state.json`, then prune old
-/// bundles. The order is what crash recovery relies on.
+/// bundles. The order is what crash recovery relies on. Safe to repeat.
 pub fn finish(ctx: &Ctx, report: QueuedReport) -> std::io::Result<()> {
     crashpoint::hit("before-queue-write");
-    ctx.queue.push(&report)?;
+    if ctx.queue.find(&report.deployment_id)?.is_none() {
+        ctx.queue.push(&report)?;
+    }
     crashpoint::hit("after-queue-write");
     ctx.state.update(|s| apply(s, &report))?;
     crashpoint::hit("after-state-update");
@@ -236,7 +256,9 @@ async fn pipeline(
         &dir,
         old_current.as_deref(),
     );
-    let timeout = spec.timeout_s.unwrap_or(st.config.deploy_timeout);
+    let timeout = spec
+        .timeout_s
+        .unwrap_or_else(|| ctx.state.get().config.deploy_timeout);
     let run = run_script(ctx, &dir, &spec.script, env.clone(), timeout).await;
     log.add(&label, &run);
     let mut failure = (!run.success()).then(|| run.describe(&label));
@@ -247,7 +269,9 @@ async fn pipeline(
     {
         ctx.progress(&cmd.deployment_id, Phase::HealthCheck, 0);
         set_phase(ctx, Phase::HealthCheck);
-        let timeout = health.timeout_s.unwrap_or(st.config.deploy_timeout);
+        let timeout = health
+            .timeout_s
+            .unwrap_or_else(|| ctx.state.get().config.deploy_timeout);
         let run = run_script(ctx, &dir, &health.script, env, timeout).await;
         let label = format!("health check {}", health.script);
         log.add(&label, &run);
@@ -539,20 +563,35 @@ pub fn prune_bundles(ctx: &Ctx) {
         .map(|b| b.version.clone())
         .collect();
     for version in doomed {
-        let dir = ctx.paths.bundle(&version);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(version, error = %e, "could not remove an old bundle");
-                continue;
-            }
-        }
+        // Forget it first, then move it into scratch (one rename), then delete it in the
+        // background: a crash at any point never leaves a half-deleted folder that
+        // `state.json` still lists as a kept bundle; scratch is cleared at start-up.
         if let Err(e) = ctx
             .state
             .update(|s| s.bundles.retain(|b| b.version != version))
         {
             tracing::warn!(error = %e, "could not record a pruned bundle");
+            continue;
+        }
+        let dir = ctx.paths.bundle(&version);
+        let trash = ctx
+            .paths
+            .downloads()
+            .join(format!("old-{}", uuid::Uuid::new_v4().simple()));
+        match fs::rename(&dir, &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!(version, error = %e, "could not remove an old bundle");
+                continue;
+            }
+        }
+        let remove = move || {
+            let _ = fs::remove_dir_all(&trash);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(remove)),
+            Err(_) => remove(),
         }
         tracing::info!(version, "pruned an old bundle");
     }
@@ -577,6 +616,7 @@ pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
     if let (Some(pgid), Some(boot)) = (ip.pgid, ip.boot_id.as_deref())
         && boot_id().as_deref() == Some(boot)
         && script::group_alive(pgid)
+        && script::group_runs_deployment(pgid, &ip.deployment_id)
     {
         tracing::warn!(pgid, "stopping what the interrupted script left running");
         script::kill_group(pgid, rustix::process::Signal::KILL);
@@ -599,11 +639,20 @@ pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
     );
     let scripts_ran = matches!(ip.phase, Some(Phase::Installing | Phase::HealthCheck));
     let mut rolled_back_to = None;
-    if scripts_ran
+    if ip.restore_attempted {
+        message.push_str("; restoring it was attempted before and did not complete");
+    } else if scripts_ran
         && let Some(good) = st.current_bundle_version.clone()
         && st.kept(&good).is_some()
         && ctx.paths.bundle(&good).is_dir()
     {
+        // Record the attempt first: a restore that crashes or hangs is not repeated on
+        // every restart.
+        ctx.state.update(|s| {
+            if let Some(p) = s.in_progress.as_mut() {
+                p.restore_attempted = true;
+            }
+        })?;
         match restore(
             ctx,
             &device,
@@ -648,7 +697,12 @@ pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scratch folders a killed extraction left in `downloads/`.
+/// Partial downloads untouched this long are abandoned (a deployment that is retried
+/// resumes within its polling interval).
+const STALE_PARTIAL: Duration = Duration::from_secs(24 * 3600);
+
+/// Scratch folders a killed extraction or prune left in `downloads/`, and partial
+/// downloads nobody resumed for a day.
 fn clean_scratch(ctx: &Ctx) {
     let Ok(rd) = fs::read_dir(ctx.paths.downloads()) else {
         return;
@@ -660,6 +714,13 @@ fn clean_scratch(ctx: &Ctx) {
             && e.file_type().is_ok_and(|t| t.is_dir())
         {
             let _ = fs::remove_dir_all(e.path());
+        } else if name.ends_with(".part")
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_PARTIAL))
+        {
+            tracing::info!(file = %name, "removing an abandoned partial download");
+            let _ = fs::remove_file(e.path());
         }
     }
 }

@@ -62,14 +62,26 @@ impl Queue {
     /// Durably add a report. Returns once it is on disk.
     pub fn push(&self, report: &QueuedReport) -> io::Result<PathBuf> {
         fs::create_dir_all(&self.dir)?;
-        let nanos = report
+        // Names order the queue: the time of queueing, but never below the newest name
+        // already there, so a clock that steps back (no RTC, NTP correction) cannot put
+        // a newer report before an older one.
+        let now = report
             .queued_at
             .timestamp_nanos_opt()
             .unwrap_or_default()
             .max(0);
+        let newest = fs::read_dir(&self.dir)?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                name.to_str()?.split('-').next()?.parse::<i64>().ok()
+            })
+            .max()
+            .unwrap_or(0);
+        let seq = now.max(newest.saturating_add(1));
         let path = self
             .dir
-            .join(format!("{nanos:020}-{}.json", report.deployment_id));
+            .join(format!("{seq:020}-{}.json", report.deployment_id));
         fsutil::write_json(&path, report, 0o600)?;
         Ok(path)
     }
@@ -266,9 +278,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::new(dir.path().join("queue"));
         let t0 = Utc::now();
-        q.push(&report("b", t0 + chrono::Duration::seconds(1)))
+        // "a" is produced second, though the clock stepped back an hour in between.
+        q.push(&report("b", t0)).unwrap();
+        q.push(&report("a", t0 - chrono::Duration::hours(1)))
             .unwrap();
-        q.push(&report("a", t0)).unwrap();
         let q2 = Queue::new(dir.path().join("queue"));
         let ids: Vec<_> = q2
             .list()
@@ -276,9 +289,12 @@ mod tests {
             .into_iter()
             .map(|e| e.report.deployment_id)
             .collect();
-        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(ids, ["b", "a"], "queue order is the order of production");
         assert_eq!(q2.len(), 2);
         assert_eq!(q2.oldest(), Some(t0));
+        q2.push(&report("c", t0 + chrono::Duration::seconds(1)))
+            .unwrap();
+        assert_eq!(q2.list().unwrap()[2].report.deployment_id, "c");
     }
 
     #[test]

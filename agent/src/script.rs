@@ -142,6 +142,29 @@ pub fn group_alive(pgid: i32) -> bool {
     Pid::from_raw(pgid).is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
 }
 
+/// Is some member of process group `pgid` a script of deployment `deployment_id`? (Its
+/// environment says so.) Guards against killing an unrelated group that reused the id.
+pub fn group_runs_deployment(pgid: i32, deployment_id: &str) -> bool {
+    let marker = format!("KERNEX_DEPLOYMENT_ID={deployment_id}");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
+            return false;
+        };
+        // pid (comm) state ppid pgrp …: comm may hold spaces, so split after ')'.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let in_group = rest
+            .split_whitespace()
+            .nth(2)
+            .is_some_and(|g| g == pgid.to_string());
+        in_group
+            && std::fs::read(p.path().join("environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+    })
+}
+
 /// The script's real path, which must be a regular file inside the bundle folder (the
 /// archive checks already guarantee it; this holds even if the folder was tampered
 /// with on the device).
@@ -178,6 +201,9 @@ async fn spawn(path: &Path, spec: &ScriptSpec) -> std::io::Result<tokio::process
             c
         };
         cmd.current_dir(&spec.dir)
+            // The agent's environment minus its secret and its test hooks.
+            .env_remove("KERNEX_ENROLLMENT_TOKEN")
+            .env_remove(crate::crashpoint::ENV)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -93,6 +93,9 @@ pub struct InProgress {
     /// Kernel boot id when the script started: a pgid means nothing after a reboot.
     #[serde(default)]
     pub boot_id: Option<String>,
+    /// Crash recovery already tried to put the last good version back.
+    #[serde(default)]
+    pub restore_attempted: bool,
 }
 
 /// A bundle kept under `bundles/<version>/`.

@@ -11,7 +11,7 @@ use crate::client::Client;
 use crate::identity::DeviceFile;
 use crate::paths::Paths;
 use crate::queue::Queue;
-use crate::state::{InProgress, LastError, LocalRecord, StateStore};
+use crate::state::{AgentState, InProgress, LastError, LocalRecord, StateStore};
 
 /// `kernex-agent status --json`.
 #[derive(Debug, Serialize)]
@@ -39,6 +39,8 @@ pub struct StatusReport {
     pub kept_bundles: Vec<String>,
     pub agent_version: String,
     pub state_dir: String,
+    /// Files that could not be read (their fields above fall back to defaults).
+    pub problems: Vec<String>,
 }
 
 /// Gather the report. `client` is `None` with `--offline`.
@@ -47,8 +49,17 @@ pub async fn gather(
     server: &str,
     client: Option<&Client>,
 ) -> anyhow::Result<StatusReport> {
-    let device = DeviceFile::load(&paths.device())?;
-    let state = StateStore::read(&paths.state())?;
+    // Whatever cannot be read is said, and the rest is still shown: a technician
+    // without read access to one file (or with a damaged one) still learns something.
+    let mut problems = Vec::new();
+    let device = DeviceFile::load(&paths.device()).unwrap_or_else(|e| {
+        problems.push(format!("{}: {e}", paths.device().display()));
+        None
+    });
+    let state = StateStore::read(&paths.state()).unwrap_or_else(|e| {
+        problems.push(format!("{}: {e}", paths.state().display()));
+        AgentState::default()
+    });
     let queue = Queue::new(paths.queue());
     let (reachable, probe_error) = match client {
         None => (None, None),
@@ -94,6 +105,7 @@ pub async fn gather(
             .unwrap_or_else(|_| paths.root.clone())
             .display()
             .to_string(),
+        problems,
     })
 }
 
@@ -258,6 +270,9 @@ pub fn render(r: &StatusReport) -> String {
     );
     line("agent version", r.agent_version.clone());
     line("state dir", r.state_dir.clone());
+    for p in &r.problems {
+        line("CANNOT READ", p.clone());
+    }
     out
 }
 
