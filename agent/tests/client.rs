@@ -112,3 +112,122 @@ async fn a_command_from_a_newer_server_is_skipped_not_fatal() {
     assert_eq!(reply.commands.len(), 1);
     assert!(matches!(&reply.commands[0], Command::Configure(c) if c.polling_interval == 30));
 }
+
+mod flush {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    use chrono::Utc;
+    use kernex_agent::queue::{self, Outcome, Queue, QueuedReport};
+    use kernex_common::api::DeploymentKind;
+
+    fn queued(deployment: &str, n: i64) -> QueuedReport {
+        let at = Utc::now() + chrono::Duration::seconds(n);
+        QueuedReport {
+            deployment_id: deployment.into(),
+            kind: DeploymentKind::Deploy,
+            bundle_version: "1.0.0".into(),
+            started_at: at,
+            queued_at: at,
+            report: ResultReport {
+                report_id: format!("r-{deployment}"),
+                ..report()
+            },
+            outcome: Outcome {
+                current_bundle_version: Some("1.0.0".into()),
+                previous_bundle_version: None,
+            },
+        }
+    }
+
+    /// A result endpoint answering each deployment id with the status given for it,
+    /// recording the order of the calls.
+    async fn server(answers: &'static [(&'static str, u16)]) -> (Client, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let client = serve(Router::new().route(
+            "/api/v1/deployments/{id}/result",
+            post(
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    let log = log.clone();
+                    async move {
+                        log.lock().unwrap().push(id.clone());
+                        let code = answers
+                            .iter()
+                            .find(|(d, _)| *d == id)
+                            .map_or(500, |(_, c)| *c);
+                        let status = StatusCode::from_u16(code).unwrap();
+                        if status.is_success() {
+                            axum::Json(json!({"device_id": "dev1", "status": "success",
+                            "phase": null, "progress_pct": null, "error_message": null,
+                            "log_tail": null, "updated_at": "2026-11-25T00:00:00Z"}))
+                            .into_response()
+                        } else {
+                            (
+                                status,
+                                axum::Json(json!({"error": "bad_request",
+                            "message": format!("refused {id}")})),
+                            )
+                                .into_response()
+                        }
+                    }
+                },
+            ),
+        ))
+        .await;
+        (client, seen)
+    }
+
+    #[tokio::test]
+    async fn sends_in_order_and_sets_refused_reports_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::new(dir.path().join("queue"));
+        for (n, d) in ["d1", "d2", "d3"].iter().enumerate() {
+            q.push(&queued(d, n as i64)).unwrap();
+        }
+        let (client, seen) = server(&[("d1", 200), ("d2", 400), ("d3", 200)]).await;
+        let r = queue::flush(&q, &client, "dev1", "t", None).await.unwrap();
+        assert_eq!((r.sent, r.rejected, r.remaining), (2, 1, 0));
+        assert_eq!(*seen.lock().unwrap(), ["d1", "d2", "d3"]);
+        assert!(q.is_empty());
+        let rejected = dir.path().join("queue/rejected");
+        let reason = std::fs::read_dir(&rejected)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".reason"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .unwrap();
+        assert!(reason.contains("refused d2"), "{reason}");
+        // Set aside, the report still counts as produced: the agent will not run d2 again.
+        assert!(q.find("d2").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_server_error_stops_the_flush_and_keeps_everything_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::new(dir.path().join("queue"));
+        for (n, d) in ["d1", "d2", "d3"].iter().enumerate() {
+            q.push(&queued(d, n as i64)).unwrap();
+        }
+        let (client, seen) = server(&[("d1", 200), ("d2", 503), ("d3", 200)]).await;
+        let r = queue::flush(&q, &client, "dev1", "t", None).await.unwrap();
+        assert_eq!((r.sent, r.rejected, r.remaining), (1, 0, 2));
+        assert!(r.stopped.is_some());
+        // Nothing newer overtakes the report the server could not take.
+        assert_eq!(*seen.lock().unwrap(), ["d1", "d2"]);
+        assert_eq!(q.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_report_of_the_deployment_still_being_recorded_is_held_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::new(dir.path().join("queue"));
+        q.push(&queued("d1", 0)).unwrap();
+        let (client, seen) = server(&[("d1", 200)]).await;
+        let r = queue::flush(&q, &client, "dev1", "t", Some("d1"))
+            .await
+            .unwrap();
+        assert_eq!((r.sent, r.remaining), (0, 1));
+        assert!(seen.lock().unwrap().is_empty());
+    }
+}
