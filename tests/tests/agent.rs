@@ -927,6 +927,62 @@ mod daemon {
         assert_eq!(w.api.history_of(&id, &dep).await.len(), 1);
     }
 
+    /// Started before its server exists, the daemon backs off (1, 2, 4 … s, not a
+    /// tight loop) and registers by itself once the server comes up.
+    #[tokio::test]
+    async fn backs_off_while_the_server_is_missing_and_registers_when_it_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let agent =
+            Agent::new(&dir.path().join("agent"), &format!("http://{addr}")).enrollment(ENROLL);
+        let started = std::time::Instant::now();
+        let _daemon = agent.spawn_daemon().unwrap();
+        let attempts = |agent: &Agent| agent.logs().matches("runner: server unreachable").count();
+        eventually("three failed attempts", PATIENCE, || async {
+            (attempts(&agent) >= 3).then_some(())
+        })
+        .await;
+        // Backoff 1 s, then 2 s (each with jitter down to half): three attempts cannot
+        // come sooner than ~1.5 s after the first. A loop without backoff would make
+        // thousands.
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(1400),
+            "three attempts within {elapsed:?}: no backoff?\n{}",
+            agent.logs()
+        );
+        let seen = attempts(&agent);
+        let limit = 2 + (elapsed.as_secs() as usize);
+        assert!(
+            seen <= limit,
+            "{seen} attempts in {elapsed:?}\n{}",
+            agent.logs()
+        );
+
+        let server =
+            ServerProcess::start_on(&dir.path().join("server"), ADMIN, ENROLL, &addr).unwrap();
+        let api = Api {
+            http: kernex_tests::client(),
+            base: server.url(""),
+        };
+        // The backoff is capped at 60 s, so it is back within about a minute at worst.
+        let devices = eventually("the device to register", PATIENCE, || async {
+            let list = api.get("/devices").await;
+            (!list.as_array().unwrap().is_empty()).then_some(list)
+        })
+        .await;
+        assert_eq!(devices[0]["admission"], "accepted");
+        let id = devices[0]["device_id"].as_str().unwrap().to_owned();
+        eventually("a heartbeat from it", PATIENCE, || async {
+            let beats = api.get(&format!("/devices/{id}/heartbeats")).await;
+            (!beats.as_array().unwrap().is_empty()).then_some(())
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn sigterm_stops_an_idle_daemon_promptly() {
         let w = World::start().await;
