@@ -535,6 +535,54 @@ mod pipeline {
         assert_eq!(status["current_bundle_version"], "1.0.0", "{status}");
     }
 
+    /// Kept bundles are pruned to the newest three, and never the one running, nor the
+    /// one to roll back to.
+    #[tokio::test]
+    async fn keeps_only_the_newest_three_bundles() {
+        let w = World::start().await;
+        let id = w.register().await;
+        let kept = |w: &World| {
+            let mut names: Vec<String> = std::fs::read_dir(w.agent.path("bundles"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        for n in 1..=5 {
+            let dep = w.deploy_once(fast_bundle(&format!("5.0.{n}")), &id).await;
+            assert_eq!(w.final_target(&dep, &id).await["status"], "success");
+        }
+        assert_eq!(kept(&w), ["5.0.3", "5.0.4", "5.0.5"]);
+
+        // Roll back to 5.0.3 (kept): it is the running version now, 5.0.5 the previous.
+        let rb = w
+            .api
+            .ok(
+                Method::POST,
+                "/devices/rollback",
+                Some(json!({"bundle_version": "5.0.3", "target_device_ids": [id]})),
+            )
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        w.agent.once_ok().await;
+        assert_eq!(w.final_target(&rb, &id).await["status"], "success");
+        // 5.0.6: the newest three are 5.0.4–5.0.6, and 5.0.3 stays as the previous.
+        let dep = w.deploy_once(fast_bundle("5.0.6"), &id).await;
+        assert_eq!(w.final_target(&dep, &id).await["status"], "success");
+        assert_eq!(kept(&w), ["5.0.3", "5.0.4", "5.0.5", "5.0.6"]);
+        // 5.0.7: 5.0.3 is neither newest nor previous any more.
+        let dep = w.deploy_once(fast_bundle("5.0.7"), &id).await;
+        assert_eq!(w.final_target(&dep, &id).await["status"], "success");
+        let state = w.agent.read_json("state.json");
+        assert_eq!(state["current_bundle_version"], "5.0.7");
+        assert_eq!(state["previous_bundle_version"], "5.0.6");
+        assert_eq!(kept(&w), ["5.0.5", "5.0.6", "5.0.7"]);
+    }
+
     #[tokio::test]
     async fn applies_and_acknowledges_a_configuration() {
         let w = World::start().await;
@@ -925,6 +973,42 @@ mod daemon {
         let t = w.api.target(&dep, &id).await;
         assert_eq!(t["status"], "success", "{t}");
         assert_eq!(w.api.history_of(&id, &dep).await.len(), 1);
+    }
+
+    /// A configure command reaches a running daemon: the log level changes without a
+    /// restart, and the new interval governs the next heartbeats.
+    #[tokio::test]
+    async fn a_running_daemon_applies_a_new_log_level_and_interval() {
+        let w = World::start().await;
+        let id = w.register().await;
+        w.api.set_config(&id, json!({"polling_interval": 5})).await;
+        let _daemon = w.agent.spawn_daemon().unwrap();
+        let debug_lines = |w: &World| w.agent.logs().matches(" DEBUG kernex_agent").count();
+        eventually("the daemon to take config version 2", PATIENCE, || async {
+            (w.api.device(&id).await["config_version"] == 2).then_some(())
+        })
+        .await;
+        assert_eq!(debug_lines(&w), 0, "info level logs no debug lines");
+
+        w.api
+            .set_config(&id, json!({"log_level": "debug", "polling_interval": 7}))
+            .await;
+        eventually("debug lines after the configure", PATIENCE, || async {
+            (debug_lines(&w) > 0).then_some(())
+        })
+        .await;
+        eventually(
+            "the device to acknowledge config version 3",
+            PATIENCE,
+            || async { (w.api.device(&id).await["config_version"] == 3).then_some(()) },
+        )
+        .await;
+        let (status, _) = w.agent.status(&["--offline"]).await;
+        assert_eq!(status["polling_interval"], 7);
+        assert_eq!(
+            w.agent.read_json("state.json")["config"]["log_level"],
+            "debug"
+        );
     }
 
     /// Started before its server exists, the daemon backs off (1, 2, 4 … s, not a
