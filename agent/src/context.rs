@@ -1,10 +1,11 @@
 //! What the daemon's parts share: the state dir, `state.json`, the queue, the HTTP client
 //! and the current device identity.
 
-use std::sync::RwLock;
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use kernex_common::api::{Phase, ProgressReport};
+use tokio::sync::mpsc;
 
 use crate::client::Client;
 use crate::identity::DeviceFile;
@@ -14,6 +15,8 @@ use crate::state::StateStore;
 
 /// Bundles kept under `bundles/` (besides the current and previous ones).
 pub const KEEP_BUNDLES: usize = 3;
+/// Progress reports waiting to be sent before new ones are dropped.
+const PROGRESS_BACKLOG: usize = 32;
 
 pub struct Ctx {
     pub paths: Paths,
@@ -23,6 +26,7 @@ pub struct Ctx {
     device: RwLock<Option<DeviceFile>>,
     pub stall_timeout: Duration,
     pub keep_bundles: usize,
+    progress_tx: OnceLock<mpsc::Sender<(String, String, ProgressReport)>>,
 }
 
 impl Ctx {
@@ -35,6 +39,7 @@ impl Ctx {
             device: RwLock::new(None),
             stall_timeout: crate::download::STALL_TIMEOUT,
             keep_bundles: KEEP_BUNDLES,
+            progress_tx: OnceLock::new(),
         }
     }
 
@@ -53,21 +58,30 @@ impl Ctx {
         }
     }
 
-    /// Tell the server how far a deployment got. Best effort, in the background: a lost
-    /// progress report costs nothing, and the pipeline never waits on the network here.
+    /// Tell the server how far a deployment got. Best effort, in the background: the
+    /// pipeline never waits on the network here, and a lost progress report costs
+    /// nothing. One sender task delivers them in order (spawned tasks could overtake
+    /// each other and leave the server showing an older phase); when it falls behind by
+    /// more than [`PROGRESS_BACKLOG`] reports, new ones are dropped.
     pub fn progress(&self, deployment_id: &str, phase: Phase, pct: u8) {
         let Some(device) = self.device() else { return };
-        let client = self.client.clone();
-        let id = deployment_id.to_owned();
+        let tx = self.progress_tx.get_or_init(|| {
+            let (tx, mut rx) = mpsc::channel::<(String, String, ProgressReport)>(PROGRESS_BACKLOG);
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                while let Some((id, token, body)) = rx.recv().await {
+                    if let Err(e) = client.progress(&token, &id, &body).await {
+                        tracing::debug!(deployment.id = %id, error = %e, "progress report not delivered");
+                    }
+                }
+            });
+            tx
+        });
         let body = ProgressReport {
             device_id: device.device_id,
             phase,
             progress_pct: pct.min(100),
         };
-        tokio::spawn(async move {
-            if let Err(e) = client.progress(&device.device_token, &id, &body).await {
-                tracing::debug!(deployment.id = %id, error = %e, "progress report not delivered");
-            }
-        });
+        let _ = tx.try_send((deployment_id.to_owned(), device.device_token, body));
     }
 }

@@ -938,6 +938,13 @@ mod daemon {
         }
         let t = w.api.target(&dep, &id).await;
         assert_eq!(t["status"], "in_progress", "the gate is still shut: {t}");
+        // Progress reports got there: the script runs, so the phase is installing.
+        let t = eventually("the installing phase on the server", PATIENCE, || async {
+            let t = w.api.target(&dep, &id).await;
+            (t["phase"] == "installing").then_some(t)
+        })
+        .await;
+        assert_eq!(t["progress_pct"], 0, "{t}");
 
         std::fs::write(w.env_path(GATE_ENV), "open").unwrap();
         let t = w.final_target(&dep, &id).await;
