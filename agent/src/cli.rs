@@ -157,6 +157,14 @@ async fn lock(paths: &Paths) -> anyhow::Result<File> {
 }
 
 async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    // Listen for SIGTERM/SIGINT from the very start, so a stop during start-up (key
+    // generation, a held lock) is an orderly exit too. `--once` keeps the default
+    // behaviour: a signal ends it, and the next start reports anything unfinished.
+    let signals = if args.once {
+        None
+    } else {
+        Some(shutdown_signals()?)
+    };
     let paths = paths(cli)?;
     paths
         .create()
@@ -208,27 +216,7 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         });
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
-    let (second_tx, second_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let mut first = Some(first_tx);
-        let mut second = Some(second_tx);
-        loop {
-            tokio::select! {
-                _ = term.recv() => {}
-                r = tokio::signal::ctrl_c() => if r.is_err() { return },
-            }
-            if let Some(tx) = first.take() {
-                tracing::info!("signal received; shutting down");
-                let _ = tx.send(());
-            } else if let Some(tx) = second.take() {
-                let _ = tx.send(());
-                return;
-            }
-        }
-    });
+    let (first_rx, second_rx) = signals.context("signal handlers were not set up")?;
     runner
         .run(
             async {
@@ -240,6 +228,37 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         )
         .await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first SIGTERM/SIGINT resolves the first receiver (stop after the running
+/// deployment), the second resolves the second (stop now).
+fn shutdown_signals() -> anyhow::Result<(
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Receiver<()>,
+)> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut first = Some(first_tx);
+        let mut second = Some(second_tx);
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if let Some(tx) = first.take() {
+                tracing::info!("signal received; shutting down");
+                let _ = tx.send(());
+            } else if let Some(tx) = second.take() {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    });
+    Ok((first_rx, second_rx))
 }
 
 async fn status_cmd(cli: &Cli, json: bool, offline: bool) -> anyhow::Result<ExitCode> {
