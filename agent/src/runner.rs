@@ -226,27 +226,6 @@ impl Runner {
         }
     }
 
-    /// Send the queue in order (never the report of a deployment still being recorded).
-    pub async fn flush(&self, device: &DeviceFile) {
-        let skip = self.ctx.state.get().in_progress.map(|p| p.deployment_id);
-        match queue::flush(
-            &self.ctx.queue,
-            &self.ctx.client,
-            &device.device_id,
-            &device.device_token,
-            skip.as_deref(),
-        )
-        .await
-        {
-            Ok(r) => {
-                if let Some(e) = r.stopped {
-                    tracing::info!(remaining = r.remaining, error = %e, "queue not fully sent; will retry");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot read the queue"),
-        }
-    }
-
     /// Register if needed, heartbeat, start or apply the commands, flush. Bundle
     /// commands run in the background unless `inline`.
     pub async fn cycle(&mut self, inline: bool) -> Result<(), CycleError> {
@@ -259,7 +238,7 @@ impl Runner {
                 Command::Rollback(b) => self.start(DeploymentKind::Rollback, b, inline).await,
             }
         }
-        self.flush(&device).await;
+        flush(&self.ctx).await;
         Ok(())
     }
 
@@ -283,20 +262,7 @@ impl Runner {
             match executor::run_command(&ctx, kind, &cmd).await {
                 Ok(Ran::Finished(_)) => {
                     // Send the result at once rather than at the next heartbeat.
-                    if let Some(device) = ctx.device() {
-                        let skip = ctx.state.get().in_progress.map(|p| p.deployment_id);
-                        if let Err(e) = queue::flush(
-                            &ctx.queue,
-                            &ctx.client,
-                            &device.device_id,
-                            &device.device_token,
-                            skip.as_deref(),
-                        )
-                        .await
-                        {
-                            tracing::error!(error = %e, "cannot read the queue");
-                        }
-                    }
+                    flush(&ctx).await;
                 }
                 Ok(Ran::Retry(_) | Ran::Skipped) => {}
                 Err(e) => {
@@ -374,6 +340,28 @@ impl Runner {
             }
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Send the queue in order, never the report of a deployment still being recorded.
+async fn flush(ctx: &Ctx) {
+    let Some(device) = ctx.device() else { return };
+    let skip = ctx.state.get().in_progress.map(|p| p.deployment_id);
+    match queue::flush(
+        &ctx.queue,
+        &ctx.client,
+        &device.device_id,
+        &device.device_token,
+        skip.as_deref(),
+    )
+    .await
+    {
+        Ok(r) => {
+            if let Some(e) = r.stopped {
+                tracing::info!(remaining = r.remaining, error = %e, "queue not fully sent; will retry");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read the queue"),
     }
 }
 

@@ -142,26 +142,33 @@ pub fn group_alive(pgid: i32) -> bool {
     Pid::from_raw(pgid).is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
 }
 
+/// Members of process group `pgid`, from `/proc`: each one's `/proc/<pid>` folder and
+/// its state letter (`Z` for a zombie).
+fn group_members(pgid: i32) -> Vec<(std::path::PathBuf, String)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let group = pgid.to_string();
+    procs
+        .flatten()
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(p.path().join("stat")).ok()?;
+            // pid (comm) state ppid pgrp …: comm may hold spaces, so split after ')'.
+            let rest = stat.rsplit_once(')')?.1;
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?.to_owned();
+            (fields.nth(1)? == group).then(|| (p.path(), state))
+        })
+        .collect()
+}
+
 /// Is some member of process group `pgid` a script of deployment `deployment_id`? (Its
 /// environment says so.) Guards against killing an unrelated group that reused the id.
 pub fn group_runs_deployment(pgid: i32, deployment_id: &str) -> bool {
     let marker = format!("KERNEX_DEPLOYMENT_ID={deployment_id}");
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    procs.flatten().any(|p| {
-        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
-            return false;
-        };
-        // pid (comm) state ppid pgrp …: comm may hold spaces, so split after ')'.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let in_group = rest
-            .split_whitespace()
-            .nth(2)
-            .is_some_and(|g| g == pgid.to_string());
-        in_group
-            && std::fs::read(p.path().join("environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+    group_members(pgid).iter().any(|(dir, _)| {
+        std::fs::read(dir.join("environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
     })
 }
 
@@ -271,18 +278,11 @@ async fn collect(mut reader: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
 mod tests {
     use super::*;
 
-    /// Processes of group `pgid` that are not zombies (from /proc).
+    /// Processes of group `pgid` that are not zombies.
     fn running_members(pgid: i32) -> usize {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-            .filter(|stat| {
-                // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
-                let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-                let fields: Vec<&str> = rest.split_whitespace().collect();
-                fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z"
-            })
+        group_members(pgid)
+            .iter()
+            .filter(|(_, state)| state != "Z")
             .count()
     }
 
@@ -313,6 +313,24 @@ mod tests {
         assert!(run.tail.contains("from-env"));
         assert!(run.tail.contains("oops"));
         assert_eq!(run.describe("deploy"), "deploy exited with code 3");
+    }
+
+    #[test]
+    fn a_running_group_is_found_and_recognised_by_its_deployment() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("KERNEX_DEPLOYMENT_ID", "dep-1")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = i32::try_from(child.id()).unwrap();
+        assert_eq!(running_members(pgid), 1);
+        assert!(group_runs_deployment(pgid, "dep-1"));
+        assert!(!group_runs_deployment(pgid, "dep-2"));
+        kill_group(pgid, Signal::KILL);
+        child.wait().unwrap();
+        assert_eq!(running_members(pgid), 0);
     }
 
     #[tokio::test]
