@@ -153,6 +153,24 @@ impl Client {
         Ok((status, decode(resp).await?))
     }
 
+    /// POST a JSON body to an API path with the device token.
+    async fn post_json<B: serde::Serialize>(
+        &self,
+        path: &str,
+        token: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ClientError> {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(unreachable)
+    }
+
     /// Send a heartbeat. A command this agent does not understand (a newer server) is
     /// logged and skipped; it does not make the whole reply unreadable.
     pub async fn heartbeat(
@@ -162,15 +180,8 @@ impl Client {
         body: &HeartbeatRequest,
         timeout: Duration,
     ) -> Result<HeartbeatReply, ClientError> {
-        let resp = self
-            .http
-            .post(self.url(&format!("/devices/{device_id}/heartbeat")))
-            .bearer_auth(token)
-            .timeout(timeout)
-            .json(body)
-            .send()
-            .await
-            .map_err(unreachable)?;
+        let path = format!("/devices/{device_id}/heartbeat");
+        let resp = self.post_json(&path, token, body, timeout).await?;
         let raw: RawHeartbeatReply = decode(resp).await?;
         let commands = raw
             .commands
@@ -196,15 +207,8 @@ impl Client {
         deployment_id: &str,
         body: &ProgressReport,
     ) -> Result<(), ClientError> {
-        let resp = self
-            .http
-            .post(self.url(&format!("/deployments/{deployment_id}/progress")))
-            .bearer_auth(token)
-            .timeout(CALL_TIMEOUT)
-            .json(body)
-            .send()
-            .await
-            .map_err(unreachable)?;
+        let path = format!("/deployments/{deployment_id}/progress");
+        let resp = self.post_json(&path, token, body, CALL_TIMEOUT).await?;
         check(resp).await.map(drop)
     }
 
@@ -216,15 +220,8 @@ impl Client {
         deployment_id: &str,
         body: &ResultReport,
     ) -> Result<(), ClientError> {
-        let resp = self
-            .http
-            .post(self.url(&format!("/deployments/{deployment_id}/result")))
-            .bearer_auth(token)
-            .timeout(CALL_TIMEOUT)
-            .json(body)
-            .send()
-            .await
-            .map_err(unreachable)?;
+        let path = format!("/deployments/{deployment_id}/result");
+        let resp = self.post_json(&path, token, body, CALL_TIMEOUT).await?;
         let reply: DeploymentDevice = decode(resp).await?;
         if reply.device_id != body.device_id {
             return Err(ClientError::Decode(format!(
