@@ -615,7 +615,6 @@ pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
     }
     if let (Some(pgid), Some(boot)) = (ip.pgid, ip.boot_id.as_deref())
         && boot_id().as_deref() == Some(boot)
-        && script::group_alive(pgid)
         && script::group_runs_deployment(pgid, &ip.deployment_id)
     {
         tracing::warn!(pgid, "stopping what the interrupted script left running");

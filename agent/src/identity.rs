@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use kernex_common::api::{Admission, RegisterRequest};
 use kernex_common::signing::{DeviceKey, DevicePublicKey};
@@ -189,18 +189,18 @@ pub enum RegisterError {
     Local(anyhow::Error),
 }
 
-/// Check that `path` holds a private key file only its owner can read.
-pub fn check_private(path: &Path) -> anyhow::Result<()> {
-    let mode = fs::metadata(path)?.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!("{} has mode {mode:o}; expected 0600", path.display());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Check that `path` holds a private key file only its owner can read.
+    fn check_private(path: &Path) -> anyhow::Result<()> {
+        let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            anyhow::bail!("{} has mode {mode:o}; expected 0600", path.display());
+        }
+        Ok(())
+    }
 
     #[tokio::test]
     async fn key_is_created_private_and_reloaded() {

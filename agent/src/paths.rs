@@ -14,7 +14,7 @@
 use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Every path the agent uses, derived from one root.
 #[derive(Debug, Clone)]
@@ -78,9 +78,5 @@ impl Paths {
             fs::create_dir_all(&dir)?;
         }
         Ok(())
-    }
-
-    pub fn exists(&self) -> bool {
-        Path::new(&self.root).is_dir()
     }
 }

@@ -137,11 +137,6 @@ pub fn kill_group(pgid: i32, signal: Signal) {
     }
 }
 
-/// Does a process group still have members?
-pub fn group_alive(pgid: i32) -> bool {
-    Pid::from_raw(pgid).is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
-}
-
 /// Members of process group `pgid`, from `/proc`: each one's `/proc/<pid>` folder and
 /// its state letter (`Z` for a zombie).
 fn group_members(pgid: i32) -> Vec<(std::path::PathBuf, String)> {
