@@ -89,17 +89,7 @@ impl Queue {
     /// Queued reports, oldest first. A file that cannot be read is moved to `rejected/`
     /// (it would block the queue forever otherwise).
     pub fn list(&self) -> io::Result<Vec<Entry>> {
-        let mut names = match fs::read_dir(&self.dir) {
-            Ok(rd) => rd
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with('.') && n.ends_with(".json"))
-                .collect::<Vec<_>>(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        names.sort();
+        let names = report_names(&self.dir)?;
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             let path = self.dir.join(&name);
@@ -117,34 +107,27 @@ impl Queue {
 
     /// Number of queued reports (cheap: no parsing).
     pub fn len(&self) -> usize {
-        fs::read_dir(&self.dir)
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| {
-                        let n = e.file_name();
-                        let n = n.to_string_lossy();
-                        !n.starts_with('.') && n.ends_with(".json")
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
+        report_names(&self.dir).map_or(0, |n| n.len())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Number of reports set aside in `rejected/`.
+    pub fn rejected_len(&self) -> usize {
+        report_names(&self.rejected_dir()).map_or(0, |n| n.len())
+    }
+
     /// The queued or rejected report for a deployment, if any.
     pub fn find(&self, deployment_id: &str) -> io::Result<Option<QueuedReport>> {
         let suffix = format!("-{deployment_id}.json");
         for dir in [self.dir.clone(), self.rejected_dir()] {
-            let Ok(rd) = fs::read_dir(&dir) else { continue };
-            for e in rd.flatten() {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                if !name.starts_with('.')
-                    && name.ends_with(&suffix)
-                    && let Ok(Some(r)) = fsutil::read_json::<QueuedReport>(&e.path())
+            for name in report_names(&dir)? {
+                if name.ends_with(&suffix)
+                    && let Some(r) = fsutil::read_json::<QueuedReport>(&dir.join(&name))
+                        .ok()
+                        .flatten()
                 {
                     return Ok(Some(r));
                 }
@@ -180,10 +163,35 @@ impl Queue {
         fsutil::sync_dir(&self.dir)
     }
 
-    /// When the oldest queued report was produced.
+    /// When the oldest queued report was produced. Only reads (for `status`).
     pub fn oldest(&self) -> Option<DateTime<Utc>> {
-        self.list().ok()?.first().map(|e| e.report.queued_at)
+        report_names(&self.dir)
+            .ok()?
+            .iter()
+            .find_map(|n| {
+                fsutil::read_json::<QueuedReport>(&self.dir.join(n))
+                    .ok()
+                    .flatten()
+            })
+            .map(|r| r.queued_at)
     }
+}
+
+/// Names of the report files in `dir`, in queue order: temp files (leading dot) and
+/// `.reason` files left out; a missing dir has none.
+fn report_names(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names = match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.') && n.ends_with(".json"))
+            .collect::<Vec<_>>(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    names.sort();
+    Ok(names)
 }
 
 /// What a flush did.
@@ -314,7 +322,12 @@ mod tests {
         .unwrap();
         assert!(reason.contains("400 bad"));
 
-        fs::write(dir.path().join("queue/00000000000000000001-x.json"), "{").unwrap();
+        let corrupt = dir.path().join("queue/00000000000000000001-x.json");
+        fs::write(&corrupt, "{").unwrap();
+        // Reading for `status` changes nothing; only a flush's listing sets it aside.
+        assert_eq!(q.oldest(), None);
+        assert!(corrupt.exists());
+        assert_eq!(q.rejected_len(), 1);
         assert!(q.list().unwrap().is_empty());
         assert!(q.is_empty(), "a corrupt report must not block the queue");
     }

@@ -68,13 +68,7 @@ pub async fn gather(
             Err(e) => (Some(false), Some(e.to_string())),
         },
     };
-    let rejected = std::fs::read_dir(paths.rejected())
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                .count()
-        })
-        .unwrap_or(0);
+    let rejected = queue.rejected_len();
     Ok(StatusReport {
         device_id: device.as_ref().map(|d| d.device_id.clone()),
         admission: state
