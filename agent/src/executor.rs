@@ -210,23 +210,15 @@ async fn pipeline(
             outcome,
         };
 
-    // 1–2. The bundle folder: kept from before, or downloaded and extracted now.
-    let dir = match prepare(ctx, cmd, device).await {
-        Ok(dir) => dir,
+    // 1–3. The bundle folder (kept from before, or downloaded and extracted now) and its
+    // manifest, which must be for the version the command names.
+    let prepared = match prepare(ctx, cmd, device).await {
+        Ok(dir) => read_manifest(&dir, version).map(|m| (dir, m)),
         Err(DownloadError::Retry(why)) => return Err(why),
-        Err(DownloadError::Fail(why)) => {
-            return Ok(report(
-                ResultStatus::Failed,
-                Some(why),
-                log,
-                None,
-                unchanged,
-            ));
-        }
+        Err(DownloadError::Fail(why)) => Err(why),
     };
-    // 3. The manifest must be the version the command names.
-    let manifest = match read_manifest(&dir, version) {
-        Ok(m) => m,
+    let (dir, manifest) = match prepared {
+        Ok(p) => p,
         Err(why) => {
             return Ok(report(
                 ResultStatus::Failed,
@@ -239,8 +231,7 @@ async fn pipeline(
     };
 
     // 4. The script.
-    ctx.progress(&cmd.deployment_id, Phase::Installing, 0);
-    set_phase(ctx, Phase::Installing);
+    enter_phase(ctx, &cmd.deployment_id, Phase::Installing);
     let (label, spec) = match kind {
         DeploymentKind::Deploy => ("deploy", &manifest.deploy),
         DeploymentKind::Rollback => match &manifest.rollback {
@@ -267,8 +258,7 @@ async fn pipeline(
     if failure.is_none()
         && let Some(health) = &manifest.health
     {
-        ctx.progress(&cmd.deployment_id, Phase::HealthCheck, 0);
-        set_phase(ctx, Phase::HealthCheck);
+        enter_phase(ctx, &cmd.deployment_id, Phase::HealthCheck);
         let timeout = health
             .timeout_s
             .unwrap_or_else(|| ctx.state.get().config.deploy_timeout);
@@ -394,25 +384,26 @@ async fn run_script(
     };
     script::run(&spec, |pgid| {
         let boot = boot_id();
-        if let Err(e) = ctx.state.update(|s| {
-            if let Some(p) = s.in_progress.as_mut() {
-                p.pgid = Some(pgid);
-                p.boot_id = boot;
-            }
-        }) {
-            tracing::warn!(error = %e, "could not record the script's process group");
-        }
+        note_in_progress(ctx, "process group", |p| {
+            p.pgid = Some(pgid);
+            p.boot_id = boot;
+        });
     })
     .await
 }
 
-fn set_phase(ctx: &Ctx, phase: Phase) {
-    if let Err(e) = ctx.state.update(|s| {
-        if let Some(p) = s.in_progress.as_mut() {
-            p.phase = Some(phase);
-        }
-    }) {
-        tracing::warn!(error = %e, "could not record the deployment phase");
+/// A new phase: recorded in `in_progress` (recovery needs to know whether a script
+/// had started) and reported to the server.
+fn enter_phase(ctx: &Ctx, deployment_id: &str, phase: Phase) {
+    note_in_progress(ctx, "phase", |p| p.phase = Some(phase));
+    ctx.progress(deployment_id, phase, 0);
+}
+
+/// Record something about the deployment in progress. Best effort: failing to write it
+/// only makes crash recovery less precise, so the deployment goes on.
+fn note_in_progress(ctx: &Ctx, what: &str, f: impl FnOnce(&mut InProgress)) {
+    if let Err(e) = ctx.state.update(|s| s.in_progress.as_mut().map(f)) {
+        tracing::warn!(error = %e, "could not record the deployment's {what}");
     }
 }
 
@@ -453,8 +444,7 @@ async fn prepare(
         return Ok(dir);
     }
 
-    ctx.progress(&cmd.deployment_id, Phase::Downloading, 0);
-    set_phase(ctx, Phase::Downloading);
+    enter_phase(ctx, &cmd.deployment_id, Phase::Downloading);
     let size = cmd.size_bytes.max(1);
     let mut last_step = 0;
     let download = Download {
@@ -475,8 +465,7 @@ async fn prepare(
         })
         .await?;
 
-    ctx.progress(&cmd.deployment_id, Phase::Verifying, 0);
-    set_phase(ctx, Phase::Verifying);
+    enter_phase(ctx, &cmd.deployment_id, Phase::Verifying);
     let downloads = ctx.paths.downloads();
     let version = cmd.bundle_version.clone();
     let target = dir.clone();

@@ -20,7 +20,7 @@ use crate::executor::{self, Ran};
 use crate::identity::{DeviceFile, Identity, RegisterError};
 use crate::logging::LogControl;
 use crate::queue;
-use crate::state::AppliedConfig;
+use crate::state::{AgentState, AppliedConfig};
 use crate::sysmetrics::Sampler;
 
 /// Longest wait between attempts while the server is unreachable.
@@ -130,8 +130,7 @@ impl Runner {
     }
 
     /// What the device is doing, for the heartbeat's `status` (≤ 32 chars).
-    fn activity(&self) -> String {
-        let st = self.ctx.state.get();
+    fn activity(&self, st: &AgentState) -> String {
         let text = match (&st.in_progress, self.busy()) {
             (Some(p), true) => match p.kind {
                 DeploymentKind::Deploy => format!("deploying {}", p.bundle_version),
@@ -146,11 +145,12 @@ impl Runner {
     async fn beat(&mut self, device: &DeviceFile) -> Result<Vec<Command>, CycleError> {
         let (cpu_pct, memory_mb) = self.sampler.sample();
         let st = self.ctx.state.get();
+        let status = self.activity(&st);
         let body = HeartbeatRequest {
             agent_version: crate::AGENT_VERSION.to_owned(),
             cpu_pct,
             memory_mb,
-            status: self.activity(),
+            status,
             current_bundle_version: st.current_bundle_version.clone(),
             config_version: (st.config.version > 0).then_some(st.config.version),
             queued_reports: self.ctx.queue.len() as u64,
