@@ -1,0 +1,4 @@
+//! wip
+pub async fn run_tui(_c: &crate::cli::ConnArgs) -> u8 {
+    2
+}

@@ -1,0 +1,192 @@
+//! Command line: global connection flags, the scripted subcommands of SPEC §4, and `demo`.
+//! No subcommand opens the TUI.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kernex-console",
+    version,
+    about = "Kernex operator console: the fleet TUI (no subcommand) and scripted operations",
+    after_help = "Exit codes: 0 ok; 1 the server refused or the operation failed; \
+                  2 usage error or server unreachable."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+
+    /// Print data as JSON (scripted subcommands).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// How to reach the server. Shared by the TUI and every subcommand.
+#[derive(Clone, Args)]
+pub struct ConnArgs {
+    /// Server base URL.
+    #[arg(
+        long,
+        env = "KERNEX_SERVER",
+        default_value = "http://127.0.0.1:8000",
+        global = true
+    )]
+    pub server: String,
+
+    /// Operator token [default: the local server's admin.token file].
+    #[arg(long, env = "KERNEX_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+
+    /// PEM CA certificate(s) to trust for an https server.
+    #[arg(long, env = "KERNEX_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Where the TUI writes its log [default: the platform state dir].
+    #[arg(long, env = "KERNEX_CONSOLE_LOG", global = true)]
+    pub log_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ConnArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnArgs")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("ca_cert", &self.ca_cert)
+            .field("log_file", &self.log_file)
+            .finish()
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List devices.
+    Devices(DevicesArgs),
+    /// Show one device: summary, config and recent bundle history.
+    Device { id: String },
+    /// List bundles, newest first.
+    Bundles,
+    /// Pack or upload a bundle.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Deploy a bundle version to devices or a tag.
+    Deploy(DeployArgs),
+    /// Roll devices back to a version they ran successfully before.
+    Rollback(RollbackArgs),
+    /// List deployments, or show one.
+    Deployments {
+        /// A deployment id: show it with its per-device status.
+        id: Option<String>,
+        /// Only deployments with this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many to list.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Read or change a device's configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Accept a pending device.
+    Accept { id: String },
+    /// Reject a device (revokes its tokens).
+    Reject { id: String },
+    /// Run a throw-away server and several real agents, upload the fixture bundles and
+    /// open the console on that live fleet. Quitting stops everything it started.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// Only devices carrying this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Only devices with this online status (online, offline, never).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only devices with this admission (accepted, pending, rejected).
+    #[arg(long)]
+    pub admission: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Pack a bundle source folder (manifest.json + scripts) into <name>-<version>.tar.gz.
+    Pack {
+        dir: PathBuf,
+        /// Where to write the archive [default: ./<name>-<version>.tar.gz].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Upload a bundle archive.
+    Push { file: PathBuf },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("targets").required(true).args(["devices", "tag"])))]
+pub struct DeployArgs {
+    /// The bundle version to deploy.
+    pub version: String,
+    /// Target device ids, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Target every accepted device carrying this tag (repeatable).
+    #[arg(long)]
+    pub tag: Vec<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The version to roll back to.
+    pub version: String,
+    /// Target device ids, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub devices: Vec<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Wait until every target has finished; exit 1 unless the deployment succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds (exit 1) [default: wait as long as it takes].
+    #[arg(long, requires = "wait")]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Show a device's configuration.
+    Get { id: String },
+    /// Change fields: polling_interval=N heartbeat_timeout=N deploy_timeout=N
+    /// log_level=LEVEL metadata=JSON.
+    Set {
+        id: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many agents to start (one more starts without the enrollment token and waits
+    /// as a pending device).
+    #[arg(long, default_value_t = 4)]
+    pub agents: usize,
+    /// Listen address of the demo server.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// Leave the demo's data dir in place when it ends.
+    #[arg(long)]
+    pub keep: bool,
+    /// Start the fleet and print how to reach it, without opening the TUI (Ctrl-C stops).
+    #[arg(long)]
+    pub headless: bool,
+}
