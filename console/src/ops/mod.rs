@@ -1,11 +1,204 @@
 //! Scripted subcommands (SPEC §4). Never prompt; exit 0 ok, 1 refused/failed, 2 usage or
 //! unreachable.
+//!
+//! Every command checks its arguments before it contacts the server (a usage error never
+//! costs a request), then returns a [`Report`]: the data, rendered as pretty JSON with
+//! `--json` or as aligned text otherwise, and whether the operation failed. Progress bars
+//! and errors go to stderr, data to stdout; a closed stdout (`| head`) ends the output
+//! quietly.
 
-use crate::cli::{Command, ConnArgs};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::api::{Api, ApiError};
+use crate::cli::{BundleCommand, Command, ConfigCommand, ConnArgs};
+
+mod bundle; // bundles, bundle pack, bundle push
+mod config; // config get/set and the key=value parser
+mod deploy; // deploy, rollback, deployments, --wait
+mod fleet; // devices, device, accept, reject
+mod output; // tables, key/value blocks, value formatting, stdout/stderr
+mod render; // the human text of each kind of data
 
 /// Run one scripted subcommand and return the process exit code.
 pub async fn run(cmd: Command, conn: &ConnArgs, json: bool) -> u8 {
-    let _ = (cmd, conn, json);
-    eprintln!("kernex-console: not implemented yet");
-    2
+    let result = match cmd {
+        Command::Devices(args) => fleet::devices(conn, &args).await,
+        Command::Device { id } => fleet::device(conn, &id).await,
+        Command::Accept { id } => fleet::admit(conn, &id, true).await,
+        Command::Reject { id } => fleet::admit(conn, &id, false).await,
+        Command::Bundles => bundle::list(conn).await,
+        Command::Bundle(BundleCommand::Pack { dir, output }) => {
+            bundle::pack(&dir, output.as_deref())
+        }
+        Command::Bundle(BundleCommand::Push { file }) => bundle::push(conn, &file).await,
+        Command::Deploy(args) => deploy::deploy(conn, &args).await,
+        Command::Rollback(args) => deploy::rollback(conn, &args).await,
+        Command::Deployments { id, status, limit } => {
+            deploy::deployments(conn, id.as_deref(), status.as_deref(), limit).await
+        }
+        Command::Config(ConfigCommand::Get { id }) => config::get(conn, &id).await,
+        Command::Config(ConfigCommand::Set { id, pairs }) => config::set(conn, &id, &pairs).await,
+        Command::Demo(_) => Err(OpError::Usage(
+            "demo is not a scripted operation; run `kernex-console demo`".into(),
+        )),
+    };
+    match result {
+        Ok(report) => report.emit(json),
+        Err(e) => {
+            output::error(&e);
+            e.exit_code()
+        }
+    }
+}
+
+/// Why a scripted command did not produce its data.
+#[derive(Debug)]
+pub(crate) enum OpError {
+    /// Bad arguments, found before anything was sent (exit 2).
+    Usage(String),
+    /// The API call failed: refused (exit 1) or unreachable (exit 2).
+    Api(ApiError),
+    /// The operation itself failed (exit 1).
+    Failed(String),
+}
+
+impl OpError {
+    pub(crate) fn exit_code(&self) -> u8 {
+        match self {
+            OpError::Usage(_) => 2,
+            OpError::Api(e) => e.exit_code(),
+            OpError::Failed(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpError::Usage(m) | OpError::Failed(m) => f.write_str(m),
+            OpError::Api(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<ApiError> for OpError {
+    fn from(e: ApiError) -> Self {
+        OpError::Api(e)
+    }
+}
+
+pub(crate) type OpResult<T> = Result<T, OpError>;
+
+/// What a command produced: its data in both renderings, and whether the operation
+/// failed even though there is data to show (a deployment that ended `failed` under
+/// `--wait`, a wait that timed out).
+#[derive(Debug)]
+pub(crate) struct Report {
+    json: String,
+    human: String,
+    /// Printed to stderr when there is nothing on stdout (an empty list).
+    empty_note: Option<String>,
+    failure: Option<String>,
+}
+
+impl Report {
+    pub(crate) fn new(data: &impl Serialize, human: String) -> OpResult<Report> {
+        let json = serde_json::to_string_pretty(data)
+            .map_err(|e| OpError::Failed(format!("cannot encode the result as JSON: {e}")))?;
+        Ok(Report {
+            json,
+            human,
+            empty_note: None,
+            failure: None,
+        })
+    }
+
+    /// When the human rendering is empty, say this on stderr instead.
+    pub(crate) fn when_empty(mut self, note: &str) -> Report {
+        self.empty_note = Some(note.to_owned());
+        self
+    }
+
+    /// The operation failed; the data is still printed.
+    pub(crate) fn failed(mut self, why: String) -> Report {
+        self.failure = Some(why);
+        self
+    }
+
+    /// Print and return the exit code. Stdout going away mid-way is not an error of the
+    /// operation: the exit code stays what the operation earned.
+    fn emit(self, json: bool) -> u8 {
+        let text = if json {
+            Some(self.json + "\n")
+        } else if self.human.is_empty() {
+            if let Some(note) = &self.empty_note {
+                output::note(note);
+            }
+            None
+        } else {
+            Some(self.human)
+        };
+        let mut code = 0;
+        if let Some(text) = text
+            && let Err(e) = output::stdout(&text)
+            && e.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            output::error(&format!("cannot write the output: {e}"));
+            code = 1;
+        }
+        if let Some(why) = &self.failure {
+            output::error(why);
+            code = 1;
+        }
+        code
+    }
+}
+
+/// The API client, made only once the arguments are known to be good.
+fn connect(conn: &ConnArgs) -> OpResult<Api> {
+    Ok(Api::from_conn(conn)?)
+}
+
+/// A device or deployment id as the server mints them; anything else cannot exist, so it
+/// is a usage error rather than a request.
+fn check_id(what: &str, id: &str) -> OpResult<()> {
+    if kernex_common::validate::is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(OpError::Usage(format!(
+            "invalid {what} id {id:?}: ids are 1-64 characters of [A-Za-z0-9_-]"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_before_any_request() {
+        assert!(check_id("device", "0198a3f2c1d47c3e9b2a5f0e1d2c3b4a").is_ok());
+        let err = check_id("device", "a/b").unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string().contains("invalid device id \"a/b\""),
+            "{err}"
+        );
+        assert_eq!(check_id("device", "").unwrap_err().exit_code(), 2);
+        assert_eq!(
+            check_id("device", &"a".repeat(65)).unwrap_err().exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_failed_report_still_carries_its_data() {
+        let r = Report::new(&serde_json::json!({"status": "failed"}), "x\n".into())
+            .unwrap()
+            .failed("deployment failed".into());
+        assert_eq!(r.failure.as_deref(), Some("deployment failed"));
+        assert!(r.json.contains("\"failed\""));
+    }
 }

@@ -1,0 +1,354 @@
+//! `deploy`, `rollback`, `deployments [ID]`, and `--wait`.
+//!
+//! `--wait` polls `GET /deployments/{id}` about once a second until the deployment's
+//! status is final. Polling cannot miss the end (each poll reads the whole state), costs
+//! one small request a second, and survives a server restart: while the server is
+//! unreachable the wait keeps trying for [`UNREACHABLE_LIMIT`] before giving up with
+//! exit 2. A progress bar (finished targets of all, with the counts) is drawn on stderr
+//! when it is a terminal; otherwise each change is a line on stderr, for CI logs.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use kernex_common::api::{CreateDeployment, Deployment, RollbackRequest, TargetStatus};
+use kernex_common::validate::{is_valid_tag, is_valid_version};
+
+use super::{OpError, OpResult, Report, check_id, connect, output, render};
+use crate::api::{Api, ApiError};
+use crate::cli::{ConnArgs, DeployArgs, RollbackArgs, WaitArgs};
+
+/// How often `--wait` asks.
+const POLL: Duration = Duration::from_secs(1);
+/// How long `--wait` rides out an unreachable server (a restart, a network blip).
+const UNREACHABLE_LIMIT: Duration = Duration::from_secs(60);
+/// Largest `--limit` the server serves.
+const MAX_LIMIT: u32 = 1000;
+
+/// `deploy VERSION (--devices A,B | --tag T) [--wait [--timeout S]]`.
+pub(crate) async fn deploy(conn: &ConnArgs, args: &DeployArgs) -> OpResult<Report> {
+    check_version(&args.version)?;
+    let devices = device_ids(&args.devices)?;
+    let tags = tags(&args.tag)?;
+    if devices.is_empty() && tags.is_empty() {
+        return Err(OpError::Usage(
+            "name the targets with --devices A,B or --tag T".into(),
+        ));
+    }
+    let api = connect(conn)?;
+    let dep = api
+        .create_deployment(&CreateDeployment {
+            bundle_version: Some(args.version.clone()),
+            bundle_id: None,
+            target_device_ids: devices,
+            target_tags: tags,
+        })
+        .await?;
+    finish(&api, dep, &args.wait).await
+}
+
+/// `rollback VERSION --devices A,B [--wait [--timeout S]]`.
+pub(crate) async fn rollback(conn: &ConnArgs, args: &RollbackArgs) -> OpResult<Report> {
+    check_version(&args.version)?;
+    let devices = device_ids(&args.devices)?;
+    if devices.is_empty() {
+        return Err(OpError::Usage("--devices names no device".into()));
+    }
+    let api = connect(conn)?;
+    let dep = api
+        .rollback(&RollbackRequest {
+            bundle_version: args.version.clone(),
+            target_device_ids: devices,
+        })
+        .await?;
+    finish(&api, dep, &args.wait).await
+}
+
+/// `deployments [ID] [--status S] [--limit N]`.
+pub(crate) async fn deployments(
+    conn: &ConnArgs,
+    id: Option<&str>,
+    status: Option<&str>,
+    limit: u32,
+) -> OpResult<Report> {
+    if let Some(id) = id {
+        check_id("deployment", id)?;
+        if status.is_some() {
+            return Err(OpError::Usage(
+                "--status filters the list; it does not apply to one deployment".into(),
+            ));
+        }
+        let dep = connect(conn)?.deployment(id).await?;
+        return Report::new(&dep, render::deployment(&dep, Utc::now(), output::width()));
+    }
+    if let Some(s) = status.filter(|s| TargetStatus::parse(s).is_none()) {
+        let valid: Vec<&str> = TargetStatus::ALL.iter().map(|t| t.as_str()).collect();
+        return Err(OpError::Usage(format!(
+            "--status must be one of {}, got {s:?}",
+            valid.join(", ")
+        )));
+    }
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(OpError::Usage(format!(
+            "--limit must be between 1 and {MAX_LIMIT}, got {limit}"
+        )));
+    }
+    let list = connect(conn)?.deployments(status, limit).await?;
+    Ok(Report::new(
+        &list,
+        render::deployments(&list, Utc::now(), output::width()),
+    )?
+    .when_empty("no deployments"))
+}
+
+fn check_version(v: &str) -> OpResult<()> {
+    if is_valid_version(v) {
+        Ok(())
+    } else {
+        Err(OpError::Usage(format!(
+            "invalid version {v:?}: versions are 1-64 characters of [A-Za-z0-9._+-]"
+        )))
+    }
+}
+
+/// `--devices a,b` (also `a, b` or a trailing comma): checked, without duplicates.
+fn device_ids(list: &[String]) -> OpResult<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for id in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        check_id("device", id)?;
+        if !out.iter().any(|o| o == id) {
+            out.push(id.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+fn tags(list: &[String]) -> OpResult<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for t in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if !is_valid_tag(t) {
+            return Err(OpError::Usage(format!(
+                "invalid tag {t:?}: tags are 1-64 characters of [A-Za-z0-9._:-]"
+            )));
+        }
+        if !out.iter().any(|o| o == t) {
+            out.push(t.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// The created deployment, or with `--wait` the finished one.
+async fn finish(api: &Api, dep: Deployment, wait: &WaitArgs) -> OpResult<Report> {
+    if !wait.wait {
+        return Report::new(&dep, render::deployment(&dep, Utc::now(), output::width()));
+    }
+    watch(api, dep, wait.timeout.map(Duration::from_secs)).await
+}
+
+/// Follow a deployment until its status is final (or `timeout` passes, or Ctrl-C).
+/// Exit 0 only for `success`.
+async fn watch(api: &Api, mut dep: Deployment, timeout: Option<Duration>) -> OpResult<Report> {
+    let id = dep.id.clone();
+    let total = dep.counts.total();
+    let bar = output::progress_bar(
+        total,
+        "{spinner} {prefix} [{bar:25}] {pos}/{len} finished  {msg} ({elapsed})",
+    );
+    bar.set_prefix(format!("{} {}", dep.kind.as_str(), dep.bundle_version));
+    let lines = !output::stderr_is_terminal();
+    if lines {
+        output::note(&format!(
+            "waiting for {} {} ({id}) on {total} target(s)",
+            dep.kind.as_str(),
+            dep.bundle_version
+        ));
+    }
+    let started = Instant::now();
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut last = String::new();
+    let mut unreachable_since: Option<Instant> = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+
+    loop {
+        let message = progress_message(&dep);
+        bar.set_position(render::finished(&dep.counts));
+        if unreachable_since.is_none() {
+            bar.set_message(message.clone());
+        }
+        if lines && message != last {
+            output::note(&format!(
+                "{}/{} finished: {message}",
+                render::finished(&dep.counts),
+                total
+            ));
+            last = message;
+        }
+        if dep.status.is_final() {
+            break;
+        }
+        let now = tokio::time::Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            bar.finish_and_clear();
+            let waited = started.elapsed().as_secs();
+            let report = Report::new(&dep, render::deployment(&dep, Utc::now(), output::width()))?;
+            return Ok(report.failed(format!(
+                "gave up waiting after {waited} s: deployment {id} is still {} ({}); it goes \
+                 on without us (`kernex-console deployments {id}`)",
+                dep.status.as_str(),
+                render::counts(&dep.counts)
+            )));
+        }
+        let wake = deadline.map_or(now + POLL, |d| d.min(now + POLL));
+        let step = async {
+            tokio::time::sleep_until(wake).await;
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, api.deployment(&id)).await.ok(),
+                None => Some(api.deployment(&id).await),
+            }
+        };
+        let polled = tokio::select! {
+            polled = step => polled,
+            _ = &mut ctrl_c => {
+                bar.finish_and_clear();
+                return Err(OpError::Failed(format!(
+                    "interrupted: deployment {id} goes on without us \
+                     (`kernex-console deployments {id}`)"
+                )));
+            }
+        };
+        match polled {
+            // The deadline passed mid-request: the next turn reports it.
+            None => {}
+            Some(Ok(d)) => {
+                dep = d;
+                unreachable_since = None;
+            }
+            Some(Err(e)) if e.is_unreachable() => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= UNREACHABLE_LIMIT {
+                    bar.finish_and_clear();
+                    return Err(stopped_waiting(&id, e));
+                }
+                bar.set_message("server unreachable, retrying");
+                if lines && last != "unreachable" {
+                    output::note(&format!("{e}; retrying"));
+                    last = "unreachable".into();
+                }
+            }
+            Some(Err(e)) => {
+                bar.finish_and_clear();
+                return Err(stopped_waiting(&id, e));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let report = Report::new(&dep, render::deployment(&dep, Utc::now(), output::width()))?;
+    if dep.status == TargetStatus::Success {
+        Ok(report)
+    } else {
+        Ok(report.failed(format!(
+            "deployment {id} {} ({})",
+            dep.status.as_str(),
+            render::counts(&dep.counts)
+        )))
+    }
+}
+
+/// The wait ended on an API error: say that the deployment exists, then the error.
+fn stopped_waiting(id: &str, e: ApiError) -> OpError {
+    output::error(&format!("stopped waiting for deployment {id}"));
+    OpError::Api(e)
+}
+
+/// The bar's message: the counts, and for a single busy target its phase.
+fn progress_message(dep: &Deployment) -> String {
+    let mut message = render::counts(&dep.counts);
+    let busy: Vec<_> = dep
+        .devices
+        .iter()
+        .filter(|d| d.status == TargetStatus::InProgress)
+        .collect();
+    if let [one] = busy.as_slice()
+        && let Some(phase) = one.phase
+    {
+        message.push_str(&format!(" ({}", render::phase(phase)));
+        if let Some(p) = one.progress_pct {
+            message.push_str(&format!(" {p}%"));
+        }
+        message.push(')');
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use kernex_common::api::{Counts, DeploymentDevice, DeploymentKind, Phase};
+
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn targets_are_trimmed_deduplicated_and_checked() {
+        assert_eq!(
+            device_ids(&strings(&["a1", " b2", "", "a1"])).unwrap(),
+            strings(&["a1", "b2"])
+        );
+        assert_eq!(
+            device_ids(&strings(&["ok", "not/ok"]))
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+        assert_eq!(
+            tags(&strings(&["site:berlin"])).unwrap(),
+            strings(&["site:berlin"])
+        );
+        assert_eq!(tags(&strings(&["bad tag"])).unwrap_err().exit_code(), 2);
+        assert!(check_version("1.2.0-broken").is_ok());
+        assert_eq!(check_version("../1").unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn the_progress_message_names_a_lone_busy_targets_phase() {
+        let now = Utc::now();
+        let dev = |status, phase, pct| DeploymentDevice {
+            device_id: "d".into(),
+            status,
+            phase,
+            progress_pct: pct,
+            error_message: None,
+            log_tail: None,
+            updated_at: now,
+        };
+        let mut dep = Deployment {
+            id: "x".into(),
+            kind: DeploymentKind::Deploy,
+            bundle_id: "b".into(),
+            bundle_version: "1.0.0".into(),
+            target_device_ids: vec!["d".into(), "e".into()],
+            status: TargetStatus::InProgress,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+            counts: Counts {
+                in_progress: 1,
+                success: 1,
+                ..Counts::default()
+            },
+            devices: vec![
+                dev(TargetStatus::InProgress, Some(Phase::Downloading), Some(40)),
+                dev(TargetStatus::Success, None, None),
+            ],
+        };
+        assert_eq!(
+            progress_message(&dep),
+            "1 success, 1 in progress (downloading 40%)"
+        );
+        dep.devices[1] = dev(TargetStatus::InProgress, None, None);
+        assert_eq!(progress_message(&dep), "1 success, 1 in progress");
+    }
+}
