@@ -242,7 +242,7 @@ impl DeviceConfig {
 }
 
 /// `PUT /devices/{id}/config` body: any subset of the five fields.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConfigUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub polling_interval: Option<u64>,
@@ -391,6 +391,17 @@ pub enum Phase {
     HealthCheck,
 }
 
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Downloading => "downloading",
+            Phase::Verifying => "verifying",
+            Phase::Installing => "installing",
+            Phase::HealthCheck => "health_check",
+        }
+    }
+}
+
 /// One target of a deployment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentDevice {
@@ -420,7 +431,7 @@ pub struct Deployment {
 }
 
 /// `POST /deployments` body.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CreateDeployment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_version: Option<String>,
@@ -433,7 +444,7 @@ pub struct CreateDeployment {
 }
 
 /// `POST /devices/rollback` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RollbackRequest {
     pub bundle_version: String,
     pub target_device_ids: Vec<String>,

@@ -233,6 +233,17 @@ impl Api {
         .await
     }
 
+    pub async fn set_tags(&self, id: &str, tags: &[String]) -> ApiResult<DeviceDetail> {
+        let body = kernex_common::api::DevicePatch {
+            tags: tags.to_vec(),
+        };
+        self.json(
+            self.request(Method::PATCH, &format!("/devices/{}", seg(id)))
+                .json(&body),
+        )
+        .await
+    }
+
     pub async fn accept(&self, id: &str) -> ApiResult<DeviceDetail> {
         self.json(self.request(Method::POST, &format!("/devices/{}/accept", seg(id))))
             .await

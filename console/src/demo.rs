@@ -1,4 +1,395 @@
-//! wip
-pub async fn run(_c: &crate::cli::ConnArgs, _a: &crate::cli::DemoArgs) -> u8 {
-    2
+//! `kernex-console demo`: a live fleet on a throw-away data dir, in one command.
+//!
+//! It starts a real `kernex-server`, several real `kernex-agent` processes (each with its
+//! own state dir), packs and uploads the fixture bundles, rolls the first good version out
+//! so there is history to roll back to, and opens the console. Quitting stops every
+//! process it started and removes the data dir (unless `--keep`).
+//!
+//! The server and agent binaries are taken from next to this one; when this binary was
+//! built from the workspace (`cargo run -p kernex-console -- demo`), they are built first
+//! with the same profile, so the Rust toolchain is all a new machine needs.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use kernex_common::api::{Admission, ConfigUpdate, CreateDeployment};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::api::{Api, DeviceQuery};
+use crate::cli::{ConnArgs, DemoArgs};
+
+/// Device types the demo agents report, for a fleet that looks like one.
+const TYPES: [&str; 4] = ["jetson-nano", "rpi4", "gateway", "kiosk"];
+/// Polling interval of demo devices: fast enough to watch a deployment happen.
+const DEMO_POLL_S: u64 = 5;
+const ENROLL: &str = "demo-enrollment";
+
+type DemoResult<T> = Result<T, String>;
+
+pub async fn run(conn: &ConnArgs, args: &DemoArgs) -> u8 {
+    let dir = match tempfile::Builder::new().prefix("kernex-demo-").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("kernex-console demo: cannot create a data dir: {e}");
+            return 2;
+        }
+    };
+    let mut fleet = Fleet::default();
+    let code = match start(dir.path(), args, &mut fleet).await {
+        Ok(api) if args.headless => {
+            println!("demo fleet is up: {}", api.server());
+            println!("  export KERNEX_SERVER={}", api.server());
+            println!(
+                "  export KERNEX_TOKEN=$(cat {}/server/admin.token)",
+                dir.path().display()
+            );
+            println!("Ctrl-C stops it.");
+            wait_for_interrupt().await;
+            0
+        }
+        Ok(api) => {
+            let log = conn
+                .log_file
+                .clone()
+                .unwrap_or_else(|| dir.path().join("console.log"));
+            crate::app::run_tui_with(api, Some(&log)).await
+        }
+        Err(e) => {
+            eprintln!("kernex-console demo: {e}");
+            eprintln!("  (logs are in {})", dir.path().display());
+            2
+        }
+    };
+    eprintln!("stopping the demo fleet…");
+    fleet.stop().await;
+    if args.keep {
+        let kept = dir.keep();
+        eprintln!("demo data kept in {}", kept.display());
+    }
+    code
+}
+
+async fn wait_for_interrupt() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Every process the demo started; stopped in reverse order.
+#[derive(Default)]
+struct Fleet {
+    children: Vec<(String, Child)>,
+}
+
+impl Fleet {
+    /// SIGTERM everyone (agents finish what they are doing), then SIGKILL stragglers.
+    async fn stop(&mut self) {
+        for (_, child) in self.children.iter().rev() {
+            if let Some(pid) = child
+                .id()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        for (name, child) in self.children.iter_mut().rev() {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("{name} did not stop within 5 s; killing it");
+                let _ = child.kill().await;
+            }
+        }
+        self.children.clear();
+    }
+}
+
+async fn start(dir: &Path, args: &DemoArgs, fleet: &mut Fleet) -> DemoResult<Api> {
+    let bins = binaries().await?;
+    let token = format!("demo-{}", uuid::Uuid::new_v4().simple());
+    eprintln!(
+        "starting kernex-server on a throw-away data dir {}",
+        dir.display()
+    );
+    let (child, url) = start_server(&bins.server, dir, &args.listen, &token).await?;
+    fleet.children.push(("kernex-server".into(), child));
+    let api = Api::new(&url, &token, None).map_err(|e| e.to_string())?;
+
+    eprintln!(
+        "starting {} agents (+1 waiting for acceptance)…",
+        args.agents
+    );
+    // One registration round first, so each device can get a fast polling interval
+    // before its daemon's first heartbeat picks it up.
+    let mut first = Vec::new();
+    for i in 0..args.agents {
+        let mut cmd = agent_cmd(&bins.agent, dir, i, &url);
+        cmd.args(["run", "--once", "--enrollment-token", ENROLL]);
+        first.push(async move { cmd.status().await });
+    }
+    for (i, r) in futures_util::future::join_all(first)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match r {
+            Ok(s) if s.success() => {}
+            Ok(s) => {
+                return Err(format!(
+                    "agent {i} could not register ({s}); see {}",
+                    dir.join(format!("agent-{i}.log")).display()
+                ));
+            }
+            Err(e) => return Err(format!("cannot run {}: {e}", bins.agent.display())),
+        }
+    }
+    let devices = api
+        .all_devices(&DeviceQuery {
+            admission: Some(Admission::Accepted.as_str().into()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    for (i, d) in devices.iter().enumerate() {
+        let update = ConfigUpdate {
+            polling_interval: Some(DEMO_POLL_S),
+            ..Default::default()
+        };
+        api.put_config(&d.device_id, &update)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut tags = vec![
+            "demo".to_owned(),
+            format!("site:{}", if i % 2 == 0 { "berlin" } else { "lisbon" }),
+        ];
+        if i == 0 {
+            tags.push("canary".into());
+        }
+        api.set_tags(&d.device_id, &tags)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    for i in 0..args.agents {
+        let mut cmd = agent_cmd(&bins.agent, dir, i, &url);
+        cmd.args(["run", "--enrollment-token", ENROLL]);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start an agent: {e}"))?;
+        fleet.children.push((format!("agent-{i}"), child));
+    }
+    // One more, without the enrollment token: it waits as a pending device (press `a`).
+    let mut cmd = agent_cmd(&bins.agent, dir, args.agents, &url);
+    cmd.arg("run");
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start an agent: {e}"))?;
+    fleet
+        .children
+        .push((format!("agent-{}", args.agents), child));
+
+    eprintln!("uploading the fixture bundles…");
+    let fixtures = fixtures_dir()
+        .ok_or("cannot find fixtures/bundles (run the demo from the Kernex workspace)")?;
+    let packed = dir.join("packed");
+    std::fs::create_dir_all(&packed).map_err(|e| e.to_string())?;
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&fixtures)
+        .map_err(|e| format!("cannot read {}: {e}", fixtures.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("manifest.json").is_file())
+        .collect();
+    sources.sort();
+    let mut first_version = None;
+    for src in &sources {
+        let (file, manifest) = pack(src, &packed)?;
+        api.push_bundle(&file, |_| {})
+            .await
+            .map_err(|e| e.to_string())?;
+        first_version.get_or_insert(manifest);
+    }
+    // Roll the first version out so devices run something and have history to roll
+    // back to once the operator deploys a newer one.
+    if let Some(version) = first_version {
+        api.create_deployment(&CreateDeployment {
+            bundle_version: Some(version),
+            target_tags: vec!["demo".into()],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(api)
+}
+
+/// Pack a fixture folder; the archive path and the bundle's version.
+fn pack(src: &Path, out_dir: &Path) -> DemoResult<(PathBuf, String)> {
+    let tmp = out_dir.join(".packing.tar.gz");
+    let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+    let manifest = kernex_common::bundle::pack(src, file)
+        .map_err(|e| format!("cannot pack {}: {e}", src.display()))?;
+    let out = out_dir.join(format!("{}-{}.tar.gz", manifest.name, manifest.version));
+    std::fs::rename(&tmp, &out).map_err(|e| e.to_string())?;
+    Ok((out, manifest.version))
+}
+
+fn agent_cmd(bin: &Path, dir: &Path, i: usize, url: &str) -> Command {
+    let state = dir.join(format!("agent-{i}"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("agent-{i}.log")));
+    let mut cmd = Command::new(bin);
+    cmd.arg("--server")
+        .arg(url)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("KERNEX_KEY_BITS", "2048")
+        .env("KERNEX_DEVICE_TYPE", TYPES[i % TYPES.len()])
+        .env_remove("KERNEX_ENROLLMENT_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    match log {
+        Ok(f) => cmd.stderr(f),
+        Err(_) => cmd.stderr(Stdio::null()),
+    };
+    cmd
+}
+
+async fn start_server(
+    bin: &Path,
+    dir: &Path,
+    listen: &str,
+    token: &str,
+) -> DemoResult<(Child, String)> {
+    let mut child = Command::new(bin)
+        .args(["--listen", listen, "--log-level", "info"])
+        .arg("--data-dir")
+        .arg(dir.join("server"))
+        .env("KERNEX_ADMIN_TOKEN", token)
+        .env("KERNEX_ENROLLMENT_TOKEN", ENROLL)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let stderr = child.stderr.take().ok_or("no server stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut log = tokio::fs::File::create(dir.join("server.log"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log.write_all(format!("{line}\n").as_bytes()).await;
+            if line.contains("listening")
+                && let Some(addr) = line.split("addr=").nth(1)
+            {
+                return Some(
+                    addr.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+        None
+    })
+    .await;
+    let addr = match found {
+        Ok(Some(a)) => a,
+        _ => {
+            return Err(format!(
+                "kernex-server did not start; see {}",
+                dir.join("server.log").display()
+            ));
+        }
+    };
+    // Keep copying the server's log to its file.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    });
+    Ok((child, format!("http://{addr}")))
+}
+
+struct Binaries {
+    server: PathBuf,
+    agent: PathBuf,
+}
+
+/// `kernex-server` and `kernex-agent` next to this binary, built first when this binary
+/// came from the workspace.
+async fn binaries() -> DemoResult<Binaries> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe
+        .parent()
+        .ok_or("cannot tell where this binary lives")?
+        .to_path_buf();
+    let bins = Binaries {
+        server: dir.join("kernex-server"),
+        agent: dir.join("kernex-agent"),
+    };
+    if let Some(ws) = workspace_dir() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&ws).args([
+            "build",
+            "--quiet",
+            "-p",
+            "kernex-server",
+            "-p",
+            "kernex-agent",
+        ]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        eprintln!("building kernex-server and kernex-agent (first time only takes a while)…");
+        match cmd.status().await {
+            Ok(s) if s.success() => {}
+            Ok(s) => return Err(format!("cargo build failed ({s})")),
+            // No cargo here: use whatever binaries are already in place.
+            Err(e) => tracing::warn!("cannot run cargo: {e}"),
+        }
+    }
+    for b in [&bins.server, &bins.agent] {
+        if !b.is_file() {
+            return Err(format!(
+                "{} is missing: build the workspace first (cargo build --release --workspace)",
+                b.display()
+            ));
+        }
+    }
+    Ok(bins)
+}
+
+/// The workspace this binary was built from, if it is still there.
+fn workspace_dir() -> Option<PathBuf> {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .to_path_buf();
+    ws.join("Cargo.toml").is_file().then_some(ws)
+}
+
+/// `fixtures/bundles`: `$KERNEX_FIXTURES`, else the workspace's, else `./fixtures/bundles`.
+fn fixtures_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("KERNEX_FIXTURES") {
+        return Some(PathBuf::from(d));
+    }
+    let candidates = [
+        workspace_dir().map(|w| w.join("fixtures/bundles")),
+        Some(PathBuf::from("fixtures/bundles")),
+    ];
+    candidates.into_iter().flatten().find(|p| p.is_dir())
 }

@@ -1,1 +1,108 @@
-//! wip
+//! The live feed: `GET /events` read as Server-Sent Events, reconnecting by itself with
+//! backoff. Each (re)connection is announced so the app can re-read what it missed.
+
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::api::Api;
+
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveEvent {
+    /// The stream is open (again): state may have changed meanwhile.
+    Connected,
+    /// The stream failed; the next attempt comes after `retry_in`.
+    Disconnected {
+        error: String,
+        attempt: u32,
+        retry_in: Duration,
+    },
+    /// The server dropped events for us: re-read everything.
+    Lagged,
+    Event {
+        kind: String,
+        data: Value,
+    },
+}
+
+/// Follow the event stream until `tx` closes, sending what happens.
+pub async fn follow<T: From<LiveEvent> + Send + 'static>(api: Api, tx: mpsc::Sender<T>) {
+    let mut attempt: u32 = 0;
+    loop {
+        let error = match api.events().await {
+            Ok(resp) => {
+                attempt = 0;
+                if tx.send(LiveEvent::Connected.into()).await.is_err() {
+                    return;
+                }
+                let mut stream = resp.bytes_stream().eventsource();
+                let mut error = "the server closed the event stream".to_owned();
+                while let Some(item) = stream.next().await {
+                    let ev = match item {
+                        Ok(ev) => ev,
+                        Err(e) => {
+                            error = format!("event stream broke: {e}");
+                            break;
+                        }
+                    };
+                    let msg = match ev.event.as_str() {
+                        "lagged" => LiveEvent::Lagged,
+                        kind => match serde_json::from_str::<Value>(&ev.data) {
+                            Ok(data) => LiveEvent::Event {
+                                kind: kind.to_owned(),
+                                data,
+                            },
+                            Err(e) => {
+                                tracing::warn!(kind, "unreadable event data: {e}");
+                                continue;
+                            }
+                        },
+                    };
+                    if tx.send(msg.into()).await.is_err() {
+                        return;
+                    }
+                }
+                error
+            }
+            Err(e) => e.to_string(),
+        };
+        attempt = attempt.saturating_add(1);
+        let retry_in = backoff(attempt);
+        tracing::info!(attempt, "event stream down: {error}");
+        let down = LiveEvent::Disconnected {
+            error,
+            attempt,
+            retry_in,
+        };
+        if tx.send(down.into()).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(retry_in).await;
+    }
+}
+
+/// 0.5 s, 1 s, 2 s … capped at 10 s: quick after a blip, gentle during an outage.
+fn backoff(attempt: u32) -> Duration {
+    let ms = 500u64.saturating_mul(1 << attempt.saturating_sub(1).min(10));
+    Duration::from_millis(ms).min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(5), Duration::from_secs(8));
+        assert_eq!(backoff(6), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+}

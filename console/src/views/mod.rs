@@ -1,1 +1,265 @@
-//! wip
+//! Drawing. Each screen is a widget over `&App`; `draw` lays out the frame: header, the
+//! current view, the events pane, a status line and the footer of live key bindings.
+//! Everything fits 80×24.
+
+mod bundles; // bundle list
+mod deployments; // deployments with gauges and per-device rows
+mod device; // one device: sparklines, history, config
+mod dialogs; // pickers, config form, confirmation
+mod fleet; // the device table
+mod footer; // keys that apply, from the keymap
+mod help; // every binding
+
+use chrono::{DateTime, Utc};
+use kernex_common::api::{Admission, DeviceSummary, OnlineStatus, TargetStatus};
+use ratatui::Frame;
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph, Widget};
+
+use crate::action::View;
+use crate::app::{App, Link, Mode};
+
+/// Rows of the events pane for a terminal `height` rows high.
+fn events_height(height: u16) -> u16 {
+    if height >= 32 { 7 } else { 3 }
+}
+
+/// Table rows visible in the body (page size for PgUp/PgDn).
+pub fn body_rows(height: u16) -> usize {
+    // header 1, status 1, footer 1, events, body borders 2, table header 1.
+    height.saturating_sub(1 + 1 + 1 + events_height(height) + 3) as usize
+}
+
+pub fn draw(f: &mut Frame, app: &App) {
+    let area = f.area();
+    let [header, body, events, status, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(events_height(area.height)),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    let buf = f.buffer_mut();
+    Header(app).render(header, buf);
+    match app.view {
+        View::Fleet => fleet::FleetView(app).render(body, buf),
+        View::Device => device::DeviceView(app).render(body, buf),
+        View::Deployments => deployments::DeploymentsView(app).render(body, buf),
+        View::Bundles => bundles::BundlesView(app).render(body, buf),
+    }
+    EventsPane(app).render(events, buf);
+    StatusLine(app).render(status, buf);
+    footer::Footer(app).render(footer, buf);
+    match &app.mode {
+        Mode::Help => help::Help(app).render(body, buf),
+        Mode::Dialog(d) => dialogs::DialogView(d).render(body, buf),
+        _ => {}
+    }
+}
+
+struct Header<'a>(&'a App);
+
+impl Widget for Header<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let app = self.0;
+        let mut spans = vec![
+            Span::styled(" kernex ", Style::new().bold().reversed()),
+            Span::raw(" "),
+        ];
+        for v in View::ALL {
+            if v == View::Device && app.device.is_none() {
+                continue;
+            }
+            let style = if v == app.view {
+                Style::new()
+                    .bold()
+                    .fg(Color::Cyan)
+                    .add_modifier(Modifier::UNDERLINED)
+            } else {
+                Style::new().fg(Color::Gray)
+            };
+            spans.push(Span::styled(v.title(), style));
+            spans.push(Span::raw("  "));
+        }
+        let link = match &app.link {
+            Link::Connecting => Span::styled("◌ connecting", Style::new().fg(Color::Yellow)),
+            Link::Live => Span::styled("● live", Style::new().fg(Color::Green).bold()),
+            Link::Reconnecting { attempt, .. } => Span::styled(
+                format!("◌ reconnecting (try {attempt})"),
+                Style::new().fg(Color::Black).bg(Color::Yellow).bold(),
+            ),
+        };
+        let right = Line::from(vec![
+            link,
+            Span::raw(" "),
+            Span::styled(app.server.clone(), Style::new().fg(Color::DarkGray)),
+        ]);
+        let rw = right.width() as u16;
+        Line::from(spans).render(area, buf);
+        if area.width > rw + 40 {
+            right.render(
+                Rect {
+                    x: area.right() - rw - 1,
+                    width: rw + 1,
+                    ..area
+                },
+                buf,
+            );
+        } else {
+            // Narrow: the link state matters more than the URL.
+            let l = Line::from(right.spans[0].clone());
+            let w = l.width() as u16;
+            l.render(
+                Rect {
+                    x: area.right().saturating_sub(w + 1),
+                    width: w + 1,
+                    ..area
+                },
+                buf,
+            );
+        }
+    }
+}
+
+struct EventsPane<'a>(&'a App);
+
+impl Widget for EventsPane<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let app = self.0;
+        let block = Block::new()
+            .borders(Borders::TOP)
+            .title(" events ")
+            .border_style(Style::new().fg(Color::DarkGray));
+        let inner = block.inner(area);
+        block.render(area, buf);
+        let mut lines: Vec<Line> = Vec::new();
+        if let Link::Reconnecting { error, .. } = &app.link {
+            lines.push(Line::styled(
+                format!("server unreachable: {error}; retrying…"),
+                Style::new().fg(Color::Yellow),
+            ));
+        }
+        let room = (inner.height as usize).saturating_sub(lines.len());
+        let start = app.events.len().saturating_sub(room);
+        for (at, text) in app.events.iter().skip(start) {
+            lines.push(Line::from(vec![
+                Span::styled(
+                    at.format("%H:%M:%S ").to_string(),
+                    Style::new().fg(Color::DarkGray),
+                ),
+                Span::raw(text.clone()),
+            ]));
+        }
+        if lines.is_empty() {
+            lines.push(Line::styled(
+                "waiting for events…",
+                Style::new().fg(Color::DarkGray),
+            ));
+        }
+        Paragraph::new(lines).render(inner, buf);
+    }
+}
+
+struct StatusLine<'a>(&'a App);
+
+impl Widget for StatusLine<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let app = self.0;
+        let line = match &app.mode {
+            Mode::Filter => {
+                let f = match app.view {
+                    View::Fleet => &app.fleet.filter,
+                    View::Deployments => &app.deployments.filter,
+                    _ => &app.bundles.filter,
+                };
+                Line::from(vec![
+                    Span::styled("/", Style::new().fg(Color::Cyan).bold()),
+                    Span::raw(f.clone()),
+                    Span::styled("█", Style::new().fg(Color::Cyan)),
+                    Span::styled(
+                        "   Enter keep · Esc clear",
+                        Style::new().fg(Color::DarkGray),
+                    ),
+                ])
+            }
+            Mode::Command(input) => Line::from(vec![
+                Span::styled(":", Style::new().fg(Color::Cyan).bold()),
+                Span::raw(input.clone()),
+                Span::styled("█", Style::new().fg(Color::Cyan)),
+                Span::styled(
+                    "   fleet · device ID · deployments · bundles · refresh · quit",
+                    Style::new().fg(Color::DarkGray),
+                ),
+            ]),
+            _ => match &app.flash {
+                Some(f) if f.error => {
+                    Line::styled(format!("✗ {}", f.text), Style::new().fg(Color::Red).bold())
+                }
+                Some(f) => Line::styled(format!("✓ {}", f.text), Style::new().fg(Color::Green)),
+                None => Line::default(),
+            },
+        };
+        line.render(area, buf);
+    }
+}
+
+// ---------------------------------------------------------------- shared formatting
+
+pub(crate) fn status_style(d: &DeviceSummary) -> (String, Style) {
+    match (d.admission, d.status) {
+        (Admission::Pending, _) => ("pending".into(), Style::new().fg(Color::Yellow).bold()),
+        (Admission::Rejected, _) => ("rejected".into(), Style::new().fg(Color::DarkGray)),
+        (_, OnlineStatus::Online) => ("online".into(), Style::new().fg(Color::Green)),
+        (_, OnlineStatus::Offline) => ("offline".into(), Style::new().fg(Color::Red)),
+        (_, OnlineStatus::Never) => ("never".into(), Style::new().fg(Color::DarkGray)),
+    }
+}
+
+pub(crate) fn target_style(s: TargetStatus) -> Style {
+    match s {
+        TargetStatus::Pending => Style::new().fg(Color::Gray),
+        TargetStatus::InProgress => Style::new().fg(Color::Cyan),
+        TargetStatus::Success => Style::new().fg(Color::Green),
+        TargetStatus::Failed => Style::new().fg(Color::Red).bold(),
+        TargetStatus::Cancelled => Style::new().fg(Color::DarkGray),
+    }
+}
+
+/// "4s", "12m", "3h", "5d" since `t`; "-" for never.
+pub(crate) fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let s = (now - t).num_seconds().max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// An id cut to `width`, keeping its end: device ids are time-ordered UUIDs whose
+/// beginnings are shared by devices registered together.
+pub(crate) fn short_id(id: &str, width: usize) -> String {
+    if id.chars().count() <= width || width < 2 {
+        return id.to_owned();
+    }
+    let tail: String = id.chars().skip(id.chars().count() - (width - 1)).collect();
+    format!("…{tail}")
+}
+
+/// Block for a view's body.
+pub(crate) fn body_block(title: Line<'static>) -> Block<'static> {
+    Block::new()
+        .borders(Borders::ALL)
+        .border_style(Style::new().fg(Color::DarkGray))
+        .title(title)
+}
+
+/// Selected-row style.
+pub(crate) fn selected() -> Style {
+    Style::new().bg(Color::DarkGray).fg(Color::White).bold()
+}

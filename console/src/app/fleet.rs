@@ -1,0 +1,380 @@
+//! The fleet as the console knows it: every device summary, indexed by id, plus the
+//! filtered and sorted order the table shows. Built for 100,000 devices: an update is a
+//! hash lookup, re-sorting happens at most once per frame, and only the visible rows are
+//! ever turned into widgets.
+
+use std::cell::Cell;
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use kernex_common::api::{Admission, DeviceSummary, OnlineStatus};
+use serde_json::Value;
+
+/// The Fleet table's sort column (`s` cycles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortKey {
+    #[default]
+    Id,
+    Status,
+    Version,
+    Cpu,
+    LastSeen,
+}
+
+impl SortKey {
+    pub fn next(self) -> SortKey {
+        match self {
+            SortKey::Id => SortKey::Status,
+            SortKey::Status => SortKey::Version,
+            SortKey::Version => SortKey::Cpu,
+            SortKey::Cpu => SortKey::LastSeen,
+            SortKey::LastSeen => SortKey::Id,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SortKey::Id => "id",
+            SortKey::Status => "status",
+            SortKey::Version => "version",
+            SortKey::Cpu => "cpu",
+            SortKey::LastSeen => "last seen",
+        }
+    }
+}
+
+/// A selection and scroll offset over a list of `len` rows. The offset is adjusted while
+/// rendering (when the height is known), hence the `Cell`.
+#[derive(Debug, Default, Clone)]
+pub struct Scroll {
+    pub selected: usize,
+    offset: Cell<usize>,
+}
+
+impl Scroll {
+    pub fn up(&mut self, n: usize) {
+        self.selected = self.selected.saturating_sub(n);
+    }
+
+    pub fn down(&mut self, n: usize, len: usize) {
+        self.selected = (self.selected + n).min(len.saturating_sub(1));
+    }
+
+    pub fn clamp(&mut self, len: usize) {
+        self.selected = self.selected.min(len.saturating_sub(1));
+    }
+
+    /// The first row to draw so that the selection is visible in `height` rows.
+    pub fn window(&self, height: usize, len: usize) -> usize {
+        let mut off = self.offset.get().min(len.saturating_sub(height));
+        if self.selected < off {
+            off = self.selected;
+        } else if height > 0 && self.selected >= off + height {
+            off = self.selected + 1 - height;
+        }
+        self.offset.set(off);
+        off
+    }
+}
+
+/// One device with what the console derives from the live stream.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub summary: DeviceSummary,
+    /// The gap between its last two heartbeats: the cadence we expect.
+    pub interval_s: Option<f64>,
+    /// Resync generation that last saw it (rows missing from a full re-read are gone).
+    generation: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Fleet {
+    rows: Vec<Row>,
+    index: HashMap<String, usize>,
+    /// Indices into `rows`, filtered and sorted: what the table shows.
+    visible: Vec<usize>,
+    /// The order must be rebuilt before the next frame.
+    dirty: bool,
+    pub sort: SortKey,
+    pub filter: String,
+    pub scroll: Scroll,
+    pub marked: BTreeSet<String>,
+    pub online: usize,
+}
+
+impl Fleet {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn visible_len(&self) -> usize {
+        self.visible.len()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&DeviceSummary> {
+        self.index.get(id).map(|&i| &self.rows[i].summary)
+    }
+
+    /// The visible rows `start..start+n`, in display order.
+    pub fn window(&self, start: usize, n: usize) -> impl Iterator<Item = &DeviceSummary> {
+        self.visible
+            .iter()
+            .skip(start)
+            .take(n)
+            .map(|&i| &self.rows[i].summary)
+    }
+
+    pub fn selected(&self) -> Option<&DeviceSummary> {
+        self.visible
+            .get(self.scroll.selected)
+            .map(|&i| &self.rows[i].summary)
+    }
+
+    /// Accepted devices carrying `tag`.
+    pub fn with_tag(&self, tag: &str) -> usize {
+        self.rows
+            .iter()
+            .filter(|r| {
+                r.summary.admission == Admission::Accepted
+                    && r.summary.tags.iter().any(|t| t == tag)
+            })
+            .count()
+    }
+
+    /// Insert or replace a device from a page or a `device` event. A page read before a
+    /// newer heartbeat arrived must not roll its figures back.
+    pub fn upsert(&mut self, summary: DeviceSummary, generation: Option<u64>) {
+        match self.index.get(&summary.device_id) {
+            Some(&i) => {
+                let row = &mut self.rows[i];
+                if let Some(g) = generation {
+                    row.generation = g;
+                }
+                let newer = summary.last_heartbeat >= row.summary.last_heartbeat;
+                if newer {
+                    row.summary = summary;
+                } else {
+                    // Keep the live figures; take the rest (tags, admission).
+                    let live = row.summary.clone();
+                    row.summary = DeviceSummary {
+                        status: live.status,
+                        agent_status: live.agent_status,
+                        current_bundle_version: live.current_bundle_version,
+                        agent_version: live.agent_version,
+                        last_heartbeat: live.last_heartbeat,
+                        cpu_pct: live.cpu_pct,
+                        memory_mb: live.memory_mb,
+                        config_version: live.config_version,
+                        ..summary
+                    };
+                }
+            }
+            None => {
+                self.index
+                    .insert(summary.device_id.clone(), self.rows.len());
+                self.rows.push(Row {
+                    summary,
+                    interval_s: None,
+                    generation: generation.unwrap_or(0),
+                });
+            }
+        }
+        self.dirty = true;
+    }
+
+    pub fn remove(&mut self, id: &str) {
+        let Some(i) = self.index.remove(id) else {
+            return;
+        };
+        self.rows.swap_remove(i);
+        if let Some(moved) = self.rows.get(i) {
+            self.index.insert(moved.summary.device_id.clone(), i);
+        }
+        self.marked.remove(id);
+        self.dirty = true;
+    }
+
+    /// After the last page of a full re-read: drop devices the server no longer has.
+    pub fn retain_generation(&mut self, generation: u64) {
+        let gone: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|r| r.generation != generation)
+            .map(|r| r.summary.device_id.clone())
+            .collect();
+        for id in gone {
+            self.remove(&id);
+        }
+    }
+
+    /// Apply a `heartbeat` event. Returns false for a device we don't know yet.
+    pub fn heartbeat(&mut self, data: &Value) -> bool {
+        let Some(id) = data.get("device_id").and_then(Value::as_str) else {
+            return true;
+        };
+        let Some(&i) = self.index.get(id) else {
+            return false;
+        };
+        let row = &mut self.rows[i];
+        let s = &mut row.summary;
+        if let Some(ts) = data
+            .get("timestamp")
+            .and_then(Value::as_str)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        {
+            let ts = ts.with_timezone(&Utc);
+            if let Some(prev) = s.last_heartbeat {
+                let gap = (ts - prev).num_milliseconds() as f64 / 1000.0;
+                if gap > 0.5 {
+                    row.interval_s = Some(gap);
+                }
+            }
+            s.last_heartbeat = Some(ts);
+        }
+        if let Some(v) = data.get("cpu_pct").and_then(Value::as_f64) {
+            s.cpu_pct = Some(v);
+        }
+        if let Some(v) = data.get("memory_mb").and_then(Value::as_f64) {
+            s.memory_mb = Some(v);
+        }
+        if let Some(v) = data.get("status").and_then(Value::as_str) {
+            s.agent_status = Some(v.to_owned());
+        }
+        if let Some(v) = data.get("agent_version").and_then(Value::as_str) {
+            s.agent_version = Some(v.to_owned());
+        }
+        if let Some(v) = data.get("current_bundle_version").and_then(Value::as_str) {
+            s.current_bundle_version = Some(v.to_owned());
+        }
+        if let Some(v) = data.get("config_version").and_then(Value::as_u64) {
+            s.config_version = Some(v);
+        }
+        s.status = OnlineStatus::Online;
+        // Only orders that depend on live figures need a re-sort.
+        if matches!(
+            self.sort,
+            SortKey::Cpu | SortKey::LastSeen | SortKey::Status | SortKey::Version
+        ) || !self.filter.is_empty()
+        {
+            self.dirty = true;
+        }
+        true
+    }
+
+    /// A device that missed three of its beats is offline (the server's rule, with the
+    /// cadence we observe; the server's own word arrives with the next full read).
+    pub fn age_out(&mut self, now: DateTime<Utc>) {
+        for row in &mut self.rows {
+            if row.summary.status != OnlineStatus::Online {
+                continue;
+            }
+            let Some(last) = row.summary.last_heartbeat else {
+                continue;
+            };
+            let interval = row.interval_s.unwrap_or(60.0).max(5.0);
+            if (now - last).num_milliseconds() as f64 / 1000.0 > 3.0 * interval {
+                row.summary.status = OnlineStatus::Offline;
+                self.dirty = true;
+            }
+        }
+    }
+
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Rebuild the visible order if anything changed. Keeps the selected device selected.
+    pub fn prepare(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let keep = self.selected().map(|d| d.device_id.clone());
+        let terms: Vec<String> = self
+            .filter
+            .split_whitespace()
+            .map(str::to_lowercase)
+            .collect();
+        self.visible = (0..self.rows.len())
+            .filter(|&i| terms.is_empty() || matches_terms(&self.rows[i].summary, &terms))
+            .collect();
+        let rows = &self.rows;
+        let by_id =
+            |a: &usize, b: &usize| rows[*a].summary.device_id.cmp(&rows[*b].summary.device_id);
+        match self.sort {
+            SortKey::Id => self.visible.sort_unstable_by(by_id),
+            SortKey::Status => self.visible.sort_unstable_by(|a, b| {
+                status_rank(&rows[*a].summary)
+                    .cmp(&status_rank(&rows[*b].summary))
+                    .then_with(|| by_id(a, b))
+            }),
+            SortKey::Version => self.visible.sort_unstable_by(|a, b| {
+                rows[*a]
+                    .summary
+                    .current_bundle_version
+                    .cmp(&rows[*b].summary.current_bundle_version)
+                    .then_with(|| by_id(a, b))
+            }),
+            SortKey::Cpu => self.visible.sort_unstable_by(|a, b| {
+                let (x, y) = (rows[*a].summary.cpu_pct, rows[*b].summary.cpu_pct);
+                y.unwrap_or(-1.0)
+                    .total_cmp(&x.unwrap_or(-1.0))
+                    .then_with(|| by_id(a, b))
+            }),
+            SortKey::LastSeen => self.visible.sort_unstable_by(|a, b| {
+                rows[*b]
+                    .summary
+                    .last_heartbeat
+                    .cmp(&rows[*a].summary.last_heartbeat)
+                    .then_with(|| by_id(a, b))
+            }),
+        }
+        self.online = self
+            .rows
+            .iter()
+            .filter(|r| r.summary.status == OnlineStatus::Online)
+            .count();
+        if let Some(id) = keep
+            && let Some(pos) = self
+                .visible
+                .iter()
+                .position(|&i| self.rows[i].summary.device_id == id)
+        {
+            self.scroll.selected = pos;
+        }
+        self.scroll.clamp(self.visible.len());
+    }
+}
+
+/// Pending first (they need the operator), then offline, never, online.
+fn status_rank(d: &DeviceSummary) -> u8 {
+    match (d.admission, d.status) {
+        (Admission::Pending, _) => 0,
+        (_, OnlineStatus::Offline) => 1,
+        (_, OnlineStatus::Never) => 2,
+        _ => 3,
+    }
+}
+
+/// Every term must appear in one of the device's text fields.
+fn matches_terms(d: &DeviceSummary, terms: &[String]) -> bool {
+    let fields = [
+        d.device_id.to_lowercase(),
+        d.device_type.to_lowercase(),
+        d.admission.as_str().to_owned(),
+        d.status.as_str().to_owned(),
+        d.current_bundle_version
+            .clone()
+            .unwrap_or_default()
+            .to_lowercase(),
+        d.agent_status.clone().unwrap_or_default().to_lowercase(),
+        d.tags.join(" ").to_lowercase(),
+    ];
+    terms
+        .iter()
+        .all(|t| fields.iter().any(|f| f.contains(t.as_str())))
+}

@@ -1,0 +1,1152 @@
+//! The console's state and its one update function. Keys become actions through the
+//! keymap; actions and server messages change state and queue requests; views draw the
+//! state. `run` wires that to a real terminal, the event stream and the API.
+
+pub mod dialog; // modal steps of deploy / rollback / config / confirm
+pub mod fleet; // the device table's data, for big fleets
+pub mod request; // requests to the server and their replies
+mod run; // the event loop over a real terminal
+
+pub use run::{run_tui, run_tui_with};
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use kernex_common::api::{
+    Admission, BundleInfo, Deployment, DeploymentDevice, DeviceSummary, ResultStatus, TargetStatus,
+};
+use serde_json::Value;
+
+use crate::action::{Action, View};
+use crate::keymap::Keymap;
+use crate::live::LiveEvent;
+use dialog::{BundleChoice, ConfigForm, Dialog, Outcome, PickBundle, PickRollback, TargetChoices};
+use fleet::Fleet;
+use request::{DeviceData, Done, Msg, Request};
+
+/// Lines kept in the events pane.
+const EVENT_LOG: usize = 200;
+/// How long a flash message stays in the status line.
+const FLASH_FOR: Duration = Duration::from_secs(8);
+
+impl From<LiveEvent> for Msg {
+    fn from(e: LiveEvent) -> Msg {
+        Msg::Live(e)
+    }
+}
+
+/// The live connection, as the header shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Link {
+    Connecting,
+    Live,
+    Reconnecting { error: String, attempt: u32 },
+}
+
+/// What the keyboard is typing into, if anything.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Normal,
+    Filter,
+    Command(String),
+    Help,
+    Dialog(Dialog),
+}
+
+#[derive(Debug, Clone)]
+pub struct Flash {
+    pub text: String,
+    pub error: bool,
+    pub at: Instant,
+}
+
+/// The Device view: one device, live.
+#[derive(Debug, Clone)]
+pub struct DevicePane {
+    pub id: String,
+    pub data: Option<DeviceData>,
+    /// Newest last, for the sparklines.
+    pub cpu: VecDeque<f64>,
+    pub mem: VecDeque<f64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Deployments {
+    /// Newest first.
+    pub items: Vec<Deployment>,
+    pub scroll: fleet::Scroll,
+    pub filter: String,
+    /// Enter toggles the per-device table of the selected deployment.
+    pub expanded: bool,
+}
+
+impl Deployments {
+    pub fn visible(&self) -> Vec<&Deployment> {
+        let f = self.filter.to_lowercase();
+        self.items
+            .iter()
+            .filter(|d| {
+                f.is_empty()
+                    || d.id.contains(&f)
+                    || d.bundle_version.to_lowercase().contains(&f)
+                    || d.status.as_str().contains(&f)
+                    || d.kind.as_str().contains(&f)
+            })
+            .collect()
+    }
+
+    pub fn selected(&self) -> Option<&Deployment> {
+        self.visible().get(self.scroll.selected).copied()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Bundles {
+    /// Newest first.
+    pub items: Vec<BundleInfo>,
+    pub scroll: fleet::Scroll,
+    pub filter: String,
+}
+
+impl Bundles {
+    pub fn visible(&self) -> Vec<&BundleInfo> {
+        let f = self.filter.to_lowercase();
+        self.items
+            .iter()
+            .filter(|b| {
+                f.is_empty()
+                    || b.version.to_lowercase().contains(&f)
+                    || b.name.to_lowercase().contains(&f)
+            })
+            .collect()
+    }
+}
+
+pub struct App {
+    pub server: String,
+    pub keymap: Keymap,
+    pub view: View,
+    /// Where Esc goes back to from the Device view.
+    pub previous: View,
+    pub mode: Mode,
+    pub link: Link,
+    pub fleet: Fleet,
+    /// Which full re-read of the device list is current; a newer one makes pages of an
+    /// older one stale.
+    pub generation: u64,
+    pub loading_devices: bool,
+    pub device: Option<DevicePane>,
+    pub deployments: Deployments,
+    pub bundles: Bundles,
+    pub events: VecDeque<(DateTime<Utc>, String)>,
+    pub flash: Option<Flash>,
+    pub quit: bool,
+    /// Rows the body had at the last draw (page size for PgUp/PgDn).
+    pub page: usize,
+    /// A fixed clock for screen tests (ages and event times would drift otherwise).
+    pub fixed_now: Option<DateTime<Utc>>,
+    requests: Vec<Request>,
+}
+
+impl App {
+    pub fn new(server: impl Into<String>) -> App {
+        App {
+            server: server.into(),
+            keymap: Keymap::default(),
+            view: View::Fleet,
+            previous: View::Fleet,
+            mode: Mode::Normal,
+            link: Link::Connecting,
+            fleet: Fleet::default(),
+            generation: 0,
+            loading_devices: false,
+            device: None,
+            deployments: Deployments::default(),
+            bundles: Bundles::default(),
+            events: VecDeque::new(),
+            flash: None,
+            quit: false,
+            page: 10,
+            fixed_now: None,
+            requests: Vec::new(),
+        }
+    }
+
+    /// Requests queued since the last call, for the run loop (or a test) to execute.
+    pub fn take_requests(&mut self) -> Vec<Request> {
+        std::mem::take(&mut self.requests)
+    }
+
+    fn ask(&mut self, r: Request) {
+        self.requests.push(r);
+    }
+
+    fn say(&mut self, text: impl Into<String>) {
+        self.flash = Some(Flash {
+            text: text.into(),
+            error: false,
+            at: Instant::now(),
+        });
+    }
+
+    fn warn(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        tracing::warn!("{text}");
+        self.flash = Some(Flash {
+            text,
+            error: true,
+            at: Instant::now(),
+        });
+    }
+
+    /// Now (or the test's fixed clock).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.fixed_now.unwrap_or_else(Utc::now)
+    }
+
+    fn log_event(&mut self, line: String) {
+        if self.events.len() == EVENT_LOG {
+            self.events.pop_front();
+        }
+        let now = self.now();
+        self.events.push_back((now, line));
+    }
+
+    /// Once a second: expire the flash, age out silent devices.
+    pub fn tick(&mut self, now: DateTime<Utc>) {
+        if self
+            .flash
+            .as_ref()
+            .is_some_and(|f| f.at.elapsed() > FLASH_FOR)
+        {
+            self.flash = None;
+        }
+        self.fleet.age_out(now);
+    }
+
+    /// Bring derived state up to date before drawing.
+    pub fn prepare(&mut self) {
+        self.fleet.prepare();
+        let n = self.deployments.visible().len();
+        self.deployments.scroll.clamp(n);
+        let n = self.bundles.visible().len();
+        self.bundles.scroll.clamp(n);
+    }
+
+    /// Re-read everything (start, reconnect, lagged, `R`).
+    pub fn resync(&mut self) {
+        self.generation += 1;
+        self.loading_devices = true;
+        self.ask(Request::DevicePage {
+            generation: self.generation,
+            after: None,
+        });
+        self.ask(Request::Deployments);
+        self.ask(Request::Bundles);
+        if let Some(p) = &self.device {
+            let id = p.id.clone();
+            self.ask(Request::DeviceView(id));
+        }
+    }
+
+    // ------------------------------------------------------------------------ keys
+
+    pub fn on_key(&mut self, key: KeyEvent) {
+        if key.kind != KeyEventKind::Press {
+            return;
+        }
+        // Keys act on what the operator sees: bring the order up to date first (events
+        // may have arrived since the last frame).
+        self.prepare();
+        // Ctrl-C quits from anywhere, even mid-dialog.
+        if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
+            self.quit = true;
+            return;
+        }
+        match &mut self.mode {
+            Mode::Normal => {
+                if let Some(action) = self.keymap.action(self.view, &key) {
+                    self.update(action);
+                }
+            }
+            Mode::Help => {
+                if matches!(
+                    key.code,
+                    KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q')
+                ) {
+                    self.mode = Mode::Normal;
+                }
+            }
+            Mode::Filter => self.filter_key(key),
+            Mode::Command(input) => match key.code {
+                KeyCode::Esc => self.mode = Mode::Normal,
+                KeyCode::Enter => {
+                    let line = std::mem::take(input);
+                    self.mode = Mode::Normal;
+                    self.command(&line);
+                }
+                KeyCode::Backspace => {
+                    // Backspace on an empty line leaves command mode, as in vim.
+                    let was_empty = input.pop().is_none();
+                    if was_empty {
+                        self.mode = Mode::Normal;
+                    }
+                }
+                KeyCode::Char(c) => input.push(c),
+                _ => {}
+            },
+            Mode::Dialog(d) => match d.on_key(&key) {
+                Outcome::Stay => {}
+                Outcome::Close => self.mode = Mode::Normal,
+                Outcome::Open(next) => self.mode = Mode::Dialog(next),
+                Outcome::Submit(req) => {
+                    self.mode = Mode::Normal;
+                    self.say(format!("{}…", submit_text(&req)));
+                    self.ask(req);
+                }
+            },
+        }
+    }
+
+    fn filter_mut(&mut self) -> Option<&mut String> {
+        match self.view {
+            View::Fleet => Some(&mut self.fleet.filter),
+            View::Deployments => Some(&mut self.deployments.filter),
+            View::Bundles => Some(&mut self.bundles.filter),
+            View::Device => None,
+        }
+    }
+
+    fn filter_key(&mut self, key: KeyEvent) {
+        let Some(filter) = self.filter_mut() else {
+            self.mode = Mode::Normal;
+            return;
+        };
+        match key.code {
+            KeyCode::Enter => self.mode = Mode::Normal,
+            KeyCode::Esc => {
+                filter.clear();
+                self.mode = Mode::Normal;
+            }
+            KeyCode::Backspace => {
+                filter.pop();
+            }
+            KeyCode::Char(c) => filter.push(c),
+            KeyCode::Down | KeyCode::Up => {
+                self.mode = Mode::Normal;
+                let a = if key.code == KeyCode::Up {
+                    Action::Up
+                } else {
+                    Action::Down
+                };
+                self.update(a);
+                return;
+            }
+            _ => return,
+        }
+        self.fleet.mark_dirty();
+        self.deployments.scroll.selected = 0;
+        self.bundles.scroll.selected = 0;
+    }
+
+    /// `:` commands.
+    pub fn command(&mut self, line: &str) {
+        let mut words = line.split_whitespace();
+        let (cmd, arg) = (words.next().unwrap_or(""), words.next());
+        match (cmd, arg) {
+            ("" , _) => {}
+            ("fleet" | "devices" | "f", _) => self.show(View::Fleet),
+            ("deployments" | "deps" | "dep", _) => self.show(View::Deployments),
+            ("bundles" | "b", _) => self.show(View::Bundles),
+            ("device" | "dev", Some(id)) => match self.resolve_device(id) {
+                Some(id) => self.open_device(id),
+                None => self.warn(format!("no device matches {id:?}")),
+            },
+            ("device" | "dev", None) => self.show(View::Device),
+            ("help" | "h", _) => self.mode = Mode::Help,
+            ("refresh", _) => self.update(Action::Refresh),
+            ("q" | "quit", _) => self.quit = true,
+            _ => self.warn(format!(
+                "unknown command {line:?} (fleet, device ID, deployments, bundles, refresh, help, quit)"
+            )),
+        }
+    }
+
+    /// A full id, or a prefix/suffix that names exactly one known device.
+    fn resolve_device(&self, s: &str) -> Option<String> {
+        if self.fleet.get(s).is_some() {
+            return Some(s.to_owned());
+        }
+        let mut found = None;
+        for d in self.fleet.window(0, usize::MAX) {
+            if d.device_id.starts_with(s) || d.device_id.ends_with(s) {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(d.device_id.clone());
+            }
+        }
+        found
+    }
+
+    fn show(&mut self, view: View) {
+        if view == View::Device && self.device.is_none() {
+            match self.fleet.selected().map(|d| d.device_id.clone()) {
+                Some(id) => return self.open_device(id),
+                None => return self.warn("no device selected"),
+            }
+        }
+        if self.view != View::Device {
+            self.previous = self.view;
+        }
+        self.view = view;
+    }
+
+    fn open_device(&mut self, id: String) {
+        if self.device.as_ref().map(|p| &p.id) != Some(&id) {
+            self.device = Some(DevicePane {
+                id: id.clone(),
+                data: None,
+                cpu: VecDeque::new(),
+                mem: VecDeque::new(),
+            });
+            self.ask(Request::DeviceView(id));
+        }
+        if self.view != View::Device {
+            self.previous = self.view;
+        }
+        self.view = View::Device;
+    }
+
+    /// The device an action applies to: the open one in the Device view, else the
+    /// selected row.
+    fn target_device(&self) -> Option<DeviceSummary> {
+        match self.view {
+            View::Device => self.device.as_ref().and_then(|p| {
+                self.fleet
+                    .get(&p.id)
+                    .cloned()
+                    .or_else(|| p.data.as_ref().map(|d| d.detail.summary.clone()))
+            }),
+            _ => self.fleet.selected().cloned(),
+        }
+    }
+
+    /// Does `action` make sense for what is selected? The footer shows only those; the
+    /// key still answers (with the reason) when it does not.
+    pub fn applies(&self, action: &Action) -> bool {
+        let device = || self.target_device();
+        match action {
+            Action::Accept => device().is_some_and(|d| d.admission != Admission::Accepted),
+            Action::Reject => device().is_some_and(|d| d.admission != Admission::Rejected),
+            Action::Rollback | Action::EditConfig => {
+                device().is_some_and(|d| d.admission == Admission::Accepted)
+            }
+            Action::Deploy => !self.bundles.items.is_empty(),
+            Action::Open | Action::Mark | Action::Sort => match self.view {
+                View::Fleet => self.fleet.visible_len() > 0,
+                View::Deployments => self.deployments.selected().is_some(),
+                _ => true,
+            },
+            Action::CancelDeployment => self
+                .deployments
+                .selected()
+                .is_some_and(|d| !d.status.is_final()),
+            _ => true,
+        }
+    }
+
+    // --------------------------------------------------------------------- actions
+
+    pub fn update(&mut self, action: Action) {
+        match action {
+            Action::Quit => self.quit = true,
+            Action::Help => self.mode = Mode::Help,
+            Action::Back => match self.view {
+                View::Device => self.view = self.previous,
+                View::Fleet if !self.fleet.filter.is_empty() => {
+                    self.fleet.filter.clear();
+                    self.fleet.mark_dirty();
+                }
+                View::Deployments if self.deployments.expanded => self.deployments.expanded = false,
+                _ => {}
+            },
+            Action::NextView | Action::PrevView => {
+                let views: Vec<View> = View::ALL
+                    .into_iter()
+                    .filter(|v| *v != View::Device || self.device.is_some())
+                    .collect();
+                let at = views.iter().position(|v| *v == self.view).unwrap_or(0);
+                let n = views.len();
+                let next = if action == Action::NextView {
+                    (at + 1) % n
+                } else {
+                    (at + n - 1) % n
+                };
+                self.show(views[next]);
+            }
+            Action::Up
+            | Action::Down
+            | Action::PageUp
+            | Action::PageDown
+            | Action::Top
+            | Action::Bottom => self.scroll(action),
+            Action::Open => match self.view {
+                View::Fleet => {
+                    if let Some(id) = self.fleet.selected().map(|d| d.device_id.clone()) {
+                        self.open_device(id);
+                    }
+                }
+                View::Deployments => self.deployments.expanded = !self.deployments.expanded,
+                _ => {}
+            },
+            Action::Filter => {
+                if self.view != View::Device {
+                    self.mode = Mode::Filter;
+                }
+            }
+            Action::Command => self.mode = Mode::Command(String::new()),
+            Action::Mark => {
+                if let Some(id) = self.fleet.selected().map(|d| d.device_id.clone()) {
+                    if !self.fleet.marked.remove(&id) {
+                        self.fleet.marked.insert(id);
+                    }
+                    let len = self.fleet.visible_len();
+                    self.fleet.scroll.down(1, len);
+                }
+            }
+            Action::ClearMarks => self.fleet.marked.clear(),
+            Action::Sort => {
+                self.fleet.sort = self.fleet.sort.next();
+                self.fleet.mark_dirty();
+                self.say(format!("sorted by {}", self.fleet.sort.name()));
+            }
+            Action::Refresh => {
+                self.resync();
+                self.say("re-reading everything from the server");
+            }
+            Action::Deploy => self.start_deploy(),
+            Action::Rollback => self.start_rollback(),
+            Action::EditConfig => self.start_config(),
+            Action::Accept => match self.target_device() {
+                Some(d) if d.admission == Admission::Accepted => {
+                    self.warn(format!("{} is already accepted", d.device_id))
+                }
+                Some(d) => {
+                    self.say(format!("accepting {}…", d.device_id));
+                    self.ask(Request::Accept(d.device_id));
+                }
+                None => self.warn("no device selected"),
+            },
+            Action::Reject => match self.target_device() {
+                Some(d) if d.admission == Admission::Rejected => {
+                    self.warn(format!("{} is already rejected", d.device_id))
+                }
+                Some(d) => {
+                    self.mode = Mode::Dialog(Dialog::Confirm(dialog::Confirm {
+                        title: "Reject".into(),
+                        body: vec![
+                            format!("Reject device {}?", d.device_id),
+                            "  its tokens are revoked and it gets no more commands".into(),
+                        ],
+                        request: Request::Reject(d.device_id),
+                    }))
+                }
+                None => self.warn("no device selected"),
+            },
+            Action::CancelDeployment => match self.deployments.selected() {
+                Some(d) if d.status.is_final() => {
+                    self.warn(format!("deployment {} has already finished", d.id))
+                }
+                Some(d) => {
+                    let pending = d.counts.pending;
+                    self.mode = Mode::Dialog(Dialog::Confirm(dialog::Confirm {
+                        title: "Cancel deployment".into(),
+                        body: vec![
+                            format!(
+                                "Cancel {} {} ({})?",
+                                d.kind.as_str(),
+                                d.bundle_version,
+                                d.id
+                            ),
+                            format!(
+                                "  {pending} pending target(s) are cancelled; running ones finish"
+                            ),
+                        ],
+                        request: Request::Cancel(d.id.clone()),
+                    }));
+                }
+                None => self.warn("no deployment selected"),
+            },
+        }
+    }
+
+    fn scroll(&mut self, action: Action) {
+        let page = self.page.max(1);
+        let (scroll, len) = match self.view {
+            View::Fleet => {
+                let n = self.fleet.visible_len();
+                (&mut self.fleet.scroll, n)
+            }
+            View::Deployments => {
+                let n = self.deployments.visible().len();
+                (&mut self.deployments.scroll, n)
+            }
+            View::Bundles => {
+                let n = self.bundles.visible().len();
+                (&mut self.bundles.scroll, n)
+            }
+            View::Device => return,
+        };
+        match action {
+            Action::Up => scroll.up(1),
+            Action::Down => scroll.down(1, len),
+            Action::PageUp => scroll.up(page),
+            Action::PageDown => scroll.down(page, len),
+            Action::Top => scroll.selected = 0,
+            _ => scroll.selected = len.saturating_sub(1),
+        }
+    }
+
+    fn start_deploy(&mut self) {
+        if self.bundles.items.is_empty() {
+            return self.warn("no bundles on the server yet: push one first");
+        }
+        let selected = match self.view {
+            View::Bundles => None,
+            _ => self.target_device().map(|d| d.device_id),
+        };
+        let mut tags: Vec<String> = Vec::new();
+        for d in self.fleet.window(0, usize::MAX) {
+            for t in &d.tags {
+                if !tags.contains(t) {
+                    tags.push(t.clone());
+                }
+            }
+        }
+        tags.sort();
+        let tag_counts = tags
+            .into_iter()
+            .take(20)
+            .map(|t| {
+                let n = self.fleet.with_tag(&t);
+                (t, n)
+            })
+            .collect();
+        let targets = TargetChoices {
+            marked: self.fleet.marked.iter().cloned().collect(),
+            selected,
+            tag_counts,
+        };
+        if self.view == View::Bundles {
+            let Some(b) = self
+                .bundles
+                .visible()
+                .get(self.bundles.scroll.selected)
+                .map(|b| b.version.clone())
+            else {
+                return self.warn("no bundle selected");
+            };
+            self.mode = Mode::Dialog(Dialog::PickTargets(dialog::PickTargets::new(b, targets)));
+            return;
+        }
+        let bundles = self
+            .bundles
+            .items
+            .iter()
+            .map(|b| BundleChoice {
+                version: b.version.clone(),
+                name: b.name.clone(),
+                size_bytes: b.size_bytes,
+            })
+            .collect();
+        self.mode = Mode::Dialog(Dialog::PickBundle(PickBundle {
+            bundles,
+            selected: 0,
+            targets,
+        }));
+    }
+
+    fn start_rollback(&mut self) {
+        let Some(d) = self.target_device() else {
+            return self.warn("no device selected");
+        };
+        let mut pick = PickRollback {
+            device_id: d.device_id.clone(),
+            versions: None,
+            current: d.current_bundle_version.clone(),
+            selected: 0,
+        };
+        match self
+            .device
+            .as_ref()
+            .and_then(|p| p.data.as_ref())
+            .filter(|data| data.detail.summary.device_id == d.device_id)
+        {
+            Some(data) => {
+                let versions =
+                    rollback_versions(&data.history, d.current_bundle_version.as_deref());
+                if versions.is_empty() {
+                    return self.warn(format!(
+                        "{} has no earlier successful version to roll back to",
+                        d.device_id
+                    ));
+                }
+                pick.versions = Some(versions);
+            }
+            None => self.ask(Request::History(d.device_id.clone())),
+        }
+        self.mode = Mode::Dialog(Dialog::PickRollback(pick));
+    }
+
+    fn start_config(&mut self) {
+        let Some(d) = self.target_device() else {
+            return self.warn("no device selected");
+        };
+        let current = self
+            .device
+            .as_ref()
+            .and_then(|p| p.data.as_ref())
+            .filter(|data| data.config.device_id == d.device_id)
+            .map(|data| data.config.clone());
+        if current.is_none() {
+            self.ask(Request::Config(d.device_id.clone()));
+        }
+        self.mode = Mode::Dialog(Dialog::Config(Box::new(ConfigForm::new(d.device_id, current))));
+    }
+
+    // -------------------------------------------------------------------- messages
+
+    pub fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Live(ev) => self.on_live(ev),
+            Msg::DevicePage {
+                generation,
+                page,
+                last,
+            } => {
+                if generation != self.generation {
+                    return;
+                }
+                let after = page.last().map(|d| d.device_id.clone());
+                for d in page {
+                    self.fleet.upsert(d, Some(generation));
+                }
+                match after {
+                    Some(after) if !last => self.ask(Request::DevicePage {
+                        generation,
+                        after: Some(after),
+                    }),
+                    _ => {
+                        self.fleet.retain_generation(generation);
+                        self.loading_devices = false;
+                    }
+                }
+            }
+            Msg::DeviceView(data) => {
+                let Some(p) = self
+                    .device
+                    .as_mut()
+                    .filter(|p| p.id == data.detail.summary.device_id)
+                else {
+                    return;
+                };
+                // Heartbeats come newest first.
+                p.cpu = data.heartbeats.iter().rev().map(|h| h.cpu_pct).collect();
+                p.mem = data.heartbeats.iter().rev().map(|h| h.memory_mb).collect();
+                let summary = data.detail.summary.clone();
+                p.data = Some(*data);
+                self.fleet.upsert(summary, None);
+            }
+            Msg::History(id, history) => {
+                if let Some(p) = self.device.as_mut().filter(|p| p.id == id)
+                    && let Some(data) = p.data.as_mut()
+                {
+                    data.history = history.clone();
+                }
+                if let Mode::Dialog(Dialog::PickRollback(pick)) = &mut self.mode
+                    && pick.device_id == id
+                    && pick.versions.is_none()
+                {
+                    let versions = rollback_versions(&history, pick.current.as_deref());
+                    if versions.is_empty() {
+                        self.mode = Mode::Normal;
+                        self.warn(format!(
+                            "{id} has no earlier successful version to roll back to"
+                        ));
+                    } else {
+                        pick.versions = Some(versions);
+                    }
+                }
+            }
+            Msg::Config(config) => {
+                if let Mode::Dialog(Dialog::Config(form)) = &mut self.mode
+                    && form.device_id == config.device_id
+                    && form.current.is_none()
+                {
+                    form.load(config.clone());
+                }
+                self.set_config(config);
+            }
+            Msg::Deployments(items) => {
+                self.deployments.items = items;
+            }
+            Msg::Deployment(d) => self.upsert_deployment(*d),
+            Msg::Bundles(items) => self.bundles.items = items,
+            Msg::Done(Ok(done)) => match done {
+                Done::Deployment(d) => {
+                    let d = *d;
+                    self.say(format!(
+                        "{} {} → {} device(s): {} ({})",
+                        d.kind.as_str(),
+                        d.bundle_version,
+                        d.target_device_ids.len(),
+                        d.status.as_str(),
+                        d.id
+                    ));
+                    let id = d.id.clone();
+                    self.upsert_deployment(d);
+                    self.fleet.marked.clear();
+                    self.show(View::Deployments);
+                    if let Some(pos) = self.deployments.visible().iter().position(|x| x.id == id) {
+                        self.deployments.scroll.selected = pos;
+                        self.deployments.expanded = true;
+                    }
+                }
+                Done::Config(c) => {
+                    self.say(format!(
+                        "config v{} saved for {}; the device applies it on its next heartbeat",
+                        c.version, c.device_id
+                    ));
+                    self.set_config(c);
+                }
+                Done::Device(d) => {
+                    self.say(format!(
+                        "{} is now {}",
+                        d.summary.device_id,
+                        d.summary.admission.as_str()
+                    ));
+                    if let Some(p) = self.device.as_mut().filter(|p| p.id == d.summary.device_id)
+                        && let Some(data) = p.data.as_mut()
+                    {
+                        data.detail = (*d).clone();
+                    }
+                    self.fleet.upsert(d.summary, None);
+                }
+            },
+            Msg::Done(Err(e)) => self.warn(e),
+            Msg::Failed { what, error } => {
+                if what == "reading devices" {
+                    self.loading_devices = false;
+                }
+                // While the link is down every read fails; the header already says so.
+                if self.link == Link::Live {
+                    self.warn(format!("{what}: {error}"));
+                }
+            }
+        }
+    }
+
+    fn set_config(&mut self, config: kernex_common::api::DeviceConfig) {
+        if let Some(p) = self.device.as_mut().filter(|p| p.id == config.device_id)
+            && let Some(data) = p.data.as_mut()
+            && config.version >= data.config.version
+        {
+            data.config = config;
+        }
+    }
+
+    fn upsert_deployment(&mut self, d: Deployment) {
+        match self.deployments.items.iter_mut().find(|x| x.id == d.id) {
+            Some(x) => *x = d,
+            None => {
+                self.deployments.items.insert(0, d);
+                self.deployments
+                    .items
+                    .sort_by_key(|d| std::cmp::Reverse(d.created_at));
+                self.deployments
+                    .items
+                    .truncate(request::DEPLOYMENTS_LIMIT as usize);
+            }
+        }
+    }
+
+    fn on_live(&mut self, ev: LiveEvent) {
+        match ev {
+            LiveEvent::Connected => {
+                let again = self.link != Link::Connecting;
+                self.link = Link::Live;
+                if again {
+                    self.log_event("reconnected: re-reading the fleet".into());
+                }
+                self.resync();
+            }
+            LiveEvent::Disconnected { error, attempt, .. } => {
+                if self.link == Link::Live {
+                    self.log_event(format!("lost the server: {error}"));
+                }
+                self.link = Link::Reconnecting { error, attempt };
+            }
+            LiveEvent::Lagged => {
+                self.log_event("fell behind the event stream: re-reading".into());
+                self.resync();
+            }
+            LiveEvent::Event { kind, data } => self.on_event(&kind, data),
+        }
+    }
+
+    fn on_event(&mut self, kind: &str, data: Value) {
+        match kind {
+            "heartbeat" => {
+                let id = data
+                    .get("device_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                if !self.fleet.heartbeat(&data) {
+                    // A device we haven't read yet (registered while we were away).
+                    self.ask(Request::DeviceView(id.clone()));
+                }
+                if let Some(p) = self.device.as_mut().filter(|p| p.id == id) {
+                    let f = |k: &str| data.get(k).and_then(Value::as_f64);
+                    if let (Some(c), Some(m)) = (f("cpu_pct"), f("memory_mb")) {
+                        for (ring, v) in [(&mut p.cpu, c), (&mut p.mem, m)] {
+                            ring.push_back(v);
+                            if ring.len() > request::SPARK_POINTS as usize {
+                                ring.pop_front();
+                            }
+                        }
+                    }
+                    if let (Some(data_), Some(s)) = (p.data.as_mut(), self.fleet.get(&id)) {
+                        data_.detail.summary = s.clone();
+                    }
+                }
+            }
+            "device" => {
+                let id = data
+                    .get("device_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                if data.get("deleted").and_then(Value::as_bool) == Some(true) {
+                    self.fleet.remove(&id);
+                    self.log_event(format!("device {id} deleted"));
+                    return;
+                }
+                match serde_json::from_value::<DeviceSummary>(data) {
+                    Ok(s) => {
+                        let known = self.fleet.get(&id).map(|d| d.admission);
+                        match known {
+                            None => self.log_event(format!(
+                                "device {id} registered ({}, {})",
+                                s.device_type,
+                                s.admission.as_str()
+                            )),
+                            Some(a) if a != s.admission => {
+                                self.log_event(format!("device {id} {}", s.admission.as_str()))
+                            }
+                            _ => {}
+                        }
+                        if let Some(p) = self.device.as_mut().filter(|p| p.id == id)
+                            && let Some(d) = p.data.as_mut()
+                        {
+                            d.detail.summary = s.clone();
+                        }
+                        self.fleet.upsert(s, None);
+                    }
+                    Err(e) => tracing::warn!("unreadable device event: {e}"),
+                }
+            }
+            "deployment" => self.on_deployment_event(data),
+            "bundle" => {
+                if data.get("deleted").and_then(Value::as_bool) == Some(true) {
+                    let id = data.get("id").and_then(Value::as_str).unwrap_or_default();
+                    self.bundles.items.retain(|b| b.id != id);
+                    let v = data.get("version").and_then(Value::as_str).unwrap_or("?");
+                    self.log_event(format!("bundle {v} deleted"));
+                    return;
+                }
+                match serde_json::from_value::<BundleInfo>(data) {
+                    Ok(b) => {
+                        self.log_event(format!(
+                            "bundle {} {} uploaded ({})",
+                            b.name,
+                            b.version,
+                            human_bytes(b.size_bytes)
+                        ));
+                        self.bundles.items.retain(|x| x.id != b.id);
+                        self.bundles.items.insert(0, b);
+                    }
+                    Err(e) => tracing::warn!("unreadable bundle event: {e}"),
+                }
+            }
+            "config" => match serde_json::from_value::<kernex_common::api::DeviceConfig>(data) {
+                Ok(c) => {
+                    self.log_event(format!("config v{} for {}", c.version, c.device_id));
+                    self.set_config(c);
+                }
+                Err(e) => tracing::warn!("unreadable config event: {e}"),
+            },
+            other => tracing::debug!(kind = other, "ignored event"),
+        }
+    }
+
+    fn on_deployment_event(&mut self, data: Value) {
+        let Some(id) = data.get("id").and_then(Value::as_str).map(str::to_owned) else {
+            return;
+        };
+        let Some(known) = self.deployments.items.iter_mut().find(|d| d.id == id) else {
+            // New to us: read it whole (targets and per-device rows).
+            self.ask(Request::Deployment(id.clone()));
+            let v = data
+                .get("bundle_version")
+                .and_then(Value::as_str)
+                .unwrap_or("?");
+            let k = data.get("kind").and_then(Value::as_str).unwrap_or("deploy");
+            self.log_event(format!("{k} {v} created ({id})"));
+            return;
+        };
+        let before = known.status;
+        if let Some(s) = data
+            .get("status")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+        {
+            known.status = s;
+        }
+        if let Some(c) = data
+            .get("counts")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+        {
+            known.counts = c;
+        }
+        if let Some(t) = data
+            .get("updated_at")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+        {
+            known.updated_at = t;
+        }
+        if let Some(t) = data
+            .get("completed_at")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+        {
+            known.completed_at = t;
+        }
+        let mut line = None;
+        if let Some(dev) = data
+            .get("device")
+            .filter(|v| !v.is_null())
+            .and_then(|v| serde_json::from_value::<DeploymentDevice>(v.clone()).ok())
+        {
+            if dev.status.is_final() {
+                line = Some(format!(
+                    "{} {} on {}: {}{}",
+                    known.kind.as_str(),
+                    known.bundle_version,
+                    dev.device_id,
+                    dev.status.as_str(),
+                    dev.error_message
+                        .as_deref()
+                        .map(|e| format!(" ({})", first_line(e)))
+                        .unwrap_or_default()
+                ));
+            }
+            match known
+                .devices
+                .iter_mut()
+                .find(|x| x.device_id == dev.device_id)
+            {
+                Some(x) => *x = dev,
+                None => known.devices.push(dev),
+            }
+        }
+        let (kind, version, status) = (known.kind, known.bundle_version.clone(), known.status);
+        let done = known.counts.success + known.counts.failed + known.counts.cancelled;
+        let total = known.counts.total();
+        if let Some(l) = line {
+            self.log_event(l);
+        }
+        if status != before {
+            self.log_event(format!(
+                "{} {version} {} ({done}/{total} done)",
+                kind.as_str(),
+                status.as_str()
+            ));
+        }
+        // A finished target changes that device's history.
+        if status.is_final()
+            && let Some(p) = &self.device
+        {
+            let pid = p.id.clone();
+            if self
+                .deployments
+                .items
+                .iter()
+                .any(|d| d.id == id && d.target_device_ids.contains(&pid))
+            {
+                self.ask(Request::History(pid));
+            }
+        }
+    }
+}
+
+/// Versions the device ran successfully, newest first, without the one it runs now.
+pub fn rollback_versions(
+    history: &[kernex_common::api::HistoryRecord],
+    current: Option<&str>,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for h in history {
+        if h.status == ResultStatus::Success
+            && Some(h.bundle_version.as_str()) != current
+            && !out.contains(&h.bundle_version)
+        {
+            out.push(h.bundle_version.clone());
+        }
+    }
+    out
+}
+
+fn submit_text(r: &Request) -> String {
+    match r {
+        Request::Deploy(d) => format!(
+            "creating deployment of {}",
+            d.bundle_version.as_deref().unwrap_or("?")
+        ),
+        Request::Rollback(r) => format!("creating rollback to {}", r.bundle_version),
+        Request::PutConfig(id, _) => format!("saving config of {id}"),
+        Request::Reject(id) => format!("rejecting {id}"),
+        Request::Cancel(id) => format!("cancelling {id}"),
+        other => format!("{other:?}"),
+    }
+}
+
+pub fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `TargetStatus` done/total for gauges.
+pub fn progress(d: &Deployment) -> (u64, u64) {
+    let c = &d.counts;
+    (c.success + c.failed + c.cancelled, c.total())
+}
+
+pub fn is_final(s: TargetStatus) -> bool {
+    s.is_final()
+}

@@ -1,0 +1,95 @@
+//! Bundles on the server, newest first.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Cell, Paragraph, Row, Table, Widget};
+
+use super::{body_block, selected};
+use crate::app::{App, human_bytes};
+
+pub struct BundlesView<'a>(pub &'a App);
+
+impl Widget for BundlesView<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let app = self.0;
+        let b = &app.bundles;
+        let visible = b.visible();
+        let mut title = vec![
+            Span::styled(" Bundles ", Style::new().bold()),
+            Span::raw(format!("{} ", b.items.len())),
+        ];
+        if !b.filter.is_empty() {
+            title.push(Span::styled(
+                format!("/{} ({}) ", b.filter, visible.len()),
+                Style::new().fg(Color::Cyan),
+            ));
+        }
+        let block = body_block(Line::from(title));
+        let inner = block.inner(area);
+        block.render(area, buf);
+        if visible.is_empty() {
+            Paragraph::new("no bundles: pack and push one (just pack DIR; just push FILE)")
+                .style(Style::new().fg(Color::DarkGray))
+                .render(inner, buf);
+            return;
+        }
+        let height = inner.height.saturating_sub(1) as usize;
+        let start = b.scroll.window(height, visible.len());
+        let wide = inner.width >= 110;
+        let rows: Vec<Row> = visible
+            .iter()
+            .enumerate()
+            .skip(start)
+            .take(height)
+            .map(|(i, x)| {
+                let sum = if wide {
+                    x.checksum_sha256.clone()
+                } else {
+                    x.checksum_sha256.chars().take(12).collect()
+                };
+                let row = Row::new(vec![
+                    Cell::from(format!(
+                        "{}{}",
+                        if i == b.scroll.selected { "▶ " } else { "  " },
+                        x.version
+                    )),
+                    Cell::from(x.name.clone()),
+                    Cell::from(human_bytes(x.size_bytes)),
+                    Cell::from(sum),
+                    Cell::from(x.created_at.format("%Y-%m-%d %H:%M").to_string()),
+                    Cell::from(x.manifest.description.clone().unwrap_or_default()),
+                ]);
+                if i == b.scroll.selected {
+                    row.style(selected())
+                } else {
+                    row
+                }
+            })
+            .collect();
+        Table::new(
+            rows,
+            [
+                Constraint::Length(18),
+                Constraint::Length(12),
+                Constraint::Length(10),
+                Constraint::Length(if wide { 64 } else { 12 }),
+                Constraint::Length(16),
+                Constraint::Min(0),
+            ],
+        )
+        .header(
+            Row::new([
+                "  VERSION",
+                "NAME",
+                "SIZE",
+                "SHA256",
+                "CREATED",
+                "DESCRIPTION",
+            ])
+            .style(Style::new().fg(Color::Yellow).bold()),
+        )
+        .render(inner, buf);
+    }
+}

@@ -1,0 +1,186 @@
+//! Deployments, newest first, each with its progress; below, the selected one's gauge and
+//! per-device status, phase and error.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Gauge, Paragraph, Row, Table, Widget};
+
+use super::{body_block, selected, short_id, target_style};
+use crate::app::{App, first_line, progress};
+
+pub struct DeploymentsView<'a>(pub &'a App);
+
+/// A text progress bar for list rows (a Gauge widget per row would not fit a table).
+fn bar(done: u64, total: u64, width: usize) -> String {
+    let filled = if total == 0 {
+        0
+    } else {
+        (done as usize * width) / total as usize
+    };
+    format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
+}
+
+impl Widget for DeploymentsView<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let app = self.0;
+        let deps = &app.deployments;
+        let visible = deps.visible();
+        let mut title = vec![
+            Span::styled(" Deployments ", Style::new().bold()),
+            Span::raw(format!("{} ", deps.items.len())),
+        ];
+        if !deps.filter.is_empty() {
+            title.push(Span::styled(
+                format!("/{} ({}) ", deps.filter, visible.len()),
+                Style::new().fg(Color::Cyan),
+            ));
+        }
+        let block = body_block(Line::from(title));
+        let inner = block.inner(area);
+        block.render(area, buf);
+        if visible.is_empty() {
+            Paragraph::new("no deployments yet: press d on a device (or in Bundles) to deploy")
+                .style(Style::new().fg(Color::DarkGray))
+                .render(inner, buf);
+            return;
+        }
+        let list_h = if deps.expanded {
+            4.min(inner.height / 3).max(2)
+        } else {
+            (inner.height / 2).max(3)
+        };
+        let [list_area, detail_area] =
+            Layout::vertical([Constraint::Length(list_h + 1), Constraint::Min(3)]).areas(inner);
+        let height = list_area.height.saturating_sub(1) as usize;
+        let start = deps.scroll.window(height, visible.len());
+        let rows: Vec<Row> = visible
+            .iter()
+            .enumerate()
+            .skip(start)
+            .take(height)
+            .map(|(i, d)| {
+                let (done, total) = progress(d);
+                let row = Row::new(vec![
+                    Cell::from(Line::from(vec![
+                        Span::raw(if i == deps.scroll.selected {
+                            "▶ "
+                        } else {
+                            "  "
+                        }),
+                        Span::styled(d.status.as_str(), target_style(d.status)),
+                    ])),
+                    Cell::from(d.kind.as_str()),
+                    Cell::from(d.bundle_version.clone()),
+                    Cell::from(format!("{} {done}/{total}", bar(done, total, 10))),
+                    Cell::from(d.created_at.format("%m-%d %H:%M").to_string()),
+                    Cell::from(short_id(&d.id, 12)),
+                ]);
+                if i == deps.scroll.selected {
+                    row.style(selected())
+                } else {
+                    row
+                }
+            })
+            .collect();
+        Table::new(
+            rows,
+            [
+                Constraint::Length(13),
+                Constraint::Length(8),
+                Constraint::Length(14),
+                Constraint::Length(16),
+                Constraint::Length(11),
+                Constraint::Min(6),
+            ],
+        )
+        .header(
+            Row::new(["  STATUS", "KIND", "VERSION", "PROGRESS", "CREATED", "ID"])
+                .style(Style::new().fg(Color::Yellow).bold()),
+        )
+        .render(list_area, buf);
+
+        let Some(d) = visible.get(deps.scroll.selected) else {
+            return;
+        };
+        let block = Block::new()
+            .borders(Borders::TOP)
+            .border_style(Style::new().fg(Color::DarkGray))
+            .title(Line::from(vec![
+                Span::raw(format!(" {} {} ", d.kind.as_str(), d.bundle_version)),
+                Span::styled(d.id.clone(), Style::new().fg(Color::DarkGray)),
+                Span::raw(" "),
+            ]));
+        let inner = block.inner(detail_area);
+        block.render(detail_area, buf);
+        let [gauge_area, table_area] =
+            Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(inner);
+        let (done, total) = progress(d);
+        let c = &d.counts;
+        Gauge::default()
+            .gauge_style(target_style(d.status))
+            .ratio(if total == 0 {
+                0.0
+            } else {
+                done as f64 / total as f64
+            })
+            .label(format!(
+                "{done}/{total} done · {} ok · {} failed · {} running · {} pending · {} cancelled",
+                c.success, c.failed, c.in_progress, c.pending, c.cancelled
+            ))
+            .render(gauge_area, buf);
+        let rows: Vec<Row> = d
+            .devices
+            .iter()
+            .map(|t| {
+                let phase = match (t.phase, t.progress_pct) {
+                    (Some(p), Some(pct)) if !t.status.is_final() => {
+                        format!("{} {pct}%", p.as_str())
+                    }
+                    (Some(p), _) if !t.status.is_final() => p.as_str().to_owned(),
+                    _ => String::new(),
+                };
+                Row::new(vec![
+                    Cell::from(short_id(&t.device_id, 13)),
+                    Cell::from(Span::styled(t.status.as_str(), target_style(t.status))),
+                    Cell::from(phase),
+                    Cell::from(
+                        t.error_message
+                            .as_deref()
+                            .map(first_line)
+                            .unwrap_or("")
+                            .to_owned(),
+                    ),
+                ])
+            })
+            .collect();
+        Table::new(
+            rows,
+            [
+                Constraint::Length(13),
+                Constraint::Length(11),
+                Constraint::Length(17),
+                Constraint::Min(10),
+            ],
+        )
+        .header(
+            Row::new(["DEVICE", "STATUS", "PHASE", "ERROR"])
+                .style(Style::new().fg(Color::Yellow).bold()),
+        )
+        .render(table_area, buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bar;
+
+    #[test]
+    fn bars_fill_in_proportion() {
+        assert_eq!(bar(0, 4, 4), "░░░░");
+        assert_eq!(bar(2, 4, 4), "██░░");
+        assert_eq!(bar(4, 4, 4), "████");
+        assert_eq!(bar(0, 0, 3), "░░░");
+    }
+}

@@ -1,0 +1,732 @@
+//! The console's screens and keyboard flows, drawn on a `TestBackend` and compared with
+//! reviewed snapshots (`tests/snapshots/`). Server replies are fed in as messages, and the
+//! requests the app makes are checked, so no server is needed and nothing is timed.
+
+#![allow(clippy::unwrap_used)]
+
+use chrono::{DateTime, TimeZone, Utc};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use kernex_common::api::{
+    BundleInfo, ConfigUpdate, CreateDeployment, Deployment, DeviceConfig, DeviceDetail,
+    DeviceSummary, HeartbeatRecord, HistoryRecord, RollbackRequest,
+};
+use kernex_console::action::View;
+use kernex_console::app::request::{DeviceData, Done, Msg, Request};
+use kernex_console::app::{App, Link};
+use kernex_console::live::LiveEvent;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use serde_json::{Value, json};
+
+const D1: &str = "019ab7e0c4a17d3e9b2f5c6d7e8f9a01";
+const D2: &str = "019ab7e0c4a17d3e9b2f5c6d7e8f9a02";
+const D3: &str = "019ab7e0c4a17d3e9b2f5c6d7e8f9a03";
+const D4: &str = "019ab7e0c4a17d3e9b2f5c6d7e8f9a04";
+const D5: &str = "019ab7e0c4a17d3e9b2f5c6d7e8f9a05";
+const DEP: &str = "019ab7f1aa0b7c3d8e9f0a1b2c3d4e5f";
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap()
+}
+
+fn at(secs_ago: i64) -> String {
+    (now() - chrono::Duration::seconds(secs_ago)).to_rfc3339()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn device(
+    id: &str,
+    ty: &str,
+    adm: &str,
+    status: &str,
+    version: Option<&str>,
+    cpu: f64,
+    seen: Option<i64>,
+    tags: &[&str],
+) -> DeviceSummary {
+    serde_json::from_value(json!({
+        "device_id": id, "device_type": ty, "admission": adm, "status": status,
+        "agent_status": if seen.is_some() { Some("idle") } else { None },
+        "tags": tags, "current_bundle_version": version,
+        "agent_version": seen.map(|_| "0.1.0"),
+        "last_heartbeat": seen.map(at),
+        "cpu_pct": seen.map(|_| cpu), "memory_mb": seen.map(|_| 512.0 + cpu * 4.0),
+        "config_version": seen.map(|_| 2),
+    }))
+    .unwrap()
+}
+
+fn fleet() -> Vec<DeviceSummary> {
+    vec![
+        device(
+            D1,
+            "jetson-nano",
+            "accepted",
+            "online",
+            Some("1.0.0"),
+            12.0,
+            Some(3),
+            &["demo", "site:berlin", "canary"],
+        ),
+        device(
+            D2,
+            "rpi4",
+            "accepted",
+            "online",
+            Some("1.0.0"),
+            47.5,
+            Some(4),
+            &["demo", "site:lisbon"],
+        ),
+        device(
+            D3,
+            "gateway",
+            "accepted",
+            "offline",
+            Some("1.0.0"),
+            3.0,
+            Some(900),
+            &["demo", "site:berlin"],
+        ),
+        device(D4, "kiosk", "accepted", "never", None, 0.0, None, &[]),
+        device(
+            D5,
+            "jetson-nano",
+            "pending",
+            "online",
+            None,
+            5.0,
+            Some(2),
+            &[],
+        ),
+    ]
+}
+
+fn bundle(version: &str, secs_ago: i64) -> BundleInfo {
+    serde_json::from_value(json!({
+        "id": format!("b-{version}"), "name": "hello", "version": version,
+        "checksum_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "size_bytes": 1536,
+        "manifest": {"name": "hello", "version": version, "description": "A small app",
+                     "deploy": {"script": "deploy.sh"}},
+        "created_at": at(secs_ago),
+    }))
+    .unwrap()
+}
+
+fn deployment() -> Deployment {
+    serde_json::from_value(json!({
+        "id": DEP, "kind": "deploy", "bundle_id": "b-1.1.0", "bundle_version": "1.1.0",
+        "target_device_ids": [D1, D2, D3], "status": "in_progress",
+        "created_at": at(60), "updated_at": at(5), "completed_at": null,
+        "counts": {"pending": 1, "in_progress": 1, "success": 1, "failed": 0, "cancelled": 0},
+        "devices": [
+            {"device_id": D1, "status": "success", "phase": null, "progress_pct": null, "error_message": null, "log_tail": null, "updated_at": at(20)},
+            {"device_id": D2, "status": "in_progress", "phase": "installing", "progress_pct": 60, "error_message": null, "log_tail": null, "updated_at": at(5)},
+            {"device_id": D3, "status": "pending", "phase": null, "progress_pct": null, "error_message": null, "log_tail": null, "updated_at": at(60)},
+        ],
+    }))
+    .unwrap()
+}
+
+fn history() -> Vec<HistoryRecord> {
+    let rec = |v: &str, status: &str, err: Option<&str>, back: Option<&str>, ago: i64| {
+        serde_json::from_value::<HistoryRecord>(json!({
+            "id": format!("h-{v}-{ago}"), "device_id": D1, "deployment_id": DEP, "kind": "deploy",
+            "bundle_id": format!("b-{v}"), "bundle_version": v, "status": status,
+            "error_message": err, "log_tail": null, "rolled_back_to": back,
+            "deployed_at": at(ago), "duration_seconds": 2.5,
+        }))
+        .unwrap()
+    };
+    vec![
+        rec(
+            "1.2.0",
+            "failed",
+            Some("deploy.sh exited with 1"),
+            Some("1.1.0"),
+            100,
+        ),
+        rec("1.1.0", "success", None, None, 300),
+        rec("1.0.0", "success", None, None, 900),
+    ]
+}
+
+fn config(version: u64) -> DeviceConfig {
+    serde_json::from_value(json!({
+        "device_id": D1, "version": version, "polling_interval": 5, "heartbeat_timeout": 30,
+        "deploy_timeout": 300, "log_level": "info", "metadata": {}, "updated_at": at(1000),
+    }))
+    .unwrap()
+}
+
+fn device_data() -> DeviceData {
+    let mut summary = fleet().remove(0);
+    summary.current_bundle_version = Some("1.1.0".into());
+    let detail: DeviceDetail = serde_json::from_value(json!({
+        "device_id": D1, "device_type": "jetson-nano", "admission": "accepted", "status": "online",
+        "agent_status": "idle", "tags": ["demo", "site:berlin", "canary"],
+        "current_bundle_version": "1.1.0", "agent_version": "0.1.0", "last_heartbeat": at(3),
+        "cpu_pct": 12.0, "memory_mb": 560.0, "config_version": 2,
+        "hardware_metadata": {}, "public_key_fingerprint": "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12",
+        "registered_at": at(86_400), "queued_reports": 0,
+    }))
+    .unwrap();
+    let _ = summary;
+    let heartbeats: Vec<HeartbeatRecord> = (0..40)
+        .map(|i| {
+            serde_json::from_value(json!({
+                "timestamp": at(i * 5), "agent_version": "0.1.0",
+                "cpu_pct": ((i * 37) % 100) as f64, "memory_mb": 500.0 + ((i * 13) % 60) as f64,
+                "status": "idle", "current_bundle_version": "1.1.0",
+            }))
+            .unwrap()
+        })
+        .collect();
+    DeviceData {
+        detail,
+        heartbeats,
+        history: history(),
+        config: config(2),
+    }
+}
+
+/// An app with the fleet, bundles and one deployment loaded, as after connecting.
+fn loaded() -> App {
+    let mut app = App::new("http://127.0.0.1:8000");
+    app.fixed_now = Some(now());
+    app.on_msg(Msg::Live(LiveEvent::Connected));
+    let reqs = app.take_requests();
+    assert!(
+        reqs.contains(&Request::DevicePage {
+            generation: 1,
+            after: None
+        }),
+        "{reqs:?}"
+    );
+    assert!(reqs.contains(&Request::Deployments) && reqs.contains(&Request::Bundles));
+    app.on_msg(Msg::DevicePage {
+        generation: 1,
+        page: fleet(),
+        last: true,
+    });
+    app.on_msg(Msg::Bundles(vec![
+        bundle("1.3.0", 100),
+        bundle("1.2.0", 200),
+        bundle("1.1.0", 300),
+        bundle("1.0.0", 400),
+    ]));
+    app.on_msg(Msg::Deployments(vec![deployment()]));
+    app.take_requests();
+    app
+}
+
+fn key(app: &mut App, code: KeyCode) {
+    app.on_key(KeyEvent::new(code, KeyModifiers::NONE));
+}
+
+fn keys(app: &mut App, s: &str) {
+    for c in s.chars() {
+        key(app, KeyCode::Char(c));
+    }
+}
+
+fn screen(app: &mut App, w: u16, h: u16) -> String {
+    app.prepare();
+    app.page = kernex_console::views::body_rows(h);
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| kernex_console::views::draw(f, app)).unwrap();
+    t.backend().to_string()
+}
+
+fn snap(app: &mut App) -> String {
+    screen(app, 80, 24)
+}
+
+#[test]
+fn fleet_view() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Char(' '));
+    key(&mut app, KeyCode::Char(' '));
+    insta::assert_snapshot!(snap(&mut app));
+}
+
+#[test]
+fn fleet_view_wide_shows_every_column() {
+    let mut app = loaded();
+    insta::assert_snapshot!(screen(&mut app, 140, 30));
+}
+
+#[test]
+fn fleet_filter_narrows_the_table_and_esc_clears_it() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Char('/'));
+    keys(&mut app, "berlin");
+    insta::assert_snapshot!(snap(&mut app));
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.fleet.visible_len(), 2);
+    key(&mut app, KeyCode::Esc);
+    app.prepare();
+    assert_eq!(app.fleet.visible_len(), 5);
+}
+
+#[test]
+fn sorting_cycles_and_keeps_the_selection() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Down); // D2, 47.5% cpu
+    key(&mut app, KeyCode::Char('s'));
+    key(&mut app, KeyCode::Char('s'));
+    key(&mut app, KeyCode::Char('s')); // cpu
+    app.prepare();
+    assert_eq!(app.fleet.sort.name(), "cpu");
+    assert_eq!(app.fleet.selected().unwrap().device_id, D2);
+    assert_eq!(
+        app.fleet.scroll.selected, 0,
+        "the busiest device sorts first"
+    );
+}
+
+#[test]
+fn device_view_with_sparklines_history_and_config() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.view, View::Device);
+    assert_eq!(app.take_requests(), vec![Request::DeviceView(D1.into())]);
+    app.on_msg(Msg::DeviceView(Box::new(device_data())));
+    insta::assert_snapshot!(snap(&mut app));
+    // Esc goes back where we came from.
+    key(&mut app, KeyCode::Esc);
+    assert_eq!(app.view, View::Fleet);
+}
+
+#[test]
+fn deployments_view_with_gauge_and_targets() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Tab);
+    assert_eq!(app.view, View::Deployments);
+    insta::assert_snapshot!(snap(&mut app));
+}
+
+#[test]
+fn bundles_view() {
+    let mut app = loaded();
+    app.on_key(KeyEvent::new(KeyCode::Char(':'), KeyModifiers::NONE));
+    keys(&mut app, "bundles");
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.view, View::Bundles);
+    insta::assert_snapshot!(snap(&mut app));
+}
+
+#[test]
+fn help_lists_the_keymap() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Char('?'));
+    let s = screen(&mut app, 80, 40);
+    insta::assert_snapshot!(s);
+    key(&mut app, KeyCode::Esc);
+    assert!(!snap(&mut app).contains("help: keys"));
+}
+
+#[test]
+fn deploy_to_marked_devices() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Char(' ')); // mark D1, move to D2
+    key(&mut app, KeyCode::Char(' ')); // mark D2
+    key(&mut app, KeyCode::Char('d'));
+    insta::assert_snapshot!("deploy_1_bundle", snap(&mut app));
+    key(&mut app, KeyCode::Down); // 1.2.0
+    key(&mut app, KeyCode::Down); // 1.1.0
+    key(&mut app, KeyCode::Enter);
+    insta::assert_snapshot!("deploy_2_targets", snap(&mut app));
+    key(&mut app, KeyCode::Enter);
+    insta::assert_snapshot!("deploy_3_confirm", snap(&mut app));
+    assert!(
+        app.take_requests().is_empty(),
+        "nothing is sent before confirming"
+    );
+    keys(&mut app, "y");
+    let want = CreateDeployment {
+        bundle_version: Some("1.1.0".into()),
+        target_device_ids: vec![D1.into(), D2.into()],
+        ..Default::default()
+    };
+    assert_eq!(app.take_requests(), vec![Request::Deploy(want)]);
+    // The server's reply opens the deployment.
+    let mut d = deployment();
+    d.id = "019ab7f2000000000000000000000001".into();
+    d.created_at = now();
+    app.on_msg(Msg::Done(Ok(Done::Deployment(Box::new(d)))));
+    assert_eq!(app.view, View::Deployments);
+    assert!(app.fleet.marked.is_empty());
+    insta::assert_snapshot!("deploy_4_created", snap(&mut app));
+}
+
+#[test]
+fn deploy_to_a_tag() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Char('d'));
+    key(&mut app, KeyCode::Enter); // 1.3.0
+    // Options: the selected device, then a tag.
+    key(&mut app, KeyCode::Down);
+    keys(&mut app, "canary");
+    insta::assert_snapshot!(snap(&mut app));
+    key(&mut app, KeyCode::Enter);
+    keys(&mut app, "y");
+    let want = CreateDeployment {
+        bundle_version: Some("1.3.0".into()),
+        target_tags: vec!["canary".into()],
+        ..Default::default()
+    };
+    assert_eq!(app.take_requests(), vec![Request::Deploy(want)]);
+}
+
+#[test]
+fn a_bad_tag_is_refused_in_the_dialog() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Char('d'));
+    key(&mut app, KeyCode::Enter);
+    key(&mut app, KeyCode::Down);
+    keys(&mut app, "no spaces");
+    key(&mut app, KeyCode::Enter);
+    assert!(snap(&mut app).contains("a tag is 1-64 chars"));
+    assert!(app.take_requests().is_empty());
+}
+
+#[test]
+fn declining_a_confirmation_sends_nothing() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Char('d'));
+    key(&mut app, KeyCode::Enter);
+    key(&mut app, KeyCode::Enter);
+    keys(&mut app, "n");
+    assert!(app.take_requests().is_empty());
+    assert!(!snap(&mut app).contains("are you sure"));
+}
+
+#[test]
+fn rollback_from_the_device_view() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Enter);
+    app.on_msg(Msg::DeviceView(Box::new(device_data())));
+    app.take_requests();
+    key(&mut app, KeyCode::Char('r'));
+    insta::assert_snapshot!("rollback_1_version", snap(&mut app));
+    key(&mut app, KeyCode::Enter);
+    insta::assert_snapshot!("rollback_2_confirm", snap(&mut app));
+    keys(&mut app, "y");
+    let want = RollbackRequest {
+        bundle_version: "1.0.0".into(),
+        target_device_ids: vec![D1.into()],
+    };
+    assert_eq!(app.take_requests(), vec![Request::Rollback(want)]);
+}
+
+#[test]
+fn rollback_from_the_fleet_reads_history_first() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Char('r'));
+    assert_eq!(app.take_requests(), vec![Request::History(D1.into())]);
+    assert!(snap(&mut app).contains("reading its history"));
+    app.on_msg(Msg::History(D1.into(), history()));
+    // D1 runs 1.0.0 in the fleet list, so 1.1.0 is offered and 1.0.0 is not.
+    let s = snap(&mut app);
+    assert!(s.contains("1.1.0") && !s.contains("▶ 1.0.0"), "{s}");
+}
+
+#[test]
+fn rollback_without_history_says_so() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Char('r'));
+    app.on_msg(Msg::History(D1.into(), Vec::new()));
+    assert!(snap(&mut app).contains("no earlier successful version"));
+}
+
+#[test]
+fn config_form_validates_then_puts_only_what_changed() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Enter);
+    app.on_msg(Msg::DeviceView(Box::new(device_data())));
+    app.take_requests();
+    key(&mut app, KeyCode::Char('c'));
+    insta::assert_snapshot!("config_1_form", snap(&mut app));
+    // polling_interval: 5 → 3 (too small).
+    key(&mut app, KeyCode::Backspace);
+    keys(&mut app, "3");
+    key(&mut app, KeyCode::Enter);
+    insta::assert_snapshot!("config_2_invalid", snap(&mut app));
+    assert!(app.take_requests().is_empty());
+    key(&mut app, KeyCode::Backspace);
+    keys(&mut app, "30");
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Down); // log level
+    key(&mut app, KeyCode::Left); // info → debug
+    key(&mut app, KeyCode::Enter);
+    let want = ConfigUpdate {
+        polling_interval: Some(30),
+        log_level: Some("debug".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        app.take_requests(),
+        vec![Request::PutConfig(D1.into(), want)]
+    );
+    let mut c = config(3);
+    c.polling_interval = 30;
+    c.log_level = "debug".into();
+    app.on_msg(Msg::Done(Ok(Done::Config(c))));
+    insta::assert_snapshot!("config_3_saved", snap(&mut app));
+}
+
+#[test]
+fn config_from_the_fleet_loads_the_current_values() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Char('c'));
+    assert_eq!(app.take_requests(), vec![Request::Config(D1.into())]);
+    assert!(snap(&mut app).contains("reading the current config"));
+    app.on_msg(Msg::Config(config(2)));
+    key(&mut app, KeyCode::Enter);
+    assert!(snap(&mut app).contains("nothing changed"));
+    assert!(app.take_requests().is_empty());
+}
+
+#[test]
+fn accept_is_direct_reject_asks_first() {
+    let mut app = loaded();
+    keys(&mut app, "G"); // the last row: the pending D5
+    assert_eq!(app.fleet.selected().unwrap().device_id, D5);
+    keys(&mut app, "a");
+    assert_eq!(app.take_requests(), vec![Request::Accept(D5.into())]);
+    keys(&mut app, "x");
+    assert!(app.take_requests().is_empty());
+    insta::assert_snapshot!(snap(&mut app));
+    keys(&mut app, "y");
+    assert_eq!(app.take_requests(), vec![Request::Reject(D5.into())]);
+}
+
+#[test]
+fn cancel_a_deployment_asks_first() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Tab);
+    keys(&mut app, "C");
+    assert!(app.take_requests().is_empty());
+    assert!(snap(&mut app).contains("Cancel deployment: are you sure?"));
+    keys(&mut app, "y");
+    assert_eq!(app.take_requests(), vec![Request::Cancel(DEP.into())]);
+}
+
+#[test]
+fn losing_the_server_shows_reconnecting_and_recovering_rereads() {
+    let mut app = loaded();
+    app.on_msg(Msg::Live(LiveEvent::Disconnected {
+        error: "cannot reach http://127.0.0.1:8000: connection refused".into(),
+        attempt: 3,
+        retry_in: std::time::Duration::from_secs(2),
+    }));
+    insta::assert_snapshot!(snap(&mut app));
+    app.on_msg(Msg::Live(LiveEvent::Connected));
+    assert_eq!(app.link, Link::Live);
+    let reqs = app.take_requests();
+    assert!(
+        reqs.contains(&Request::DevicePage {
+            generation: 2,
+            after: None
+        }),
+        "{reqs:?}"
+    );
+    // A device deleted while we were away disappears after the re-read.
+    let mut page = fleet();
+    page.retain(|d| d.device_id != D4);
+    app.on_msg(Msg::DevicePage {
+        generation: 2,
+        page,
+        last: true,
+    });
+    app.prepare();
+    assert!(app.fleet.get(D4).is_none());
+    assert_eq!(app.fleet.len(), 4);
+}
+
+#[test]
+fn live_events_update_rows_without_a_refresh() {
+    let mut app = loaded();
+    let ev = |kind: &str, data: Value| {
+        Msg::Live(LiveEvent::Event {
+            kind: kind.into(),
+            data,
+        })
+    };
+    app.on_msg(ev("heartbeat", json!({
+        "device_id": D3, "timestamp": at(0), "cpu_pct": 88.0, "memory_mb": 900.0,
+        "status": "deploying 1.1.0", "current_bundle_version": "1.0.0", "agent_version": "0.1.0",
+        "config_version": 2, "queued_reports": 0,
+    })));
+    app.on_msg(ev("deployment", json!({
+        "id": DEP, "kind": "deploy", "bundle_id": "b-1.1.0", "bundle_version": "1.1.0",
+        "status": "failed", "updated_at": at(0), "completed_at": at(0),
+        "counts": {"pending": 0, "in_progress": 0, "success": 2, "failed": 1, "cancelled": 0},
+        "device": {"device_id": D3, "status": "failed", "phase": null, "progress_pct": null,
+                   "error_message": "health check failed", "log_tail": null, "updated_at": at(0)},
+    })));
+    app.on_msg(ev(
+        "bundle",
+        serde_json::to_value(bundle("2.0.0", 0)).unwrap(),
+    ));
+    let d3 = app.fleet.get(D3).unwrap();
+    assert_eq!(d3.cpu_pct, Some(88.0));
+    assert_eq!(d3.status.as_str(), "online");
+    assert_eq!(app.bundles.items[0].version, "2.0.0");
+    insta::assert_snapshot!(snap(&mut app));
+    // A deployment we have not seen is read whole.
+    app.on_msg(ev("deployment", json!({"id": "019ab7f3000000000000000000000009", "kind": "rollback", "bundle_version": "1.0.0", "status": "pending"})));
+    assert_eq!(
+        app.take_requests(),
+        vec![Request::Deployment(
+            "019ab7f3000000000000000000000009".into()
+        )]
+    );
+}
+
+#[test]
+fn silent_devices_go_offline() {
+    let mut app = loaded();
+    // D1 was seen 3 s ago at an unknown cadence (60 s assumed): still online.
+    app.tick(now() + chrono::Duration::seconds(100));
+    app.prepare();
+    assert_eq!(app.fleet.get(D1).unwrap().status.as_str(), "online");
+    app.tick(now() + chrono::Duration::seconds(200));
+    app.prepare();
+    assert_eq!(app.fleet.get(D1).unwrap().status.as_str(), "offline");
+}
+
+#[test]
+fn the_device_list_is_read_in_pages() {
+    let mut app = App::new("http://x");
+    app.on_msg(Msg::Live(LiveEvent::Connected));
+    app.take_requests();
+    let page: Vec<DeviceSummary> = (0..1000)
+        .map(|i| {
+            device(
+                &format!("dev{i:06}"),
+                "rpi4",
+                "accepted",
+                "online",
+                None,
+                1.0,
+                Some(1),
+                &[],
+            )
+        })
+        .collect();
+    app.on_msg(Msg::DevicePage {
+        generation: 1,
+        page,
+        last: false,
+    });
+    assert_eq!(
+        app.take_requests(),
+        vec![Request::DevicePage {
+            generation: 1,
+            after: Some("dev000999".into())
+        }]
+    );
+    assert!(app.loading_devices);
+    // A page from an older re-read is ignored.
+    app.on_msg(Msg::DevicePage {
+        generation: 0,
+        page: vec![device(
+            "zzz",
+            "x",
+            "accepted",
+            "never",
+            None,
+            0.0,
+            None,
+            &[],
+        )],
+        last: true,
+    });
+    assert!(app.fleet.get("zzz").is_none());
+}
+
+#[test]
+fn a_hundred_thousand_devices_scroll_and_draw_only_what_shows() {
+    let mut app = App::new("http://x");
+    app.fixed_now = Some(now());
+    app.on_msg(Msg::Live(LiveEvent::Connected));
+    app.take_requests();
+    for p in 0..100 {
+        let page: Vec<DeviceSummary> = (0..1000)
+            .map(|i| {
+                device(
+                    &format!("dev{:06}", p * 1000 + i),
+                    "rpi4",
+                    "accepted",
+                    "online",
+                    Some("1.0.0"),
+                    (i % 100) as f64,
+                    Some(5),
+                    &["fleet"],
+                )
+            })
+            .collect();
+        app.on_msg(Msg::DevicePage {
+            generation: 1,
+            page,
+            last: p == 99,
+        });
+    }
+    assert_eq!(app.fleet.len(), 100_000);
+    keys(&mut app, "G");
+    let s = snap(&mut app);
+    assert!(s.contains("100000 devices"), "{s}");
+    assert!(s.contains(" dev099999 "), "the last device is drawn: {s}");
+    assert!(
+        !s.contains(" dev099984 "),
+        "only one screenful is drawn: {s}"
+    );
+    // A page is the body's height (15 rows at 80×24).
+    key(&mut app, KeyCode::PageUp);
+    let s = snap(&mut app);
+    assert!(
+        s.contains(" dev099984 ") && !s.contains(" dev099999 "),
+        "{s}"
+    );
+}
+
+#[test]
+fn every_view_draws_in_tiny_and_odd_sizes() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Enter);
+    app.on_msg(Msg::DeviceView(Box::new(device_data())));
+    for view in View::ALL {
+        app.view = view;
+        for (w, h) in [(80, 24), (20, 6), (1, 1), (200, 60), (79, 23)] {
+            screen(&mut app, w, h);
+        }
+    }
+    key(&mut app, KeyCode::Char('?'));
+    screen(&mut app, 10, 4);
+}
+
+#[test]
+fn ctrl_c_quits_even_inside_a_dialog() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Char('d'));
+    app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert!(app.quit);
+}
+
+#[test]
+fn command_line_opens_a_device_by_suffix_and_rejects_nonsense() {
+    let mut app = loaded();
+    keys(&mut app, ":");
+    keys(&mut app, "device 9a03");
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.view, View::Device);
+    assert_eq!(app.device.as_ref().unwrap().id, D3);
+    keys(&mut app, ":");
+    keys(&mut app, "frobnicate");
+    key(&mut app, KeyCode::Enter);
+    assert!(snap(&mut app).contains("unknown command"));
+}
