@@ -272,7 +272,7 @@ fn progress_message(dep: &Deployment) -> String {
     if let [one] = busy.as_slice()
         && let Some(phase) = one.phase
     {
-        message.push_str(&format!(" ({}", render::phase(phase)));
+        message.push_str(&format!(" ({}", phase.as_str()));
         if let Some(p) = one.progress_pct {
             message.push_str(&format!(" {p}%"));
         }

@@ -296,7 +296,7 @@ pub(crate) fn deployment(d: &Deployment, now: Now, width: Option<usize>) -> Stri
         t.row(vec![
             dev.device_id.clone(),
             dev.status.as_str().to_owned(),
-            dev.phase.map_or("-", phase).to_owned(),
+            dev.phase.map_or("-", Phase::as_str).to_owned(),
             dev.progress_pct
                 .map_or_else(|| "-".to_owned(), |p| format!("{p}%")),
             ago(Some(dev.updated_at), now),
@@ -349,15 +349,6 @@ pub(crate) fn counts(c: &Counts) -> String {
         "no targets".to_owned()
     } else {
         parts.join(", ")
-    }
-}
-
-pub(crate) fn phase(p: Phase) -> &'static str {
-    match p {
-        Phase::Downloading => "downloading",
-        Phase::Verifying => "verifying",
-        Phase::Installing => "installing",
-        Phase::HealthCheck => "health_check",
     }
 }
 
