@@ -417,18 +417,17 @@ fn seg(s: &str) -> String {
     out
 }
 
-/// `reqwest`'s top-level message hides the cause ("error sending request"); show it.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if parts.last() != Some(&msg) {
-            parts.push(msg);
-        }
-        cur = s.source();
+/// `reqwest`'s top-level message hides the cause ("error sending request for url …");
+/// the operator wants the root of it ("Connection refused", "timed out").
+fn error_chain(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
     }
-    parts.join(": ")
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    root.to_string()
 }
 
 /// Where the local server keeps its admin token: `$KERNEX_DATA_DIR/admin.token`, else the

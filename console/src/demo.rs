@@ -197,6 +197,9 @@ async fn start(dir: &Path, args: &DemoArgs, fleet: &mut Fleet) -> DemoResult<Api
     fleet
         .children
         .push((format!("agent-{}", args.agents), child));
+    // Give it the demo's fast polling too, so it is quick to follow once accepted. In
+    // the background: the console opens meanwhile, and the device shows up as pending.
+    tokio::spawn(configure_pending(api.clone()));
 
     eprintln!("uploading the fixture bundles…");
     let fixtures = fixtures_dir()
@@ -229,6 +232,32 @@ async fn start(dir: &Path, args: &DemoArgs, fleet: &mut Fleet) -> DemoResult<Api
         .map_err(|e| e.to_string())?;
     }
     Ok(api)
+}
+
+/// Wait (up to a minute) for the pending demo device, then set its polling interval and
+/// a tag. Best effort: the operator can accept it whenever it shows up.
+async fn configure_pending(api: Api) {
+    let query = DeviceQuery {
+        admission: Some(Admission::Pending.as_str().into()),
+        ..Default::default()
+    };
+    for _ in 0..120 {
+        if let Some(d) = api
+            .devices(&query)
+            .await
+            .ok()
+            .and_then(|p| p.into_iter().next())
+        {
+            let update = ConfigUpdate {
+                polling_interval: Some(DEMO_POLL_S),
+                ..Default::default()
+            };
+            let _ = api.put_config(&d.device_id, &update).await;
+            let _ = api.set_tags(&d.device_id, &["lab".to_owned()]).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Pack a fixture folder; the archive path and the bundle's version.

@@ -93,8 +93,13 @@ pub struct Fleet {
     index: HashMap<String, usize>,
     /// Indices into `rows`, filtered and sorted: what the table shows.
     visible: Vec<usize>,
-    /// The order must be rebuilt before the next frame.
+    /// The order must be rebuilt before the next frame (rows added or removed, filter or
+    /// sort changed).
     dirty: bool,
+    /// Live figures changed that the order depends on: rebuild, but at most once a
+    /// second (re-sorting 100,000 rows on every frame of a heartbeat storm is waste).
+    stale: bool,
+    rebuilt_at: Option<std::time::Instant>,
     pub sort: SortKey,
     pub filter: String,
     pub scroll: Scroll,
@@ -260,7 +265,7 @@ impl Fleet {
             SortKey::Cpu | SortKey::LastSeen | SortKey::Status | SortKey::Version
         ) || !self.filter.is_empty()
         {
-            self.dirty = true;
+            self.stale = true;
         }
         true
     }
@@ -278,7 +283,7 @@ impl Fleet {
             let interval = row.interval_s.unwrap_or(60.0).max(5.0);
             if (now - last).num_milliseconds() as f64 / 1000.0 > 3.0 * interval {
                 row.summary.status = OnlineStatus::Offline;
-                self.dirty = true;
+                self.stale = true;
             }
         }
     }
@@ -289,10 +294,21 @@ impl Fleet {
 
     /// Rebuild the visible order if anything changed. Keeps the selected device selected.
     pub fn prepare(&mut self) {
-        if !self.dirty {
+        self.online = self
+            .rows
+            .iter()
+            .filter(|r| r.summary.status == OnlineStatus::Online)
+            .count();
+        let due = self.stale
+            && self
+                .rebuilt_at
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        if !self.dirty && !due {
             return;
         }
         self.dirty = false;
+        self.stale = false;
+        self.rebuilt_at = Some(std::time::Instant::now());
         let keep = self.selected().map(|d| d.device_id.clone());
         let terms: Vec<String> = self
             .filter
@@ -333,11 +349,6 @@ impl Fleet {
                     .then_with(|| by_id(a, b))
             }),
         }
-        self.online = self
-            .rows
-            .iter()
-            .filter(|r| r.summary.status == OnlineStatus::Online)
-            .count();
         if let Some(id) = keep
             && let Some(pos) = self
                 .visible

@@ -714,7 +714,10 @@ impl App {
         if current.is_none() {
             self.ask(Request::Config(d.device_id.clone()));
         }
-        self.mode = Mode::Dialog(Dialog::Config(Box::new(ConfigForm::new(d.device_id, current))));
+        self.mode = Mode::Dialog(Dialog::Config(Box::new(ConfigForm::new(
+            d.device_id,
+            current,
+        ))));
     }
 
     // -------------------------------------------------------------------- messages

@@ -73,7 +73,7 @@ impl Widget for DeploymentsView<'_> {
                     ])),
                     Cell::from(d.kind.as_str()),
                     Cell::from(d.bundle_version.clone()),
-                    Cell::from(format!("{} {done}/{total}", bar(done, total, 10))),
+                    Cell::from(format!("{} {done}/{total}", bar(done, total, 8))),
                     Cell::from(d.created_at.format("%m-%d %H:%M").to_string()),
                     Cell::from(short_id(&d.id, 12)),
                 ]);
@@ -89,7 +89,7 @@ impl Widget for DeploymentsView<'_> {
             [
                 Constraint::Length(13),
                 Constraint::Length(8),
-                Constraint::Length(14),
+                Constraint::Length(16),
                 Constraint::Length(16),
                 Constraint::Length(11),
                 Constraint::Min(6),
