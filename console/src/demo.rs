@@ -117,14 +117,17 @@ impl Fleet {
 
 async fn start(dir: &Path, args: &DemoArgs, fleet: &mut Fleet) -> DemoResult<Api> {
     let bins = binaries().await?;
-    let token = format!("demo-{}", uuid::Uuid::new_v4().simple());
     eprintln!(
         "starting kernex-server on a throw-away data dir {}",
         dir.display()
     );
-    let (child, url) = start_server(&bins.server, dir, &args.listen, &token).await?;
+    let (child, url) = start_server(&bins.server, dir, &args.listen).await?;
     fleet.children.push(("kernex-server".into(), child));
-    let api = Api::new(&url, &token, None).map_err(|e| e.to_string())?;
+    // The server wrote its operator token on first start, as on a real host.
+    let token_file = dir.join("server").join("admin.token");
+    let token = std::fs::read_to_string(&token_file)
+        .map_err(|e| format!("cannot read {}: {e}", token_file.display()))?;
+    let api = Api::new(&url, token.trim(), None).map_err(|e| e.to_string())?;
 
     eprintln!(
         "starting {} agents (+1 waiting for acceptance)…",
@@ -197,9 +200,11 @@ async fn start(dir: &Path, args: &DemoArgs, fleet: &mut Fleet) -> DemoResult<Api
     fleet
         .children
         .push((format!("agent-{}", args.agents), child));
-    // Give it the demo's fast polling too, so it is quick to follow once accepted. In
-    // the background: the console opens meanwhile, and the device shows up as pending.
-    tokio::spawn(configure_pending(api.clone()));
+    // Tag it once it registers, in the background (the console opens meanwhile). Its
+    // polling interval stays the default 60 s: a pending device gets no commands, so a
+    // faster configured interval would only make the server call it offline. After
+    // accepting it, `c` sets one — part of the tour.
+    tokio::spawn(tag_pending(api.clone()));
 
     eprintln!("uploading the fixture bundles…");
     let fixtures = fixtures_dir()
@@ -234,9 +239,8 @@ async fn start(dir: &Path, args: &DemoArgs, fleet: &mut Fleet) -> DemoResult<Api
     Ok(api)
 }
 
-/// Wait (up to a minute) for the pending demo device, then set its polling interval and
-/// a tag. Best effort: the operator can accept it whenever it shows up.
-async fn configure_pending(api: Api) {
+/// Wait (up to a minute) for the pending demo device, then tag it. Best effort.
+async fn tag_pending(api: Api) {
     let query = DeviceQuery {
         admission: Some(Admission::Pending.as_str().into()),
         ..Default::default()
@@ -248,11 +252,6 @@ async fn configure_pending(api: Api) {
             .ok()
             .and_then(|p| p.into_iter().next())
         {
-            let update = ConfigUpdate {
-                polling_interval: Some(DEMO_POLL_S),
-                ..Default::default()
-            };
-            let _ = api.put_config(&d.device_id, &update).await;
             let _ = api.set_tags(&d.device_id, &["lab".to_owned()]).await;
             return;
         }
@@ -295,17 +294,12 @@ fn agent_cmd(bin: &Path, dir: &Path, i: usize, url: &str) -> Command {
     cmd
 }
 
-async fn start_server(
-    bin: &Path,
-    dir: &Path,
-    listen: &str,
-    token: &str,
-) -> DemoResult<(Child, String)> {
+async fn start_server(bin: &Path, dir: &Path, listen: &str) -> DemoResult<(Child, String)> {
     let mut child = Command::new(bin)
         .args(["--listen", listen, "--log-level", "info"])
         .arg("--data-dir")
         .arg(dir.join("server"))
-        .env("KERNEX_ADMIN_TOKEN", token)
+        .env_remove("KERNEX_ADMIN_TOKEN")
         .env("KERNEX_ENROLLMENT_TOKEN", ENROLL)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
