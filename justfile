@@ -32,3 +32,73 @@ bench:
 # Run a device agent against the local server (state in $KERNEX_STATE_DIR or the platform dir).
 agent *ARGS:
     cargo run --release -p kernex-agent -- run "$@"
+
+# The console recipes run in the directory `just` was called from ([no-cd]), so paths
+# (bundle folders, archives, -o) mean what they say there. They reach $KERNEX_SERVER
+# (default http://127.0.0.1:8000) with $KERNEX_TOKEN, else the local server's admin.token
+# ($KERNEX_DATA_DIR/admin.token, or the platform data dir `just serve` uses by default).
+kx_console := "cargo run --release --manifest-path '" + justfile_directory() + "/Cargo.toml' -p kernex-console --"
+
+# Open the operator console (TUI), or run a subcommand: `just console deployments --json`.
+[no-cd]
+console *ARGS:
+    {{kx_console}} "$@"
+
+# A throw-away live fleet (server, agents, fixture bundles) with the console open on it.
+[no-cd]
+demo *ARGS:
+    {{kx_console}} demo "$@"
+
+# The fleet as a table (`just devices --tag canary`, `just devices --json`).
+[no-cd]
+devices *ARGS:
+    {{kx_console}} devices "$@"
+
+# Pack a bundle folder into ./<name>-<version>.tar.gz (or `-o FILE`); prints the path.
+[no-cd]
+pack DIR *ARGS:
+    {{kx_console}} bundle pack "$@"
+
+# Upload a bundle archive.
+[no-cd]
+push FILE:
+    {{kx_console}} bundle push "$@"
+
+# TARGETS of deploy: comma-separated device ids (`a1b2,c3d4`), or `tag=` and
+# comma-separated tags (`tag=canary`, `tag=site:berlin,site:paris`: every accepted device
+# carrying any of them). Ids never contain `=`, so the two cannot be confused. Flags
+# follow: `just deploy 1.1.0 tag=canary --wait --timeout 600`.
+
+# Deploy VERSION to TARGETS (device ids a,b or tag=NAME); add --wait to follow it.
+[no-cd]
+deploy VERSION TARGETS *FLAGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    version="$1" targets="$2"
+    shift 2
+    if [[ "$targets" == tag=* ]]; then
+        args=()
+        IFS=',' read -ra tags <<< "${targets#tag=}"
+        for t in "${tags[@]}"; do args+=(--tag "$t"); done
+    else
+        args=(--devices "$targets")
+    fi
+    exec {{kx_console}} deploy "$version" "${args[@]}" "$@"
+
+# Roll TARGETS (device ids a,b) back to a VERSION they ran; add --wait to follow it.
+[no-cd]
+rollback VERSION TARGETS *FLAGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    version="$1" targets="$2"
+    shift 2
+    if [[ "$targets" == tag=* ]]; then
+        echo "just rollback: name the devices (comma-separated ids); tags are for deploy" >&2
+        exit 2
+    fi
+    exec {{kx_console}} rollback "$version" --devices "$targets" "$@"
+
+# Set a device's config: `just config ID polling_interval=30 log_level=debug metadata='{}'`.
+[no-cd]
+config DEVICE +PAIRS:
+    {{kx_console}} config set "$@"

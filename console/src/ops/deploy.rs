@@ -152,7 +152,7 @@ async fn watch(api: &Api, mut dep: Deployment, timeout: Option<Duration>) -> OpR
     let total = dep.counts.total();
     let bar = output::progress_bar(
         total,
-        "{spinner} {prefix} [{bar:25}] {pos}/{len} finished  {msg} ({elapsed})",
+        "{spinner} {prefix} [{bar:25}] {pos}/{len} finished  {msg} ({elapsed_precise})",
     );
     bar.set_prefix(format!("{} {}", dep.kind.as_str(), dep.bundle_version));
     let lines = !output::stderr_is_terminal();
