@@ -91,7 +91,7 @@ pub(crate) fn device(d: &DeviceDetail, now: Now) -> String {
         ("queued reports", d.queued_reports.to_string()),
         ("registered", when_ago(Some(d.registered_at), now)),
         ("key sha256", d.public_key_fingerprint.clone()),
-        ("hardware", compact_json(&d.hardware_metadata)),
+        ("hardware", flat_json(&d.hardware_metadata)),
     ])
 }
 
@@ -127,16 +127,7 @@ pub(crate) fn history(records: &[HistoryRecord], now: Now, width: Option<usize>)
         Column::new("NOTE").flex(),
     ]);
     for r in records {
-        let mut note = String::new();
-        if let Some(v) = &r.rolled_back_to {
-            note = format!("rolled back to {v}");
-        }
-        if let Some(e) = r.error_message.as_deref().filter(|e| !e.is_empty()) {
-            if !note.is_empty() {
-                note.push_str(": ");
-            }
-            note.push_str(e);
-        }
+        let note = history_note(r);
         t.row(vec![
             ago(Some(r.deployed_at), now),
             r.kind.as_str().to_owned(),
@@ -148,6 +139,22 @@ pub(crate) fn history(records: &[HistoryRecord], now: Now, width: Option<usize>)
         ]);
     }
     t.render(width)
+}
+
+/// The error of a history record, and the version it fell back to unless the error
+/// already says so.
+fn history_note(r: &HistoryRecord) -> String {
+    let error = r.error_message.as_deref().unwrap_or("").trim();
+    match &r.rolled_back_to {
+        Some(v) if !error.contains(&format!("rolled back to {v}")) => {
+            if error.is_empty() {
+                format!("rolled back to {v}")
+            } else {
+                format!("{error} (rolled back to {v})")
+            }
+        }
+        _ => error.to_owned(),
+    }
 }
 
 /// `device ID`: the device, its config and its recent history.
@@ -360,6 +367,26 @@ fn compact_json(v: &serde_json::Value) -> String {
     }
 }
 
+/// An object of plain values as `k=v, k=v` (easier to read than JSON); anything else
+/// as compact JSON.
+fn flat_json(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let Value::Object(m) = v else {
+        return compact_json(v);
+    };
+    if m.is_empty() || m.values().any(|x| x.is_object() || x.is_array()) {
+        return compact_json(v);
+    }
+    let parts: Vec<String> = m
+        .iter()
+        .map(|(k, x)| match x {
+            Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    cut(&parts.join(", "), 300)
+}
+
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
@@ -500,6 +527,51 @@ mod tests {
         }
         assert!(text.contains(r#"{"site":"berlin"}"#), "{text}");
         assert!(text.contains("never (defaults)"), "{text}");
+    }
+
+    fn record(error: Option<&str>, rolled_back_to: Option<&str>) -> HistoryRecord {
+        HistoryRecord {
+            id: "h".into(),
+            device_id: ID.into(),
+            deployment_id: "d".into(),
+            kind: DeploymentKind::Deploy,
+            bundle_id: "b".into(),
+            bundle_version: "1.2.0".into(),
+            status: kernex_common::api::ResultStatus::Failed,
+            error_message: error.map(str::to_owned),
+            log_tail: None,
+            rolled_back_to: rolled_back_to.map(str::to_owned),
+            deployed_at: now(),
+            duration_seconds: Some(1.0),
+        }
+    }
+
+    #[test]
+    fn a_history_note_names_the_fallback_once() {
+        assert_eq!(
+            history_note(&record(Some("exit 3; rolled back to 1.0.0"), Some("1.0.0"))),
+            "exit 3; rolled back to 1.0.0"
+        );
+        assert_eq!(
+            history_note(&record(Some("exit 3"), Some("1.0.0"))),
+            "exit 3 (rolled back to 1.0.0)"
+        );
+        assert_eq!(
+            history_note(&record(None, Some("1.0.0"))),
+            "rolled back to 1.0.0"
+        );
+        assert_eq!(history_note(&record(None, None)), "");
+    }
+
+    #[test]
+    fn hardware_reads_as_key_value_pairs() {
+        assert_eq!(
+            flat_json(&json!({"arch": "x86_64", "cpus": 2})),
+            "arch=x86_64, cpus=2"
+        );
+        assert_eq!(flat_json(&json!({"disks": [1]})), r#"{"disks":[1]}"#);
+        assert_eq!(flat_json(&json!({})), "{}");
+        assert_eq!(flat_json(&serde_json::Value::Null), "-");
     }
 
     #[test]
