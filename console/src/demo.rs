@@ -37,8 +37,14 @@ pub async fn run(conn: &ConnArgs, args: &DemoArgs) -> u8 {
         }
     };
     let mut fleet = Fleet::default();
-    let code = match start(dir.path(), args, &mut fleet).await {
-        Ok(api) if args.headless => {
+    // Ctrl-C (or SIGTERM/SIGHUP) while it starts up stops what was started so far.
+    let started = tokio::select! {
+        r = start(dir.path(), args, &mut fleet) => Some(r),
+        _ = wait_for_interrupt() => None,
+    };
+    let code = match started {
+        None => 130,
+        Some(Ok(api)) if args.headless => {
             println!("demo fleet is up: {}", api.server());
             println!("  export KERNEX_SERVER={}", api.server());
             println!(
@@ -49,39 +55,47 @@ pub async fn run(conn: &ConnArgs, args: &DemoArgs) -> u8 {
             wait_for_interrupt().await;
             0
         }
-        Ok(api) => {
+        Some(Ok(api)) => {
             let log = conn
                 .log_file
                 .clone()
                 .unwrap_or_else(|| dir.path().join("console.log"));
             crate::app::run_tui_with(api, Some(&log)).await
         }
-        Err(e) => {
-            eprintln!("kernex-console demo: {e}");
-            eprintln!("  (logs are in {})", dir.path().display());
+        Some(Err(e)) => {
+            say(&format!("kernex-console demo: {e}"));
             2
         }
     };
-    eprintln!("stopping the demo fleet…");
+    // After the TUI, stderr may be a terminal that hung up: never panic writing to it.
+    say("stopping the demo fleet…");
     fleet.stop().await;
-    if args.keep {
+    // Keep the logs of a run that went wrong, where the message above pointed.
+    if args.keep || code != 0 {
         let kept = dir.keep();
-        eprintln!("demo data kept in {}", kept.display());
+        say(&format!("demo data and logs kept in {}", kept.display()));
     }
     code
 }
 
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 async fn wait_for_interrupt() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
     ) else {
-        return;
+        return std::future::pending().await;
     };
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
+        _ = hup.recv() => {}
     }
 }
 
@@ -219,7 +233,10 @@ async fn start(dir: &Path, args: &DemoArgs, fleet: &mut Fleet) -> DemoResult<Api
     sources.sort();
     let mut first_version = None;
     for src in &sources {
-        let (file, manifest) = pack(src, &packed)?;
+        let (src, out) = (src.clone(), packed.clone());
+        let (file, manifest) = tokio::task::spawn_blocking(move || pack(&src, &out))
+            .await
+            .map_err(|e| format!("packing failed: {e}"))??;
         api.push_bundle(&file, |_| {})
             .await
             .map_err(|e| e.to_string())?;

@@ -8,10 +8,12 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::api::Api;
+use crate::api::{Api, ApiError};
 
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A stream that stayed open this long counts as having worked.
+const HEALTHY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum LiveEvent {
@@ -22,6 +24,10 @@ pub enum LiveEvent {
         error: String,
         attempt: u32,
         retry_in: Duration,
+    },
+    /// The server refused our token (401/403): retried slowly, shown as such.
+    Refused {
+        error: String,
     },
     /// The server dropped events for us: re-read everything.
     Lagged,
@@ -35,12 +41,13 @@ pub enum LiveEvent {
 pub async fn follow<T: From<LiveEvent> + Send + 'static>(api: Api, tx: mpsc::Sender<T>) {
     let mut attempt: u32 = 0;
     loop {
-        let error = match api.events().await {
+        let down = match api.events().await {
             Ok(resp) => {
-                attempt = 0;
                 if tx.send(LiveEvent::Connected.into()).await.is_err() {
                     return;
                 }
+                let opened = tokio::time::Instant::now();
+                let mut heard = false;
                 let mut stream = resp.bytes_stream().eventsource();
                 let mut error = "the server closed the event stream".to_owned();
                 while let Some(item) = stream.next().await {
@@ -51,6 +58,7 @@ pub async fn follow<T: From<LiveEvent> + Send + 'static>(api: Api, tx: mpsc::Sen
                             break;
                         }
                     };
+                    heard = true;
                     let msg = match ev.event.as_str() {
                         "lagged" => LiveEvent::Lagged,
                         kind => match serde_json::from_str::<Value>(&ev.data) {
@@ -68,23 +76,48 @@ pub async fn follow<T: From<LiveEvent> + Send + 'static>(api: Api, tx: mpsc::Sen
                         return;
                     }
                 }
-                error
+                // Only a stream that worked for a while resets the backoff: one that
+                // opens and closes at once (a proxy, a server shutting down) must not
+                // cause a full re-read every half second.
+                if heard || opened.elapsed() >= HEALTHY {
+                    attempt = 0;
+                }
+                Down::Lost(error)
             }
-            Err(e) => e.to_string(),
+            Err(
+                e @ ApiError::Refused {
+                    status: 401 | 403, ..
+                },
+            ) => Down::Refused(e.to_string()),
+            Err(e) => Down::Lost(e.to_string()),
         };
         attempt = attempt.saturating_add(1);
-        let retry_in = backoff(attempt);
-        tracing::info!(attempt, "event stream down: {error}");
-        let down = LiveEvent::Disconnected {
-            error,
-            attempt,
-            retry_in,
+        let (msg, retry_in) = match down {
+            Down::Lost(error) => {
+                let retry_in = backoff(attempt);
+                tracing::info!(attempt, "event stream down: {error}");
+                let msg = LiveEvent::Disconnected {
+                    error,
+                    attempt,
+                    retry_in,
+                };
+                (msg, retry_in)
+            }
+            Down::Refused(error) => {
+                tracing::warn!("event stream refused: {error}");
+                (LiveEvent::Refused { error }, MAX_BACKOFF)
+            }
         };
-        if tx.send(down.into()).await.is_err() {
+        if tx.send(msg.into()).await.is_err() {
             return;
         }
         tokio::time::sleep(retry_in).await;
     }
+}
+
+enum Down {
+    Lost(String),
+    Refused(String),
 }
 
 /// 0.5 s, 1 s, 2 s … capped at 10 s: quick after a blip, gentle during an outage.

@@ -355,7 +355,7 @@ fn deploy_to_marked_devices() {
     let mut d = deployment();
     d.id = "019ab7f2000000000000000000000001".into();
     d.created_at = now();
-    app.on_msg(Msg::Done(Ok(Done::Deployment(Box::new(d)))));
+    app.on_msg(Msg::Done(Ok(Done::Created(Box::new(d)))));
     assert_eq!(app.view, View::Deployments);
     assert!(app.fleet.marked.is_empty());
     insta::assert_snapshot!("deploy_4_created", snap(&mut app));
@@ -729,4 +729,216 @@ fn command_line_opens_a_device_by_suffix_and_rejects_nonsense() {
     keys(&mut app, "frobnicate");
     key(&mut app, KeyCode::Enter);
     assert!(snap(&mut app).contains("unknown command"));
+}
+
+// ------------------------------------------------------------- regressions (review)
+
+fn ev(kind: &str, data: Value) -> Msg {
+    Msg::Live(LiveEvent::Event {
+        kind: kind.into(),
+        data,
+    })
+}
+
+#[test]
+fn deleting_a_device_below_the_selection_does_not_panic() {
+    let mut app = loaded();
+    keys(&mut app, "G"); // D5, the last row
+    app.on_msg(ev("device", json!({"device_id": D2, "deleted": true})));
+    let s = snap(&mut app);
+    assert!(s.contains("4 devices"), "{s}");
+    assert_eq!(
+        app.fleet.selected().unwrap().device_id,
+        D5,
+        "the selection stays on D5"
+    );
+}
+
+#[test]
+fn a_device_that_registers_during_a_reread_is_kept() {
+    let mut app = loaded();
+    app.on_msg(Msg::Live(LiveEvent::Lagged));
+    let reqs = app.take_requests();
+    assert!(
+        reqs.contains(&Request::DevicePage {
+            generation: 2,
+            after: None
+        }),
+        "{reqs:?}"
+    );
+    let newcomer = device(
+        "019ab7e0c4a17d3e9b2f5c6d7e8f9a00",
+        "rpi4",
+        "accepted",
+        "never",
+        None,
+        0.0,
+        None,
+        &[],
+    );
+    app.on_msg(ev("device", serde_json::to_value(&newcomer).unwrap()));
+    // The re-read's page was read before it registered.
+    app.on_msg(Msg::DevicePage {
+        generation: 2,
+        page: fleet(),
+        last: true,
+    });
+    app.prepare();
+    assert!(app.fleet.get(&newcomer.device_id).is_some());
+    assert_eq!(app.fleet.len(), 6);
+}
+
+#[test]
+fn lags_during_a_reread_queue_one_more_instead_of_restarting() {
+    let mut app = loaded();
+    app.on_msg(Msg::Live(LiveEvent::Lagged));
+    app.take_requests();
+    app.on_msg(Msg::Live(LiveEvent::Lagged));
+    app.on_msg(Msg::Live(LiveEvent::Lagged));
+    assert!(app.take_requests().is_empty(), "the running read goes on");
+    app.on_msg(Msg::DevicePage {
+        generation: 2,
+        page: fleet(),
+        last: true,
+    });
+    let reqs = app.take_requests();
+    assert!(
+        reqs.contains(&Request::DevicePage {
+            generation: 3,
+            after: None
+        }),
+        "{reqs:?}"
+    );
+}
+
+#[test]
+fn heartbeats_from_an_unknown_device_read_it_once() {
+    let mut app = loaded();
+    let beat = json!({"device_id": "019ab7e0c4a17d3e9b2f5c6d7e8f9aff", "timestamp": at(0), "cpu_pct": 1.0});
+    app.on_msg(ev("heartbeat", beat.clone()));
+    app.on_msg(ev("heartbeat", beat.clone()));
+    assert_eq!(
+        app.take_requests(),
+        vec![Request::Device("019ab7e0c4a17d3e9b2f5c6d7e8f9aff".into())]
+    );
+    let row = device(
+        "019ab7e0c4a17d3e9b2f5c6d7e8f9aff",
+        "rpi4",
+        "accepted",
+        "online",
+        None,
+        1.0,
+        Some(0),
+        &[],
+    );
+    app.on_msg(Msg::Device(
+        "019ab7e0c4a17d3e9b2f5c6d7e8f9aff".into(),
+        Some(Box::new(row)),
+    ));
+    app.prepare();
+    assert_eq!(app.fleet.len(), 6);
+    // While a re-read runs, it will bring unknown devices itself.
+    app.on_msg(Msg::Live(LiveEvent::Lagged));
+    app.take_requests();
+    app.on_msg(ev(
+        "heartbeat",
+        json!({"device_id": "someone-else", "cpu_pct": 1.0}),
+    ));
+    assert!(
+        !app.take_requests()
+            .iter()
+            .any(|r| matches!(r, Request::Device(_)))
+    );
+}
+
+#[test]
+fn a_cancel_seen_live_re_reads_the_shown_deployment() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Tab);
+    app.take_requests();
+    // Cancel events carry counts but not which devices changed.
+    app.on_msg(ev(
+        "deployment",
+        json!({
+            "id": DEP, "status": "in_progress", "updated_at": at(0),
+            "counts": {"pending": 0, "in_progress": 1, "success": 1, "failed": 0, "cancelled": 1},
+        }),
+    ));
+    assert_eq!(app.take_requests(), vec![Request::Deployment(DEP.into())]);
+    app.on_msg(ev("deployment", json!({
+        "id": DEP, "counts": {"pending": 0, "in_progress": 0, "success": 2, "failed": 0, "cancelled": 1},
+    })));
+    assert!(app.take_requests().is_empty(), "one read at a time");
+}
+
+#[test]
+fn a_finished_cancel_leaves_marks_and_view_alone() {
+    let mut app = loaded();
+    keys(&mut app, " ");
+    let mut d = deployment();
+    d.status = kernex_common::api::TargetStatus::Cancelled;
+    app.on_msg(Msg::Done(Ok(Done::Cancelled(Box::new(d)))));
+    assert_eq!(app.view, View::Fleet);
+    assert_eq!(app.fleet.marked.len(), 1);
+}
+
+#[test]
+fn a_failed_history_read_closes_the_rollback_picker() {
+    let mut app = loaded();
+    keys(&mut app, "r");
+    let req = app.take_requests().remove(0);
+    app.on_msg(Msg::Failed {
+        request: req,
+        error: "timed out".into(),
+    });
+    let s = snap(&mut app);
+    assert!(
+        !s.contains("reading its history") && s.contains("timed out"),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_refused_token_is_shown_as_such() {
+    let mut app = loaded();
+    app.on_msg(Msg::Live(LiveEvent::Refused {
+        error: "server refused (401): invalid token (check --token / KERNEX_TOKEN)".into(),
+    }));
+    let s = snap(&mut app);
+    assert!(
+        s.contains("✗ token refused") && s.contains("invalid token"),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_new_bundle_does_not_move_the_bundle_selection() {
+    let mut app = loaded();
+    keys(&mut app, ":bundles");
+    key(&mut app, KeyCode::Enter);
+    key(&mut app, KeyCode::Down); // 1.2.0
+    app.on_msg(ev(
+        "bundle",
+        serde_json::to_value(bundle("2.0.0", 0)).unwrap(),
+    ));
+    keys(&mut app, "d");
+    assert!(snap(&mut app).contains("Deploy 1.2.0 to"));
+}
+
+#[test]
+fn the_open_devices_history_is_re_read_when_its_own_target_finishes() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Enter);
+    app.on_msg(Msg::DeviceView(Box::new(device_data())));
+    app.take_requests();
+    app.on_msg(ev(
+        "deployment",
+        json!({
+            "id": DEP, "status": "in_progress",
+            "counts": {"pending": 1, "in_progress": 0, "success": 2, "failed": 0, "cancelled": 0},
+            "device": {"device_id": D1, "status": "success", "phase": null, "progress_pct": null,
+                       "error_message": null, "log_tail": null, "updated_at": at(0)},
+        }),
+    ));
+    assert_eq!(app.take_requests(), vec![Request::History(D1.into())]);
 }

@@ -105,6 +105,10 @@ pub struct Fleet {
     pub scroll: Scroll,
     pub marked: BTreeSet<String>,
     pub online: usize,
+    /// The current full re-read: rows it (or any event since) saw carry it.
+    pub generation: u64,
+    /// The device to keep selected across a rebuild after rows were removed.
+    keep: Option<String>,
 }
 
 impl Fleet {
@@ -130,35 +134,42 @@ impl Fleet {
             .iter()
             .skip(start)
             .take(n)
-            .map(|&i| &self.rows[i].summary)
+            .filter_map(|&i| self.rows.get(i))
+            .map(|r| &r.summary)
     }
 
     pub fn selected(&self) -> Option<&DeviceSummary> {
         self.visible
             .get(self.scroll.selected)
-            .map(|&i| &self.rows[i].summary)
+            .and_then(|&i| self.rows.get(i))
+            .map(|r| &r.summary)
     }
 
-    /// Accepted devices carrying `tag`.
-    pub fn with_tag(&self, tag: &str) -> usize {
-        self.rows
-            .iter()
-            .filter(|r| {
-                r.summary.admission == Admission::Accepted
-                    && r.summary.tags.iter().any(|t| t == tag)
-            })
-            .count()
+    /// Accepted devices per tag, most common first, at most `n` tags (one pass).
+    pub fn tag_counts(&self, n: usize) -> Vec<(String, usize)> {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for r in &self.rows {
+            if r.summary.admission == Admission::Accepted {
+                for t in &r.summary.tags {
+                    *counts.entry(t.as_str()).or_default() += 1;
+                }
+            }
+        }
+        let mut out: Vec<(String, usize)> =
+            counts.into_iter().map(|(t, c)| (t.to_owned(), c)).collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out.truncate(n);
+        out
     }
 
-    /// Insert or replace a device from a page or a `device` event. A page read before a
-    /// newer heartbeat arrived must not roll its figures back.
-    pub fn upsert(&mut self, summary: DeviceSummary, generation: Option<u64>) {
+    /// Insert or replace a device from a page or an event. A page read before a newer
+    /// heartbeat arrived must not roll its figures back.
+    pub fn upsert(&mut self, summary: DeviceSummary) {
+        let generation = self.generation;
         match self.index.get(&summary.device_id) {
             Some(&i) => {
                 let row = &mut self.rows[i];
-                if let Some(g) = generation {
-                    row.generation = g;
-                }
+                row.generation = generation;
                 let newer = summary.last_heartbeat >= row.summary.last_heartbeat;
                 if newer {
                     row.summary = summary;
@@ -184,7 +195,7 @@ impl Fleet {
                 self.rows.push(Row {
                     summary,
                     interval_s: None,
-                    generation: generation.unwrap_or(0),
+                    generation,
                 });
             }
         }
@@ -192,6 +203,15 @@ impl Fleet {
     }
 
     pub fn remove(&mut self, id: &str) {
+        if !self.index.contains_key(id) {
+            return;
+        }
+        // `visible` holds row indices that swap_remove invalidates: remember the
+        // selection by id and drop the order until the next rebuild.
+        if self.keep.is_none() {
+            self.keep = self.selected().map(|d| d.device_id.clone());
+        }
+        self.visible.clear();
         let Some(i) = self.index.remove(id) else {
             return;
         };
@@ -203,8 +223,10 @@ impl Fleet {
         self.dirty = true;
     }
 
-    /// After the last page of a full re-read: drop devices the server no longer has.
-    pub fn retain_generation(&mut self, generation: u64) {
+    /// After the last page of a full re-read: drop devices the server no longer has
+    /// (neither the re-read nor any event since it began saw them).
+    pub fn retain_current(&mut self) {
+        let generation = self.generation;
         let gone: Vec<String> = self
             .rows
             .iter()
@@ -309,7 +331,10 @@ impl Fleet {
         self.dirty = false;
         self.stale = false;
         self.rebuilt_at = Some(std::time::Instant::now());
-        let keep = self.selected().map(|d| d.device_id.clone());
+        let keep = self
+            .keep
+            .take()
+            .or_else(|| self.selected().map(|d| d.device_id.clone()));
         let terms: Vec<String> = self
             .filter
             .split_whitespace()

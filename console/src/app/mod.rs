@@ -4,6 +4,7 @@
 
 pub mod dialog; // modal steps of deploy / rollback / config / confirm
 pub mod fleet; // the device table's data, for big fleets
+pub mod lists; // deployments and bundles
 pub mod request; // requests to the server and their replies
 mod run; // the event loop over a real terminal
 
@@ -24,6 +25,7 @@ use crate::keymap::Keymap;
 use crate::live::LiveEvent;
 use dialog::{BundleChoice, ConfigForm, Dialog, Outcome, PickBundle, PickRollback, TargetChoices};
 use fleet::Fleet;
+pub use lists::{Bundles, Deployments};
 use request::{DeviceData, Done, Msg, Request};
 
 /// Lines kept in the events pane.
@@ -42,7 +44,14 @@ impl From<LiveEvent> for Msg {
 pub enum Link {
     Connecting,
     Live,
-    Reconnecting { error: String, attempt: u32 },
+    Reconnecting {
+        error: String,
+        attempt: u32,
+    },
+    /// The server refuses our token: fix it and restart (retried slowly meanwhile).
+    Refused {
+        error: String,
+    },
 }
 
 /// What the keyboard is typing into, if anything.
@@ -72,58 +81,6 @@ pub struct DevicePane {
     pub mem: VecDeque<f64>,
 }
 
-#[derive(Debug, Default)]
-pub struct Deployments {
-    /// Newest first.
-    pub items: Vec<Deployment>,
-    pub scroll: fleet::Scroll,
-    pub filter: String,
-    /// Enter toggles the per-device table of the selected deployment.
-    pub expanded: bool,
-}
-
-impl Deployments {
-    pub fn visible(&self) -> Vec<&Deployment> {
-        let f = self.filter.to_lowercase();
-        self.items
-            .iter()
-            .filter(|d| {
-                f.is_empty()
-                    || d.id.contains(&f)
-                    || d.bundle_version.to_lowercase().contains(&f)
-                    || d.status.as_str().contains(&f)
-                    || d.kind.as_str().contains(&f)
-            })
-            .collect()
-    }
-
-    pub fn selected(&self) -> Option<&Deployment> {
-        self.visible().get(self.scroll.selected).copied()
-    }
-}
-
-#[derive(Debug, Default)]
-pub struct Bundles {
-    /// Newest first.
-    pub items: Vec<BundleInfo>,
-    pub scroll: fleet::Scroll,
-    pub filter: String,
-}
-
-impl Bundles {
-    pub fn visible(&self) -> Vec<&BundleInfo> {
-        let f = self.filter.to_lowercase();
-        self.items
-            .iter()
-            .filter(|b| {
-                f.is_empty()
-                    || b.version.to_lowercase().contains(&f)
-                    || b.name.to_lowercase().contains(&f)
-            })
-            .collect()
-    }
-}
-
 pub struct App {
     pub server: String,
     pub keymap: Keymap,
@@ -137,6 +94,11 @@ pub struct App {
     /// older one stale.
     pub generation: u64,
     pub loading_devices: bool,
+    resync_again: bool,
+    /// Deployments being re-read.
+    refreshing: std::collections::HashSet<String>,
+    /// Devices heard from but not yet known, being read one by one.
+    fetching: std::collections::HashSet<String>,
     pub device: Option<DevicePane>,
     pub deployments: Deployments,
     pub bundles: Bundles,
@@ -162,6 +124,9 @@ impl App {
             fleet: Fleet::default(),
             generation: 0,
             loading_devices: false,
+            resync_again: false,
+            refreshing: Default::default(),
+            fetching: Default::default(),
             device: None,
             deployments: Deployments::default(),
             bundles: Bundles::default(),
@@ -235,9 +200,16 @@ impl App {
         self.bundles.scroll.clamp(n);
     }
 
-    /// Re-read everything (start, reconnect, lagged, `R`).
+    /// Re-read everything (start, reconnect, lagged, `R`). While a re-read of the device
+    /// list is still running, another one is queued to start when it ends, rather than
+    /// restarting it (a 100-page read would never finish under repeated lags).
     pub fn resync(&mut self) {
+        if self.loading_devices {
+            self.resync_again = true;
+            return;
+        }
         self.generation += 1;
+        self.fleet.generation = self.generation;
         self.loading_devices = true;
         self.ask(Request::DevicePage {
             generation: self.generation,
@@ -461,6 +433,12 @@ impl App {
     // --------------------------------------------------------------------- actions
 
     pub fn update(&mut self, action: Action) {
+        self.act(action);
+        // The deployment now on screen may need its per-device rows re-read.
+        self.refresh_shown_deployment();
+    }
+
+    fn act(&mut self, action: Action) {
         match action {
             Action::Quit => self.quit = true,
             Action::Help => self.mode = Mode::Help,
@@ -499,7 +477,10 @@ impl App {
                         self.open_device(id);
                     }
                 }
-                View::Deployments => self.deployments.expanded = !self.deployments.expanded,
+                View::Deployments => {
+                    self.deployments.expanded = !self.deployments.expanded;
+                    self.deployments.target_scroll = Default::default();
+                }
                 _ => {}
             },
             Action::Filter => {
@@ -590,6 +571,11 @@ impl App {
                 let n = self.fleet.visible_len();
                 (&mut self.fleet.scroll, n)
             }
+            // Open, the arrows move through its targets instead.
+            View::Deployments if self.deployments.expanded => {
+                let n = self.deployments.selected().map_or(0, |d| d.devices.len());
+                (&mut self.deployments.target_scroll, n)
+            }
             View::Deployments => {
                 let n = self.deployments.visible().len();
                 (&mut self.deployments.scroll, n)
@@ -618,35 +604,14 @@ impl App {
             View::Bundles => None,
             _ => self.target_device().map(|d| d.device_id),
         };
-        let mut tags: Vec<String> = Vec::new();
-        for d in self.fleet.window(0, usize::MAX) {
-            for t in &d.tags {
-                if !tags.contains(t) {
-                    tags.push(t.clone());
-                }
-            }
-        }
-        tags.sort();
-        let tag_counts = tags
-            .into_iter()
-            .take(20)
-            .map(|t| {
-                let n = self.fleet.with_tag(&t);
-                (t, n)
-            })
-            .collect();
+        let tag_counts = self.fleet.tag_counts(50);
         let targets = TargetChoices {
             marked: self.fleet.marked.iter().cloned().collect(),
             selected,
             tag_counts,
         };
         if self.view == View::Bundles {
-            let Some(b) = self
-                .bundles
-                .visible()
-                .get(self.bundles.scroll.selected)
-                .map(|b| b.version.clone())
-            else {
+            let Some(b) = self.bundles.selected().map(|b| b.version.clone()) else {
                 return self.warn("no bundle selected");
             };
             self.mode = Mode::Dialog(Dialog::PickTargets(dialog::PickTargets::new(b, targets)));
@@ -735,7 +700,7 @@ impl App {
                 }
                 let after = page.last().map(|d| d.device_id.clone());
                 for d in page {
-                    self.fleet.upsert(d, Some(generation));
+                    self.fleet.upsert(d);
                 }
                 match after {
                     Some(after) if !last => self.ask(Request::DevicePage {
@@ -743,9 +708,19 @@ impl App {
                         after: Some(after),
                     }),
                     _ => {
-                        self.fleet.retain_generation(generation);
+                        self.fleet.retain_current();
                         self.loading_devices = false;
+                        // Events were lost while this read ran: one more, now.
+                        if std::mem::take(&mut self.resync_again) {
+                            self.resync();
+                        }
                     }
+                }
+            }
+            Msg::Device(id, summary) => {
+                self.fetching.remove(&id);
+                if let Some(s) = summary {
+                    self.fleet.upsert(*s);
                 }
             }
             Msg::DeviceView(data) => {
@@ -761,7 +736,7 @@ impl App {
                 p.mem = data.heartbeats.iter().rev().map(|h| h.memory_mb).collect();
                 let summary = data.detail.summary.clone();
                 p.data = Some(*data);
-                self.fleet.upsert(summary, None);
+                self.fleet.upsert(summary);
             }
             Msg::History(id, history) => {
                 if let Some(p) = self.device.as_mut().filter(|p| p.id == id)
@@ -793,13 +768,14 @@ impl App {
                 }
                 self.set_config(config);
             }
-            Msg::Deployments(items) => {
-                self.deployments.items = items;
+            Msg::Deployments(items) => self.deployments.replace(items),
+            Msg::Deployment(d) => {
+                self.refreshing.remove(&d.id);
+                self.deployments.upsert(*d);
             }
-            Msg::Deployment(d) => self.upsert_deployment(*d),
-            Msg::Bundles(items) => self.bundles.items = items,
+            Msg::Bundles(items) => self.bundles.edit(|b| *b = items),
             Msg::Done(Ok(done)) => match done {
-                Done::Deployment(d) => {
+                Done::Created(d) => {
                     let d = *d;
                     self.say(format!(
                         "{} {} → {} device(s): {} ({})",
@@ -810,13 +786,27 @@ impl App {
                         d.id
                     ));
                     let id = d.id.clone();
-                    self.upsert_deployment(d);
+                    self.deployments.upsert(d);
                     self.fleet.marked.clear();
-                    self.show(View::Deployments);
-                    if let Some(pos) = self.deployments.visible().iter().position(|x| x.id == id) {
-                        self.deployments.scroll.selected = pos;
-                        self.deployments.expanded = true;
+                    // Follow it, unless the operator has started something else.
+                    if matches!(self.mode, Mode::Normal) {
+                        self.show(View::Deployments);
+                        if let Some(pos) =
+                            self.deployments.visible().iter().position(|x| x.id == id)
+                        {
+                            self.deployments.scroll.selected = pos;
+                            self.deployments.expanded = true;
+                        }
                     }
+                }
+                Done::Cancelled(d) => {
+                    self.say(format!(
+                        "{} {} cancelled: {} target(s) cancelled",
+                        d.kind.as_str(),
+                        d.bundle_version,
+                        d.counts.cancelled
+                    ));
+                    self.deployments.upsert(*d);
                 }
                 Done::Config(c) => {
                     self.say(format!(
@@ -836,13 +826,34 @@ impl App {
                     {
                         data.detail = (*d).clone();
                     }
-                    self.fleet.upsert(d.summary, None);
+                    self.fleet.upsert(d.summary);
                 }
             },
             Msg::Done(Err(e)) => self.warn(e),
-            Msg::Failed { what, error } => {
-                if what == "reading devices" {
-                    self.loading_devices = false;
+            Msg::Failed { request, error } => {
+                let what = request.describe();
+                match &request {
+                    Request::DevicePage { .. } => self.loading_devices = false,
+                    Request::Deployment(id) => {
+                        self.refreshing.remove(id);
+                    }
+                    // A dialog waiting for this read would wait forever: close it.
+                    Request::History(id) | Request::Config(id) => {
+                        let waiting = match &self.mode {
+                            Mode::Dialog(Dialog::PickRollback(p)) => {
+                                p.device_id == *id && p.versions.is_none()
+                            }
+                            Mode::Dialog(Dialog::Config(f)) => {
+                                f.device_id == *id && f.current.is_none()
+                            }
+                            _ => false,
+                        };
+                        if waiting {
+                            self.mode = Mode::Normal;
+                            return self.warn(format!("{what}: {error}"));
+                        }
+                    }
+                    _ => {}
                 }
                 // While the link is down every read fails; the header already says so.
                 if self.link == Link::Live {
@@ -861,18 +872,18 @@ impl App {
         }
     }
 
-    fn upsert_deployment(&mut self, d: Deployment) {
-        match self.deployments.items.iter_mut().find(|x| x.id == d.id) {
-            Some(x) => *x = d,
-            None => {
-                self.deployments.items.insert(0, d);
-                self.deployments
-                    .items
-                    .sort_by_key(|d| std::cmp::Reverse(d.created_at));
-                self.deployments
-                    .items
-                    .truncate(request::DEPLOYMENTS_LIMIT as usize);
-            }
+    /// Re-read the selected deployment if its per-device rows are stale (events that
+    /// changed counts without naming the device). At most one read in flight per
+    /// deployment, and only for the one on screen.
+    fn refresh_shown_deployment(&mut self) {
+        if self.view != View::Deployments {
+            return;
+        }
+        let Some(id) = self.deployments.selected().map(|d| d.id.clone()) else {
+            return;
+        };
+        if self.deployments.stale.contains(&id) && self.refreshing.insert(id.clone()) {
+            self.ask(Request::Deployment(id));
         }
     }
 
@@ -892,6 +903,12 @@ impl App {
                 }
                 self.link = Link::Reconnecting { error, attempt };
             }
+            LiveEvent::Refused { error } => {
+                if !matches!(self.link, Link::Refused { .. }) {
+                    self.log_event(format!("the server refused the token: {error}"));
+                }
+                self.link = Link::Refused { error };
+            }
             LiveEvent::Lagged => {
                 self.log_event("fell behind the event stream: re-reading".into());
                 self.resync();
@@ -908,9 +925,14 @@ impl App {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned();
-                if !self.fleet.heartbeat(&data) {
-                    // A device we haven't read yet (registered while we were away).
-                    self.ask(Request::DeviceView(id.clone()));
+                // A device we don't know yet: the running re-read will bring it, else
+                // read that one device (once, however many beats arrive meanwhile).
+                if !self.fleet.heartbeat(&data)
+                    && !self.loading_devices
+                    && !id.is_empty()
+                    && self.fetching.insert(id.clone())
+                {
+                    self.ask(Request::Device(id.clone()));
                 }
                 if let Some(p) = self.device.as_mut().filter(|p| p.id == id) {
                     let f = |k: &str| data.get(k).and_then(Value::as_f64);
@@ -957,7 +979,7 @@ impl App {
                         {
                             d.detail.summary = s.clone();
                         }
-                        self.fleet.upsert(s, None);
+                        self.fleet.upsert(s);
                     }
                     Err(e) => tracing::warn!("unreadable device event: {e}"),
                 }
@@ -966,7 +988,7 @@ impl App {
             "bundle" => {
                 if data.get("deleted").and_then(Value::as_bool) == Some(true) {
                     let id = data.get("id").and_then(Value::as_str).unwrap_or_default();
-                    self.bundles.items.retain(|b| b.id != id);
+                    self.bundles.edit(|b| b.retain(|b| b.id != id));
                     let v = data.get("version").and_then(Value::as_str).unwrap_or("?");
                     self.log_event(format!("bundle {v} deleted"));
                     return;
@@ -979,8 +1001,10 @@ impl App {
                             b.version,
                             human_bytes(b.size_bytes)
                         ));
-                        self.bundles.items.retain(|x| x.id != b.id);
-                        self.bundles.items.insert(0, b);
+                        self.bundles.edit(|items| {
+                            items.retain(|x| x.id != b.id);
+                            items.insert(0, b);
+                        });
                     }
                     Err(e) => tracing::warn!("unreadable bundle event: {e}"),
                 }
@@ -1000,97 +1024,72 @@ impl App {
         let Some(id) = data.get("id").and_then(Value::as_str).map(str::to_owned) else {
             return;
         };
-        let Some(known) = self.deployments.items.iter_mut().find(|d| d.id == id) else {
-            // New to us: read it whole (targets and per-device rows).
-            self.ask(Request::Deployment(id.clone()));
-            let v = data
-                .get("bundle_version")
-                .and_then(Value::as_str)
-                .unwrap_or("?");
-            let k = data.get("kind").and_then(Value::as_str).unwrap_or("deploy");
-            self.log_event(format!("{k} {v} created ({id})"));
+        let Some(known) = self.deployments.get_mut(&id) else {
+            // New to us: read it whole (targets and per-device rows), once.
+            if self.refreshing.insert(id.clone()) {
+                self.ask(Request::Deployment(id.clone()));
+                let v = data
+                    .get("bundle_version")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?");
+                let k = data.get("kind").and_then(Value::as_str).unwrap_or("deploy");
+                self.log_event(format!("{k} {v} created ({id})"));
+            }
             return;
         };
-        let before = known.status;
-        if let Some(s) = data
-            .get("status")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-        {
+        let field = |k: &str| data.get(k).filter(|v| !v.is_null()).cloned();
+        let before = (known.status, known.counts);
+        if let Some(s) = field("status").and_then(|v| serde_json::from_value(v).ok()) {
             known.status = s;
         }
-        if let Some(c) = data
-            .get("counts")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-        {
+        if let Some(c) = field("counts").and_then(|v| serde_json::from_value(v).ok()) {
             known.counts = c;
         }
-        if let Some(t) = data
-            .get("updated_at")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-        {
+        if let Some(t) = field("updated_at").and_then(|v| serde_json::from_value(v).ok()) {
             known.updated_at = t;
         }
-        if let Some(t) = data
-            .get("completed_at")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-        {
-            known.completed_at = t;
-        }
-        let mut line = None;
-        if let Some(dev) = data
-            .get("device")
-            .filter(|v| !v.is_null())
-            .and_then(|v| serde_json::from_value::<DeploymentDevice>(v.clone()).ok())
-        {
-            if dev.status.is_final() {
-                line = Some(format!(
-                    "{} {} on {}: {}{}",
-                    known.kind.as_str(),
-                    known.bundle_version,
-                    dev.device_id,
-                    dev.status.as_str(),
-                    dev.error_message
-                        .as_deref()
-                        .map(|e| format!(" ({})", first_line(e)))
-                        .unwrap_or_default()
-                ));
-            }
-            match known
-                .devices
-                .iter_mut()
-                .find(|x| x.device_id == dev.device_id)
-            {
-                Some(x) => *x = dev,
-                None => known.devices.push(dev),
-            }
+        if let Some(t) = field("completed_at").and_then(|v| serde_json::from_value(v).ok()) {
+            known.completed_at = Some(t);
         }
         let (kind, version, status) = (known.kind, known.bundle_version.clone(), known.status);
         let done = known.counts.success + known.counts.failed + known.counts.cancelled;
         let total = known.counts.total();
-        if let Some(l) = line {
-            self.log_event(l);
+        let counts_changed = known.counts != before.1;
+        let dev = field("device").and_then(|v| serde_json::from_value::<DeploymentDevice>(v).ok());
+        match dev {
+            Some(dev) => {
+                if dev.status.is_final() {
+                    self.log_event(format!(
+                        "{} {version} on {}: {}{}",
+                        kind.as_str(),
+                        dev.device_id,
+                        dev.status.as_str(),
+                        dev.error_message
+                            .as_deref()
+                            .map(|e| format!(" ({})", first_line(e)))
+                            .unwrap_or_default()
+                    ));
+                    // That device's history has a new record.
+                    if self.device.as_ref().is_some_and(|p| p.id == dev.device_id) {
+                        self.ask(Request::History(dev.device_id.clone()));
+                    }
+                }
+                self.deployments.set_target(&id, dev);
+            }
+            // Delivery, cancel, admission changes: counts moved but we don't know whose.
+            None if counts_changed => {
+                self.deployments.stale.insert(id.clone());
+            }
+            None => {}
         }
-        if status != before {
+        if status != before.0 {
             self.log_event(format!(
                 "{} {version} {} ({done}/{total} done)",
                 kind.as_str(),
                 status.as_str()
             ));
         }
-        // A finished target changes that device's history.
-        if status.is_final()
-            && let Some(p) = &self.device
-        {
-            let pid = p.id.clone();
-            if self
-                .deployments
-                .items
-                .iter()
-                .any(|d| d.id == id && d.target_device_ids.contains(&pid))
-            {
-                self.ask(Request::History(pid));
-            }
-        }
+        self.refresh_shown_deployment();
     }
 }
 

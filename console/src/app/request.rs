@@ -24,6 +24,8 @@ pub enum Request {
         generation: u64,
         after: Option<String>,
     },
+    /// One device's row (a heartbeat from a device we have not read).
+    Device(String),
     DeviceView(String),
     History(String),
     Config(String),
@@ -55,6 +57,8 @@ pub enum Msg {
         page: Vec<DeviceSummary>,
         last: bool,
     },
+    /// `None` when it could not be read (deleted meanwhile, or the server is away).
+    Device(String, Option<Box<DeviceSummary>>),
     DeviceView(Box<DeviceData>),
     History(String, Vec<HistoryRecord>),
     Config(DeviceConfig),
@@ -65,7 +69,7 @@ pub enum Msg {
     Done(Result<Done, String>),
     /// A read failed (shown, not fatal).
     Failed {
-        what: String,
+        request: Request,
         error: String,
     },
 }
@@ -73,7 +77,10 @@ pub enum Msg {
 /// A successful operator action.
 #[derive(Debug)]
 pub enum Done {
-    Deployment(Box<Deployment>),
+    /// A deploy or rollback the operator just created.
+    Created(Box<Deployment>),
+    /// A deployment the operator cancelled.
+    Cancelled(Box<Deployment>),
     Config(DeviceConfig),
     Device(Box<DeviceDetail>),
 }
@@ -82,8 +89,9 @@ impl Request {
     /// Execute against the server; the reply as a message.
     pub async fn execute(self, api: &Api) -> Msg {
         let what = self.describe();
+        let request = self.clone();
         let failed = |e: ApiError| Msg::Failed {
-            what: what.clone(),
+            request,
             error: e.to_string(),
         };
         let op = |r: Result<Done, ApiError>| Msg::Done(r.map_err(|e| format!("{what}: {e}")));
@@ -102,6 +110,10 @@ impl Request {
                     },
                     Err(e) => failed(e),
                 }
+            }
+            Request::Device(id) => {
+                let row = api.device(&id).await.ok().map(|d| Box::new(d.summary));
+                Msg::Device(id, row)
             }
             Request::DeviceView(id) => {
                 let r = tokio::try_join!(
@@ -145,24 +157,23 @@ impl Request {
             Request::Deploy(req) => op(api
                 .create_deployment(&req)
                 .await
-                .map(|d| Done::Deployment(Box::new(d)))),
-            Request::Rollback(req) => op(api
-                .rollback(&req)
-                .await
-                .map(|d| Done::Deployment(Box::new(d)))),
+                .map(|d| Done::Created(Box::new(d)))),
+            Request::Rollback(req) => {
+                op(api.rollback(&req).await.map(|d| Done::Created(Box::new(d))))
+            }
             Request::PutConfig(id, update) => {
                 op(api.put_config(&id, &update).await.map(Done::Config))
             }
             Request::Accept(id) => op(api.accept(&id).await.map(|d| Done::Device(Box::new(d)))),
             Request::Reject(id) => op(api.reject(&id).await.map(|d| Done::Device(Box::new(d)))),
-            Request::Cancel(id) => op(api.cancel(&id).await.map(|d| Done::Deployment(Box::new(d)))),
+            Request::Cancel(id) => op(api.cancel(&id).await.map(|d| Done::Cancelled(Box::new(d)))),
         }
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match self {
             Request::DevicePage { .. } => "reading devices".into(),
-            Request::DeviceView(id) => format!("reading device {id}"),
+            Request::Device(id) | Request::DeviceView(id) => format!("reading device {id}"),
             Request::History(id) => format!("reading {id}'s history"),
             Request::Config(id) => format!("reading {id}'s config"),
             Request::Deployments => "reading deployments".into(),

@@ -155,7 +155,12 @@ pub async fn run_tui(conn: &crate::cli::ConnArgs) -> u8 {
 pub async fn run_tui_with(api: Api, log_file: Option<&std::path::Path>) -> u8 {
     // A wrong token is the operator's mistake to fix now, not a state to retry in; an
     // unreachable server is shown as reconnecting and waited for.
-    if let Err(e @ crate::api::ApiError::Refused { .. }) = api.bundles().await {
+    if let Err(
+        e @ crate::api::ApiError::Refused {
+            status: 401 | 403, ..
+        },
+    ) = api.bundles().await
+    {
         eprintln!("kernex-console: {e}");
         return 1;
     }

@@ -130,10 +130,17 @@ impl Widget for DeploymentsView<'_> {
                 c.success, c.failed, c.in_progress, c.pending, c.cancelled
             ))
             .render(gauge_area, buf);
+        // Only the targets on screen become rows (a deployment may target the fleet).
+        let height = table_area.height.saturating_sub(1) as usize;
+        let start = deps.target_scroll.window(height, d.devices.len());
+        let cursor = deps.expanded;
         let rows: Vec<Row> = d
             .devices
             .iter()
-            .map(|t| {
+            .enumerate()
+            .skip(start)
+            .take(height)
+            .map(|(i, t)| {
                 let phase = match (t.phase, t.progress_pct) {
                     (Some(p), Some(pct)) if !t.status.is_final() => {
                         format!("{} {pct}%", p.as_str())
@@ -141,8 +148,13 @@ impl Widget for DeploymentsView<'_> {
                     (Some(p), _) if !t.status.is_final() => p.as_str().to_owned(),
                     _ => String::new(),
                 };
-                Row::new(vec![
-                    Cell::from(short_id(&t.device_id, 13)),
+                let here = cursor && i == deps.target_scroll.selected;
+                let row = Row::new(vec![
+                    Cell::from(format!(
+                        "{}{}",
+                        if here { "▶" } else { " " },
+                        short_id(&t.device_id, 12)
+                    )),
                     Cell::from(Span::styled(t.status.as_str(), target_style(t.status))),
                     Cell::from(phase),
                     Cell::from(
@@ -152,7 +164,8 @@ impl Widget for DeploymentsView<'_> {
                             .unwrap_or("")
                             .to_owned(),
                     ),
-                ])
+                ]);
+                if here { row.style(selected()) } else { row }
             })
             .collect();
         Table::new(

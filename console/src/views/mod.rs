@@ -92,6 +92,10 @@ impl Widget for Header<'_> {
                 format!("◌ reconnecting (try {attempt})"),
                 Style::new().fg(Color::Black).bg(Color::Yellow).bold(),
             ),
+            Link::Refused { .. } => Span::styled(
+                "✗ token refused",
+                Style::new().fg(Color::White).bg(Color::Red).bold(),
+            ),
         };
         let right = Line::from(vec![
             link,
@@ -137,11 +141,16 @@ impl Widget for EventsPane<'_> {
         let inner = block.inner(area);
         block.render(area, buf);
         let mut lines: Vec<Line> = Vec::new();
-        if let Link::Reconnecting { error, .. } = &app.link {
-            lines.push(Line::styled(
+        match &app.link {
+            Link::Reconnecting { error, .. } => lines.push(Line::styled(
                 format!("server unreachable: {error}; retrying…"),
                 Style::new().fg(Color::Yellow),
-            ));
+            )),
+            Link::Refused { error } => lines.push(Line::styled(
+                format!("{error}; retrying every 10 s"),
+                Style::new().fg(Color::Red),
+            )),
+            _ => {}
         }
         let room = (inner.height as usize).saturating_sub(lines.len());
         let start = app.events.len().saturating_sub(room);

@@ -1,0 +1,152 @@
+//! The Deployments and Bundles lists: newest first, filtered, selection kept by id when
+//! rows arrive above it. A deployment's targets are indexed by device so a live update
+//! of one target costs O(1) even for a deployment to the whole fleet.
+
+use std::collections::{HashMap, HashSet};
+
+use kernex_common::api::{BundleInfo, Deployment, DeploymentDevice};
+
+use super::fleet::Scroll;
+use super::request::DEPLOYMENTS_LIMIT;
+
+#[derive(Debug, Default)]
+pub struct Deployments {
+    /// Newest first.
+    pub items: Vec<Deployment>,
+    pub scroll: Scroll,
+    pub filter: String,
+    /// Enter toggles the larger per-device table of the selected deployment; while it is
+    /// open the arrows scroll that table.
+    pub expanded: bool,
+    pub target_scroll: Scroll,
+    /// Per deployment: device id → index in its `devices`.
+    index: HashMap<String, HashMap<String, usize>>,
+    /// Deployments whose per-device rows changed without saying which (cancel, delivery,
+    /// admission changes): re-read when shown.
+    pub stale: HashSet<String>,
+}
+
+impl Deployments {
+    pub fn visible(&self) -> Vec<&Deployment> {
+        let f = self.filter.to_lowercase();
+        self.items
+            .iter()
+            .filter(|d| {
+                f.is_empty()
+                    || d.id.contains(&f)
+                    || d.bundle_version.to_lowercase().contains(&f)
+                    || d.status.as_str().contains(&f)
+                    || d.kind.as_str().contains(&f)
+            })
+            .collect()
+    }
+
+    pub fn selected(&self) -> Option<&Deployment> {
+        self.visible().get(self.scroll.selected).copied()
+    }
+
+    fn select_id(&mut self, id: Option<String>) {
+        if let Some(id) = id
+            && let Some(pos) = self.visible().iter().position(|d| d.id == id)
+        {
+            self.scroll.selected = pos;
+        }
+    }
+
+    /// Replace the whole list (a full re-read).
+    pub fn replace(&mut self, items: Vec<Deployment>) {
+        let keep = self.selected().map(|d| d.id.clone());
+        self.index = items
+            .iter()
+            .map(|d| (d.id.clone(), target_index(d)))
+            .collect();
+        self.stale.clear();
+        self.items = items;
+        self.select_id(keep);
+    }
+
+    /// Insert or replace one deployment; the selection stays on the same deployment.
+    pub fn upsert(&mut self, d: Deployment) {
+        let keep = self.selected().map(|d| d.id.clone());
+        self.index.insert(d.id.clone(), target_index(&d));
+        self.stale.remove(&d.id);
+        match self.items.iter_mut().find(|x| x.id == d.id) {
+            Some(x) => *x = d,
+            None => {
+                self.items.insert(0, d);
+                self.items.sort_by_key(|d| std::cmp::Reverse(d.created_at));
+                for gone in self
+                    .items
+                    .drain((DEPLOYMENTS_LIMIT as usize).min(self.items.len())..)
+                {
+                    self.index.remove(&gone.id);
+                }
+            }
+        }
+        self.select_id(keep);
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Deployment> {
+        self.items.iter_mut().find(|d| d.id == id)
+    }
+
+    /// Apply one target's new state.
+    pub fn set_target(&mut self, id: &str, dev: DeploymentDevice) {
+        let Some(d) = self.items.iter_mut().find(|d| d.id == id) else {
+            return;
+        };
+        let index = self.index.entry(id.to_owned()).or_default();
+        match index.get(&dev.device_id) {
+            Some(&i) if i < d.devices.len() => d.devices[i] = dev,
+            _ => {
+                index.insert(dev.device_id.clone(), d.devices.len());
+                d.devices.push(dev);
+            }
+        }
+    }
+}
+
+fn target_index(d: &Deployment) -> HashMap<String, usize> {
+    d.devices
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.device_id.clone(), i))
+        .collect()
+}
+
+#[derive(Debug, Default)]
+pub struct Bundles {
+    /// Newest first.
+    pub items: Vec<BundleInfo>,
+    pub scroll: Scroll,
+    pub filter: String,
+}
+
+impl Bundles {
+    pub fn visible(&self) -> Vec<&BundleInfo> {
+        let f = self.filter.to_lowercase();
+        self.items
+            .iter()
+            .filter(|b| {
+                f.is_empty()
+                    || b.version.to_lowercase().contains(&f)
+                    || b.name.to_lowercase().contains(&f)
+            })
+            .collect()
+    }
+
+    pub fn selected(&self) -> Option<&BundleInfo> {
+        self.visible().get(self.scroll.selected).copied()
+    }
+
+    /// Keep the selection on the same bundle while rows change.
+    pub fn edit(&mut self, f: impl FnOnce(&mut Vec<BundleInfo>)) {
+        let keep = self.selected().map(|b| b.id.clone());
+        f(&mut self.items);
+        if let Some(id) = keep
+            && let Some(pos) = self.visible().iter().position(|b| b.id == id)
+        {
+            self.scroll.selected = pos;
+        }
+    }
+}
