@@ -97,7 +97,12 @@ impl Run {
 /// One test's world: a temp dir and a server on it.
 struct World {
     dir: tempfile::TempDir,
-    server: ServerProcess,
+    /// `None` while a test has it stopped.
+    server: Option<ServerProcess>,
+    /// Its address, kept across a stop so a restart listens on it again.
+    addr: String,
+    /// Server log lines collected before a stop.
+    server_log: std::sync::Mutex<Vec<String>>,
     /// Agents the test made, for failure messages.
     agents: std::sync::Mutex<Vec<Agent>>,
 }
@@ -114,9 +119,46 @@ impl World {
         std::fs::create_dir_all(dir.path().join("work")).unwrap();
         World {
             dir,
-            server,
+            addr: server.addr.clone(),
+            server: Some(server),
+            server_log: std::sync::Mutex::new(Vec::new()),
             agents: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// A URL on the server (also while it is stopped).
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The server's data dir.
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("server")
+    }
+
+    /// SIGKILL the server (an outage).
+    fn kill_server(&mut self) {
+        let server = self.server.take().expect("the server is running");
+        self.server_log.lock().unwrap().extend(server.logs());
+        server.kill().unwrap();
+    }
+
+    /// Start the server again on the same data dir and address.
+    async fn restart_server(&mut self) {
+        assert!(self.server.is_none(), "the server is still running");
+        // The port was free a moment ago; retry briefly in case the bind races a close.
+        let mut last = None;
+        for _ in 0..40 {
+            match ServerProcess::start_on(&self.data_dir(), ADMIN, ENROLL, &self.addr) {
+                Ok(s) => {
+                    self.server = Some(s);
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("server did not restart on {}: {last:?}", self.addr);
     }
 
     /// The console's working directory (where `bundle pack` writes by default).
@@ -126,7 +168,7 @@ impl World {
 
     /// The console with a clean environment, in the work dir, talking to our server.
     fn command(&self, args: &[&str]) -> tokio::process::Command {
-        self.command_on(&self.server.url(""), args)
+        self.command_on(&self.url(""), args)
     }
 
     /// The console talking to `server`.
@@ -173,7 +215,7 @@ impl World {
     /// A device registered with `run --once` (accepted with the enrollment token, pending
     /// without); its agent and id.
     async fn device(&self, name: &str, enrolled: bool) -> (Agent, String) {
-        let mut agent = Agent::new(&self.dir.path().join(name), &self.server.url(""));
+        let mut agent = Agent::new(&self.dir.path().join(name), &self.url(""));
         if enrolled {
             agent = agent.enrollment(ENROLL);
         }
@@ -193,7 +235,7 @@ impl World {
     /// How many deployments the server has.
     async fn deployment_count(&self) -> usize {
         let resp = kernex_tests::client()
-            .get(self.server.url("/api/v1/deployments?limit=1000"))
+            .get(self.url("/api/v1/deployments?limit=1000"))
             .bearer_auth(ADMIN)
             .send()
             .await
@@ -250,7 +292,14 @@ impl Drop for World {
                 eprintln!("{}", a.logs());
             }
         }
-        let lines = self.server.logs();
+        let mut lines = self
+            .server_log
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        if let Some(s) = &self.server {
+            lines.extend(s.logs());
+        }
         let from = lines.len().saturating_sub(200);
         eprintln!("---- server log (last {} lines) ----", lines.len() - from);
         for l in &lines[from..] {
@@ -651,6 +700,68 @@ mod deploy {
             started.elapsed()
         );
     }
+    #[tokio::test]
+    async fn wait_rides_out_a_server_restart() {
+        let mut w = World::start();
+        let file = w.fixture_file("hello-1.0.0");
+        w.run(&["bundle", "push", file.to_str().unwrap()])
+            .await
+            .ok();
+        let (agent, id) = w.device("agent", true).await;
+
+        let args = ["--json", "deploy", "1.0.0", "--devices", &id, "--wait"];
+        let mut cmd = w.command(&args);
+        cmd.arg("--token").arg(ADMIN);
+        let mut child = cmd.spawn().unwrap();
+        // Its stderr (one line per change when it is not a terminal), read as it comes.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut said: Vec<String> = Vec::new();
+        let mut wait_for = async |needle: &str, said: &mut Vec<String>| {
+            let found = tokio::time::timeout(PATIENCE, async {
+                while let Some(line) = rx.recv().await {
+                    said.push(line.clone());
+                    if line.contains(needle) {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            assert!(
+                matches!(found, Ok(true)),
+                "the console never said {needle:?}; it said:\n{}",
+                said.join("\n")
+            );
+        };
+
+        wait_for("0/1 finished", &mut said).await;
+        w.kill_server();
+        wait_for("retrying", &mut said).await;
+        w.restart_server().await;
+        agent.once_ok().await;
+        let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
+            .await
+            .expect("the console finished")
+            .unwrap();
+        // The rest of what it said, up to its end.
+        while let Some(line) = rx.recv().await {
+            said.push(line);
+        }
+        let mut run = Run::from_output(&args, out);
+        run.stderr = said.join("\n");
+        let run = run.ok();
+        assert_eq!(run.json()["status"], "success", "{}", run.describe());
+    }
 }
 
 /// Reaching the server: tokens, the `admin.token` fallback, an absent server, a closed
@@ -662,7 +773,7 @@ mod connection {
     async fn tokens_fallback_unreachable_and_usage_errors() {
         // No admin token configured: the server writes one to <data>/admin.token.
         let w = World::start_with_admin("");
-        let data = w.server.data_dir.clone();
+        let data = w.data_dir();
         let token_file = data.join("admin.token");
         let deadline = Instant::now() + PATIENCE;
         while !token_file.exists() {
