@@ -25,9 +25,10 @@ check:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Benchmarks (release build): heartbeat cost against fleet size.
+# Benchmarks (release build): server heartbeats vs fleet size; the console at 100k devices.
 bench:
     cargo bench -p kernex-server --bench heartbeat
+    cargo bench -p kernex-console --bench fleet
 
 # Run a device agent against the local server (state in $KERNEX_STATE_DIR or the platform dir).
 agent *ARGS:
