@@ -30,6 +30,8 @@ use request::{DeviceData, Done, Msg, Request};
 
 /// Lines kept in the events pane.
 const EVENT_LOG: usize = 200;
+/// Shortest gap between two re-reads of the deployment on screen.
+const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// How long a flash message stays in the status line.
 const FLASH_FOR: Duration = Duration::from_secs(8);
 
@@ -97,6 +99,8 @@ pub struct App {
     resync_again: bool,
     /// Deployments being re-read.
     refreshing: std::collections::HashSet<String>,
+    /// The last per-device re-read of a shown deployment, for the rate limit.
+    refreshed_at: Option<(String, Instant)>,
     /// Devices heard from but not yet known, being read one by one.
     fetching: std::collections::HashSet<String>,
     pub device: Option<DevicePane>,
@@ -126,6 +130,7 @@ impl App {
             loading_devices: false,
             resync_again: false,
             refreshing: Default::default(),
+            refreshed_at: None,
             fetching: Default::default(),
             device: None,
             deployments: Deployments::default(),
@@ -189,6 +194,8 @@ impl App {
             self.flash = None;
         }
         self.fleet.age_out(now);
+        // A stale deployment skipped by the rate limit gets its read now.
+        self.refresh_shown_deployment();
     }
 
     /// Bring derived state up to date before drawing.
@@ -882,7 +889,14 @@ impl App {
         let Some(id) = self.deployments.selected().map(|d| d.id.clone()) else {
             return;
         };
-        if self.deployments.stale.contains(&id) && self.refreshing.insert(id.clone()) {
+        // A rollout to thousands of devices sends a count-only event per delivery: read
+        // the (large) deployment at most every 2 s, however many arrive.
+        let recent = self
+            .refreshed_at
+            .as_ref()
+            .is_some_and(|(last, at)| *last == id && at.elapsed() < REFRESH_EVERY);
+        if self.deployments.stale.contains(&id) && !recent && self.refreshing.insert(id.clone()) {
+            self.refreshed_at = Some((id.clone(), Instant::now()));
             self.ask(Request::Deployment(id));
         }
     }
