@@ -122,7 +122,7 @@ impl Widget for DeviceView<'_> {
         .render(mem_area, buf);
 
         let [hist_area, cfg_area] =
-            Layout::horizontal([Constraint::Min(40), Constraint::Length(30)]).areas(lower);
+            Layout::horizontal([Constraint::Min(40), Constraint::Length(24)]).areas(lower);
         let rows: Vec<Row> = data
             .history
             .iter()
@@ -160,7 +160,7 @@ impl Widget for DeviceView<'_> {
             [
                 Constraint::Length(5),
                 Constraint::Length(8),
-                Constraint::Length(9),
+                Constraint::Length(12),
                 Constraint::Length(14),
                 Constraint::Min(5),
             ],
