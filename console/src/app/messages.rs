@@ -1,0 +1,427 @@
+//! Server messages: replies to the app's requests and the live event stream. Events
+//! patch what is on screen in place; what an event cannot say (who a count-only
+//! deployment update was about, a device we never read) is read from the server, once.
+
+use kernex_common::api::{BundleInfo, DeploymentDevice, DeviceSummary};
+use serde_json::Value;
+
+use super::dialog::Dialog;
+use super::request::{self, Done, Msg, Request};
+use super::{App, Link, Mode, REFRESH_EVERY, first_line, human_bytes, rollback_versions};
+use crate::action::View;
+use crate::live::LiveEvent;
+use std::time::Instant;
+
+impl App {
+    pub fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Live(ev) => self.on_live(ev),
+            Msg::DevicePage {
+                generation,
+                page,
+                last,
+            } => {
+                if generation != self.generation {
+                    return;
+                }
+                let after = page.last().map(|d| d.device_id.clone());
+                for d in page {
+                    self.fleet.upsert(d);
+                }
+                match after {
+                    Some(after) if !last => self.ask(Request::DevicePage {
+                        generation,
+                        after: Some(after),
+                    }),
+                    _ => {
+                        self.fleet.retain_current();
+                        self.loading_devices = false;
+                        // Events were lost while this read ran: one more, now.
+                        if std::mem::take(&mut self.resync_again) {
+                            self.resync();
+                        }
+                    }
+                }
+            }
+            Msg::Device(id, summary) => {
+                self.fetching.remove(&id);
+                if let Some(s) = summary {
+                    self.fleet.upsert(*s);
+                }
+            }
+            Msg::DeviceView(data) => {
+                let Some(p) = self
+                    .device
+                    .as_mut()
+                    .filter(|p| p.id == data.detail.summary.device_id)
+                else {
+                    return;
+                };
+                // Heartbeats come newest first.
+                p.cpu = data.heartbeats.iter().rev().map(|h| h.cpu_pct).collect();
+                p.mem = data.heartbeats.iter().rev().map(|h| h.memory_mb).collect();
+                let summary = data.detail.summary.clone();
+                p.data = Some(*data);
+                self.fleet.upsert(summary);
+            }
+            Msg::History(id, history) => {
+                if let Some(p) = self.device.as_mut().filter(|p| p.id == id)
+                    && let Some(data) = p.data.as_mut()
+                {
+                    data.history = history.clone();
+                }
+                if let Mode::Dialog(Dialog::PickRollback(pick)) = &mut self.mode
+                    && pick.device_id == id
+                    && pick.versions.is_none()
+                {
+                    let versions = rollback_versions(&history, pick.current.as_deref());
+                    if versions.is_empty() {
+                        self.mode = Mode::Normal;
+                        self.warn(format!(
+                            "{id} has no earlier successful version to roll back to"
+                        ));
+                    } else {
+                        pick.versions = Some(versions);
+                    }
+                }
+            }
+            Msg::Config(config) => {
+                if let Mode::Dialog(Dialog::Config(form)) = &mut self.mode
+                    && form.device_id == config.device_id
+                    && form.current.is_none()
+                {
+                    form.load(config.clone());
+                }
+                self.set_config(config);
+            }
+            Msg::Deployments(items) => self.deployments.replace(items),
+            Msg::Deployment(d) => {
+                self.refreshing.remove(&d.id);
+                self.deployments.upsert(*d);
+            }
+            Msg::Bundles(items) => self.bundles.edit(|b| *b = items),
+            Msg::Done(Ok(done)) => match done {
+                Done::Created(d) => {
+                    let d = *d;
+                    self.say(format!(
+                        "{} {} → {} device(s): {} ({})",
+                        d.kind.as_str(),
+                        d.bundle_version,
+                        d.target_device_ids.len(),
+                        d.status.as_str(),
+                        d.id
+                    ));
+                    let id = d.id.clone();
+                    self.deployments.upsert(d);
+                    self.fleet.marked.clear();
+                    // Follow it, unless the operator has started something else.
+                    if matches!(self.mode, Mode::Normal) {
+                        self.show(View::Deployments);
+                        if let Some(pos) =
+                            self.deployments.visible().iter().position(|x| x.id == id)
+                        {
+                            self.deployments.scroll.selected = pos;
+                            self.deployments.expanded = true;
+                        }
+                    }
+                }
+                Done::Cancelled(d) => {
+                    self.say(format!(
+                        "{} {} cancelled: {} target(s) cancelled",
+                        d.kind.as_str(),
+                        d.bundle_version,
+                        d.counts.cancelled
+                    ));
+                    self.deployments.upsert(*d);
+                }
+                Done::Config(c) => {
+                    self.say(format!(
+                        "config v{} saved for {}; the device applies it on its next heartbeat",
+                        c.version, c.device_id
+                    ));
+                    self.set_config(c);
+                }
+                Done::Device(d) => {
+                    self.say(format!(
+                        "{} is now {}",
+                        d.summary.device_id,
+                        d.summary.admission.as_str()
+                    ));
+                    if let Some(p) = self.device.as_mut().filter(|p| p.id == d.summary.device_id)
+                        && let Some(data) = p.data.as_mut()
+                    {
+                        data.detail = (*d).clone();
+                    }
+                    self.fleet.upsert(d.summary);
+                }
+            },
+            Msg::Done(Err(e)) => self.warn(e),
+            Msg::Failed { request, error } => {
+                let what = request.describe();
+                match &request {
+                    Request::DevicePage { .. } => self.loading_devices = false,
+                    Request::Deployment(id) => {
+                        self.refreshing.remove(id);
+                    }
+                    // A dialog waiting for this read would wait forever: close it.
+                    Request::History(id) | Request::Config(id) => {
+                        let waiting = match &self.mode {
+                            Mode::Dialog(Dialog::PickRollback(p)) => {
+                                p.device_id == *id && p.versions.is_none()
+                            }
+                            Mode::Dialog(Dialog::Config(f)) => {
+                                f.device_id == *id && f.current.is_none()
+                            }
+                            _ => false,
+                        };
+                        if waiting {
+                            self.mode = Mode::Normal;
+                            return self.warn(format!("{what}: {error}"));
+                        }
+                    }
+                    _ => {}
+                }
+                // While the link is down every read fails; the header already says so.
+                if self.link == Link::Live {
+                    self.warn(format!("{what}: {error}"));
+                }
+            }
+        }
+    }
+
+    pub(super) fn set_config(&mut self, config: kernex_common::api::DeviceConfig) {
+        if let Some(p) = self.device.as_mut().filter(|p| p.id == config.device_id)
+            && let Some(data) = p.data.as_mut()
+            && config.version >= data.config.version
+        {
+            data.config = config;
+        }
+    }
+
+    /// Re-read the selected deployment if its per-device rows are stale (events that
+    /// changed counts without naming the device). At most one read in flight per
+    /// deployment, and only for the one on screen.
+    pub(super) fn refresh_shown_deployment(&mut self) {
+        if self.view != View::Deployments {
+            return;
+        }
+        let Some(id) = self.deployments.selected().map(|d| d.id.clone()) else {
+            return;
+        };
+        // A rollout to thousands of devices sends a count-only event per delivery: read
+        // the (large) deployment at most every 2 s, however many arrive.
+        let recent = self
+            .refreshed_at
+            .as_ref()
+            .is_some_and(|(last, at)| *last == id && at.elapsed() < REFRESH_EVERY);
+        if self.deployments.stale.contains(&id) && !recent && self.refreshing.insert(id.clone()) {
+            self.refreshed_at = Some((id.clone(), Instant::now()));
+            self.ask(Request::Deployment(id));
+        }
+    }
+
+    pub(super) fn on_live(&mut self, ev: LiveEvent) {
+        match ev {
+            LiveEvent::Connected => {
+                let again = self.link != Link::Connecting;
+                self.link = Link::Live;
+                if again {
+                    self.log_event("reconnected: re-reading the fleet".into());
+                }
+                self.resync();
+            }
+            LiveEvent::Disconnected { error, attempt, .. } => {
+                if self.link == Link::Live {
+                    self.log_event(format!("lost the server: {error}"));
+                }
+                self.link = Link::Reconnecting { error, attempt };
+            }
+            LiveEvent::Refused { error } => {
+                if !matches!(self.link, Link::Refused { .. }) {
+                    self.log_event(format!("the server refused the token: {error}"));
+                }
+                self.link = Link::Refused { error };
+            }
+            LiveEvent::Lagged => {
+                self.log_event("fell behind the event stream: re-reading".into());
+                self.resync();
+            }
+            LiveEvent::Event { kind, data } => self.on_event(&kind, data),
+        }
+    }
+
+    pub(super) fn on_event(&mut self, kind: &str, data: Value) {
+        match kind {
+            "heartbeat" => {
+                let id = data
+                    .get("device_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                // A device we don't know yet: the running re-read will bring it, else
+                // read that one device (once, however many beats arrive meanwhile).
+                if !self.fleet.heartbeat(&data)
+                    && !self.loading_devices
+                    && !id.is_empty()
+                    && self.fetching.insert(id.clone())
+                {
+                    self.ask(Request::Device(id.clone()));
+                }
+                if let Some(p) = self.device.as_mut().filter(|p| p.id == id) {
+                    let f = |k: &str| data.get(k).and_then(Value::as_f64);
+                    if let (Some(c), Some(m)) = (f("cpu_pct"), f("memory_mb")) {
+                        for (ring, v) in [(&mut p.cpu, c), (&mut p.mem, m)] {
+                            ring.push_back(v);
+                            if ring.len() > request::SPARK_POINTS as usize {
+                                ring.pop_front();
+                            }
+                        }
+                    }
+                    if let (Some(data_), Some(s)) = (p.data.as_mut(), self.fleet.get(&id)) {
+                        data_.detail.summary = s.clone();
+                    }
+                }
+            }
+            "device" => {
+                let id = data
+                    .get("device_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                if data.get("deleted").and_then(Value::as_bool) == Some(true) {
+                    self.fleet.remove(&id);
+                    self.log_event(format!("device {id} deleted"));
+                    return;
+                }
+                match serde_json::from_value::<DeviceSummary>(data) {
+                    Ok(s) => {
+                        let known = self.fleet.get(&id).map(|d| d.admission);
+                        match known {
+                            None => self.log_event(format!(
+                                "device {id} registered ({}, {})",
+                                s.device_type,
+                                s.admission.as_str()
+                            )),
+                            Some(a) if a != s.admission => {
+                                self.log_event(format!("device {id} {}", s.admission.as_str()))
+                            }
+                            _ => {}
+                        }
+                        if let Some(p) = self.device.as_mut().filter(|p| p.id == id)
+                            && let Some(d) = p.data.as_mut()
+                        {
+                            d.detail.summary = s.clone();
+                        }
+                        self.fleet.upsert(s);
+                    }
+                    Err(e) => tracing::warn!("unreadable device event: {e}"),
+                }
+            }
+            "deployment" => self.on_deployment_event(data),
+            "bundle" => {
+                if data.get("deleted").and_then(Value::as_bool) == Some(true) {
+                    let id = data.get("id").and_then(Value::as_str).unwrap_or_default();
+                    self.bundles.edit(|b| b.retain(|b| b.id != id));
+                    let v = data.get("version").and_then(Value::as_str).unwrap_or("?");
+                    self.log_event(format!("bundle {v} deleted"));
+                    return;
+                }
+                match serde_json::from_value::<BundleInfo>(data) {
+                    Ok(b) => {
+                        self.log_event(format!(
+                            "bundle {} {} uploaded ({})",
+                            b.name,
+                            b.version,
+                            human_bytes(b.size_bytes)
+                        ));
+                        self.bundles.edit(|items| {
+                            items.retain(|x| x.id != b.id);
+                            items.insert(0, b);
+                        });
+                    }
+                    Err(e) => tracing::warn!("unreadable bundle event: {e}"),
+                }
+            }
+            "config" => match serde_json::from_value::<kernex_common::api::DeviceConfig>(data) {
+                Ok(c) => {
+                    self.log_event(format!("config v{} for {}", c.version, c.device_id));
+                    self.set_config(c);
+                }
+                Err(e) => tracing::warn!("unreadable config event: {e}"),
+            },
+            other => tracing::debug!(kind = other, "ignored event"),
+        }
+    }
+
+    pub(super) fn on_deployment_event(&mut self, data: Value) {
+        let Some(id) = data.get("id").and_then(Value::as_str).map(str::to_owned) else {
+            return;
+        };
+        let Some(known) = self.deployments.get_mut(&id) else {
+            // New to us: read it whole (targets and per-device rows), once.
+            if self.refreshing.insert(id.clone()) {
+                self.ask(Request::Deployment(id.clone()));
+                let v = data
+                    .get("bundle_version")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?");
+                let k = data.get("kind").and_then(Value::as_str).unwrap_or("deploy");
+                self.log_event(format!("{k} {v} created ({id})"));
+            }
+            return;
+        };
+        let field = |k: &str| data.get(k).filter(|v| !v.is_null()).cloned();
+        let before = (known.status, known.counts);
+        if let Some(s) = field("status").and_then(|v| serde_json::from_value(v).ok()) {
+            known.status = s;
+        }
+        if let Some(c) = field("counts").and_then(|v| serde_json::from_value(v).ok()) {
+            known.counts = c;
+        }
+        if let Some(t) = field("updated_at").and_then(|v| serde_json::from_value(v).ok()) {
+            known.updated_at = t;
+        }
+        if let Some(t) = field("completed_at").and_then(|v| serde_json::from_value(v).ok()) {
+            known.completed_at = Some(t);
+        }
+        let (kind, version, status) = (known.kind, known.bundle_version.clone(), known.status);
+        let done = known.counts.success + known.counts.failed + known.counts.cancelled;
+        let total = known.counts.total();
+        let counts_changed = known.counts != before.1;
+        let dev = field("device").and_then(|v| serde_json::from_value::<DeploymentDevice>(v).ok());
+        match dev {
+            Some(dev) => {
+                if dev.status.is_final() {
+                    self.log_event(format!(
+                        "{} {version} on {}: {}{}",
+                        kind.as_str(),
+                        dev.device_id,
+                        dev.status.as_str(),
+                        dev.error_message
+                            .as_deref()
+                            .map(|e| format!(" ({})", first_line(e)))
+                            .unwrap_or_default()
+                    ));
+                    // That device's history has a new record.
+                    if self.device.as_ref().is_some_and(|p| p.id == dev.device_id) {
+                        self.ask(Request::History(dev.device_id.clone()));
+                    }
+                }
+                self.deployments.set_target(&id, dev);
+            }
+            // Delivery, cancel, admission changes: counts moved but we don't know whose.
+            None if counts_changed => {
+                self.deployments.stale.insert(id.clone());
+            }
+            None => {}
+        }
+        if status != before.0 {
+            self.log_event(format!(
+                "{} {version} {} ({done}/{total} done)",
+                kind.as_str(),
+                status.as_str()
+            ));
+        }
+        self.refresh_shown_deployment();
+    }
+}
