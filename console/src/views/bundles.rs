@@ -3,10 +3,10 @@
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::style::{Color, Style};
-use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table, Widget};
 
-use super::{body_block, selected};
+use ratatui::widgets::{Cell, Row, Table, Widget};
+
+use super::{list_frame, selected};
 use crate::app::{App, human_bytes};
 
 pub struct BundlesView<'a>(pub &'a App);
@@ -16,25 +16,16 @@ impl Widget for BundlesView<'_> {
         let app = self.0;
         let b = &app.bundles;
         let visible = b.visible();
-        let mut title = vec![
-            Span::styled(" Bundles ", Style::new().bold()),
-            Span::raw(format!("{} ", b.items.len())),
-        ];
-        if !b.filter.is_empty() {
-            title.push(Span::styled(
-                format!("/{} ({}) ", b.filter, visible.len()),
-                Style::new().fg(Color::Cyan),
-            ));
-        }
-        let block = body_block(Line::from(title));
-        let inner = block.inner(area);
-        block.render(area, buf);
-        if visible.is_empty() {
-            Paragraph::new("no bundles: pack and push one (just pack DIR; just push FILE)")
-                .style(Style::new().fg(Color::DarkGray))
-                .render(inner, buf);
+        let Some(inner) = list_frame(
+            area,
+            buf,
+            "Bundles",
+            (b.items.len(), visible.len()),
+            &b.filter,
+            "no bundles: pack and push one (just pack DIR; just push FILE)",
+        ) else {
             return;
-        }
+        };
         let height = inner.height.saturating_sub(1) as usize;
         let start = b.scroll.window(height, visible.len());
         let wide = inner.width >= 110;

@@ -5,9 +5,9 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Gauge, Paragraph, Row, Table, Widget};
+use ratatui::widgets::{Block, Borders, Cell, Gauge, Row, Table, Widget};
 
-use super::{body_block, selected, short_id, target_style};
+use super::{list_frame, selected, short_id, target_style};
 use crate::app::{App, first_line, progress};
 
 pub struct DeploymentsView<'a>(pub &'a App);
@@ -27,25 +27,16 @@ impl Widget for DeploymentsView<'_> {
         let app = self.0;
         let deps = &app.deployments;
         let visible = deps.visible();
-        let mut title = vec![
-            Span::styled(" Deployments ", Style::new().bold()),
-            Span::raw(format!("{} ", deps.items.len())),
-        ];
-        if !deps.filter.is_empty() {
-            title.push(Span::styled(
-                format!("/{} ({}) ", deps.filter, visible.len()),
-                Style::new().fg(Color::Cyan),
-            ));
-        }
-        let block = body_block(Line::from(title));
-        let inner = block.inner(area);
-        block.render(area, buf);
-        if visible.is_empty() {
-            Paragraph::new("no deployments yet: press d on a device (or in Bundles) to deploy")
-                .style(Style::new().fg(Color::DarkGray))
-                .render(inner, buf);
+        let Some(inner) = list_frame(
+            area,
+            buf,
+            "Deployments",
+            (deps.items.len(), visible.len()),
+            &deps.filter,
+            "no deployments yet: press d on a device (or in Bundles) to deploy",
+        ) else {
             return;
-        }
+        };
         let list_h = if deps.expanded {
             4.min(inner.height / 3).max(2)
         } else {

@@ -268,6 +268,39 @@ pub(crate) fn body_block(title: Line<'static>) -> Block<'static> {
         .title(title)
 }
 
+/// The frame of a filtered list view: title with the count (and the filter with how many
+/// rows match), and the `empty` hint when nothing shows. The area inside, if there are
+/// rows to draw.
+pub(crate) fn list_frame(
+    area: Rect,
+    buf: &mut Buffer,
+    name: &str,
+    (total, shown): (usize, usize),
+    filter: &str,
+    empty: &str,
+) -> Option<Rect> {
+    let mut title = vec![
+        Span::styled(format!(" {name} "), Style::new().bold()),
+        Span::raw(format!("{total} ")),
+    ];
+    if !filter.is_empty() {
+        title.push(Span::styled(
+            format!("/{filter} ({shown}) "),
+            Style::new().fg(Color::Cyan),
+        ));
+    }
+    let block = body_block(Line::from(title));
+    let inner = block.inner(area);
+    block.render(area, buf);
+    if shown == 0 {
+        Paragraph::new(empty.to_owned())
+            .style(Style::new().fg(Color::DarkGray))
+            .render(inner, buf);
+        return None;
+    }
+    Some(inner)
+}
+
 /// Selected-row style.
 pub(crate) fn selected() -> Style {
     Style::new().bg(Color::DarkGray).fg(Color::White).bold()
