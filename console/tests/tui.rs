@@ -221,6 +221,15 @@ fn loaded() -> App {
     app
 }
 
+/// `loaded()` with D1 open in the Device view, its data read.
+fn device_open() -> App {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Enter);
+    app.on_msg(Msg::DeviceView(Box::new(device_data())));
+    app.take_requests();
+    app
+}
+
 fn key(app: &mut App, code: KeyCode) {
     app.on_key(KeyEvent::new(code, KeyModifiers::NONE));
 }
@@ -405,10 +414,7 @@ fn declining_a_confirmation_sends_nothing() {
 
 #[test]
 fn rollback_from_the_device_view() {
-    let mut app = loaded();
-    key(&mut app, KeyCode::Enter);
-    app.on_msg(Msg::DeviceView(Box::new(device_data())));
-    app.take_requests();
+    let mut app = device_open();
     key(&mut app, KeyCode::Char('r'));
     insta::assert_snapshot!("rollback_1_version", snap(&mut app));
     key(&mut app, KeyCode::Enter);
@@ -443,10 +449,7 @@ fn rollback_without_history_says_so() {
 
 #[test]
 fn config_form_validates_then_puts_only_what_changed() {
-    let mut app = loaded();
-    key(&mut app, KeyCode::Enter);
-    app.on_msg(Msg::DeviceView(Box::new(device_data())));
-    app.take_requests();
+    let mut app = device_open();
     key(&mut app, KeyCode::Char('c'));
     insta::assert_snapshot!("config_1_form", snap(&mut app));
     // polling_interval: 5 → 3 (too small).
@@ -696,9 +699,7 @@ fn a_hundred_thousand_devices_scroll_and_draw_only_what_shows() {
 
 #[test]
 fn every_view_draws_in_tiny_and_odd_sizes() {
-    let mut app = loaded();
-    key(&mut app, KeyCode::Enter);
-    app.on_msg(Msg::DeviceView(Box::new(device_data())));
+    let mut app = device_open();
     for view in View::ALL {
         app.view = view;
         for (w, h) in [(80, 24), (20, 6), (1, 1), (200, 60), (79, 23)] {
@@ -927,10 +928,7 @@ fn a_new_bundle_does_not_move_the_bundle_selection() {
 
 #[test]
 fn the_open_devices_history_is_re_read_when_its_own_target_finishes() {
-    let mut app = loaded();
-    key(&mut app, KeyCode::Enter);
-    app.on_msg(Msg::DeviceView(Box::new(device_data())));
-    app.take_requests();
+    let mut app = device_open();
     app.on_msg(ev(
         "deployment",
         json!({
