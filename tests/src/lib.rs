@@ -202,6 +202,20 @@ impl ServerProcess {
     }
 }
 
+/// For a failing test: the last 200 lines a server logged — `earlier` (kept from
+/// servers killed during the test) followed by what `current` logged since.
+pub fn eprint_server_log(earlier: &std::sync::Mutex<Vec<String>>, current: Option<&ServerProcess>) {
+    let mut lines = earlier.lock().map(|l| l.clone()).unwrap_or_default();
+    if let Some(s) = current {
+        lines.extend(s.logs());
+    }
+    let from = lines.len().saturating_sub(200);
+    eprintln!("---- server log (last {} lines) ----", lines.len() - from);
+    for l in &lines[from..] {
+        eprintln!("{l}");
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

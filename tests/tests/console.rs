@@ -292,19 +292,7 @@ impl Drop for World {
                 eprintln!("{}", a.logs());
             }
         }
-        let mut lines = self
-            .server_log
-            .lock()
-            .map(|l| l.clone())
-            .unwrap_or_default();
-        if let Some(s) = &self.server {
-            lines.extend(s.logs());
-        }
-        let from = lines.len().saturating_sub(200);
-        eprintln!("---- server log (last {} lines) ----", lines.len() - from);
-        for l in &lines[from..] {
-            eprintln!("{l}");
-        }
+        kernex_tests::eprint_server_log(&self.server_log, self.server.as_ref());
     }
 }
 
