@@ -940,3 +940,37 @@ fn the_open_devices_history_is_re_read_when_its_own_target_finishes() {
     ));
     assert_eq!(app.take_requests(), vec![Request::History(D1.into())]);
 }
+
+#[test]
+fn a_page_read_before_an_accept_does_not_undo_it() {
+    let mut app = loaded();
+    app.on_msg(Msg::Live(LiveEvent::Lagged));
+    app.take_requests();
+    // The operator accepts D5 while the re-read's page (still saying pending) is in flight.
+    let accepted = device(
+        D5,
+        "jetson-nano",
+        "accepted",
+        "online",
+        None,
+        5.0,
+        Some(2),
+        &[],
+    );
+    app.on_msg(ev("device", serde_json::to_value(&accepted).unwrap()));
+    app.on_msg(Msg::DevicePage {
+        generation: 2,
+        page: fleet(),
+        last: true,
+    });
+    app.prepare();
+    assert_eq!(app.fleet.get(D5).unwrap().admission.as_str(), "accepted");
+    // The next re-read takes the server's word again.
+    app.on_msg(Msg::Live(LiveEvent::Lagged));
+    app.on_msg(Msg::DevicePage {
+        generation: 3,
+        page: fleet(),
+        last: true,
+    });
+    assert_eq!(app.fleet.get(D5).unwrap().admission.as_str(), "pending");
+}

@@ -85,6 +85,9 @@ pub struct Row {
     pub interval_s: Option<f64>,
     /// Resync generation that last saw it (rows missing from a full re-read are gone).
     generation: u64,
+    /// Resync generation during which an event last replaced it: a page of that re-read
+    /// may be older than the event and must not undo it (an accept, new tags).
+    event_generation: u64,
 }
 
 #[derive(Debug, Default)]
@@ -162,14 +165,29 @@ impl Fleet {
         out
     }
 
-    /// Insert or replace a device from a page or an event. A page read before a newer
-    /// heartbeat arrived must not roll its figures back.
+    /// Insert or replace a device from an event or a reply about that one device.
     pub fn upsert(&mut self, summary: DeviceSummary) {
+        self.put(summary, true);
+    }
+
+    /// Insert or replace a device from a page of a full re-read.
+    pub fn upsert_page(&mut self, summary: DeviceSummary) {
+        self.put(summary, false);
+    }
+
+    /// A page read before a newer heartbeat arrived must not roll the live figures back,
+    /// nor undo an event seen since the re-read began.
+    fn put(&mut self, summary: DeviceSummary, from_event: bool) {
         let generation = self.generation;
         match self.index.get(&summary.device_id) {
             Some(&i) => {
                 let row = &mut self.rows[i];
                 row.generation = generation;
+                if from_event {
+                    row.event_generation = generation;
+                } else if row.event_generation == generation {
+                    return;
+                }
                 let newer = summary.last_heartbeat >= row.summary.last_heartbeat;
                 if newer {
                     row.summary = summary;
@@ -196,6 +214,7 @@ impl Fleet {
                     summary,
                     interval_s: None,
                     generation,
+                    event_generation: if from_event { generation } else { 0 },
                 });
             }
         }

@@ -26,7 +26,7 @@ impl App {
                 }
                 let after = page.last().map(|d| d.device_id.clone());
                 for d in page {
-                    self.fleet.upsert(d);
+                    self.fleet.upsert_page(d);
                 }
                 match after {
                     Some(after) if !last => self.ask(Request::DevicePage {
