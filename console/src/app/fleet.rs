@@ -107,7 +107,8 @@ pub struct Fleet {
     pub filter: String,
     pub scroll: Scroll,
     pub marked: BTreeSet<String>,
-    pub online: usize,
+    /// Devices online now, kept exact as rows change.
+    online: usize,
     /// The current full re-read: rows it (or any event since) saw carry it.
     pub generation: u64,
     /// The device to keep selected across a rebuild after rows were removed.
@@ -121,6 +122,10 @@ impl Fleet {
 
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
+    }
+
+    pub fn online(&self) -> usize {
+        self.online
     }
 
     pub fn visible_len(&self) -> usize {
@@ -139,6 +144,11 @@ impl Fleet {
             .take(n)
             .filter_map(|&i| self.rows.get(i))
             .map(|r| &r.summary)
+    }
+
+    /// Every device, filtered or not, in no particular order.
+    pub fn all(&self) -> impl Iterator<Item = &DeviceSummary> {
+        self.rows.iter().map(|r| &r.summary)
     }
 
     pub fn selected(&self) -> Option<&DeviceSummary> {
@@ -181,7 +191,9 @@ impl Fleet {
         let generation = self.generation;
         match self.index.get(&summary.device_id) {
             Some(&i) => {
+                let reorder = self.order_may_change();
                 let row = &mut self.rows[i];
+                let was_online = row.summary.status == OnlineStatus::Online;
                 row.generation = generation;
                 if from_event {
                     row.event_generation = generation;
@@ -206,8 +218,13 @@ impl Fleet {
                         ..summary
                     };
                 }
+                let online = row.summary.status == OnlineStatus::Online;
+                self.tally(was_online, online);
+                // A changed row moves only in an order that depends on its fields.
+                self.stale |= reorder;
             }
             None => {
+                self.tally(false, summary.status == OnlineStatus::Online);
                 self.index
                     .insert(summary.device_id.clone(), self.rows.len());
                 self.rows.push(Row {
@@ -216,9 +233,23 @@ impl Fleet {
                     generation,
                     event_generation: if from_event { generation } else { 0 },
                 });
+                self.dirty = true;
             }
         }
-        self.dirty = true;
+    }
+
+    /// Does the visible order depend on live fields (anything but the id)?
+    fn order_may_change(&self) -> bool {
+        self.sort != SortKey::Id || !self.filter.is_empty()
+    }
+
+    /// Keep the online count exact as rows change (no per-frame count of the fleet).
+    fn tally(&mut self, was_online: bool, online: bool) {
+        match (was_online, online) {
+            (false, true) => self.online += 1,
+            (true, false) => self.online = self.online.saturating_sub(1),
+            _ => {}
+        }
     }
 
     pub fn remove(&mut self, id: &str) {
@@ -234,7 +265,8 @@ impl Fleet {
         let Some(i) = self.index.remove(id) else {
             return;
         };
-        self.rows.swap_remove(i);
+        let gone = self.rows.swap_remove(i);
+        self.tally(gone.summary.status == OnlineStatus::Online, false);
         if let Some(moved) = self.rows.get(i) {
             self.index.insert(moved.summary.device_id.clone(), i);
         }
@@ -299,21 +331,18 @@ impl Fleet {
         if let Some(v) = data.get("config_version").and_then(Value::as_u64) {
             s.config_version = Some(v);
         }
+        let was_online = s.status == OnlineStatus::Online;
         s.status = OnlineStatus::Online;
+        self.tally(was_online, true);
         // Only orders that depend on live figures need a re-sort.
-        if matches!(
-            self.sort,
-            SortKey::Cpu | SortKey::LastSeen | SortKey::Status | SortKey::Version
-        ) || !self.filter.is_empty()
-        {
-            self.stale = true;
-        }
+        self.stale |= self.order_may_change();
         true
     }
 
     /// A device that missed three of its beats is offline (the server's rule, with the
     /// cadence we observe; the server's own word arrives with the next full read).
     pub fn age_out(&mut self, now: DateTime<Utc>) {
+        let mut went = 0;
         for row in &mut self.rows {
             if row.summary.status != OnlineStatus::Online {
                 continue;
@@ -324,8 +353,12 @@ impl Fleet {
             let interval = row.interval_s.unwrap_or(60.0).max(5.0);
             if (now - last).num_milliseconds() as f64 / 1000.0 > 3.0 * interval {
                 row.summary.status = OnlineStatus::Offline;
-                self.stale = true;
+                went += 1;
             }
+        }
+        if went > 0 {
+            self.online = self.online.saturating_sub(went);
+            self.stale |= self.order_may_change();
         }
     }
 
@@ -335,11 +368,6 @@ impl Fleet {
 
     /// Rebuild the visible order if anything changed. Keeps the selected device selected.
     pub fn prepare(&mut self) {
-        self.online = self
-            .rows
-            .iter()
-            .filter(|r| r.summary.status == OnlineStatus::Online)
-            .count();
         let due = self.stale
             && self
                 .rebuilt_at
@@ -432,4 +460,47 @@ fn matches_terms(d: &DeviceSummary, terms: &[String]) -> bool {
     terms
         .iter()
         .all(|t| fields.iter().any(|f| f.contains(t.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn dev(id: &str, status: &str) -> DeviceSummary {
+        serde_json::from_value(json!({
+            "device_id": id, "device_type": "t", "admission": "accepted", "status": status,
+            "tags": [], "last_heartbeat": "2026-11-25T12:00:00Z",
+        }))
+        .unwrap()
+    }
+
+    fn counted(f: &Fleet) -> usize {
+        f.rows
+            .iter()
+            .filter(|r| r.summary.status == OnlineStatus::Online)
+            .count()
+    }
+
+    #[test]
+    fn the_online_count_stays_exact_through_every_change() {
+        let mut f = Fleet::default();
+        f.upsert_page(dev("a", "online"));
+        f.upsert_page(dev("b", "offline"));
+        f.upsert(dev("c", "never"));
+        assert_eq!((f.online(), counted(&f)), (1, 1));
+        f.heartbeat(&json!({"device_id": "b", "timestamp": "2026-11-25T12:00:10Z"}));
+        f.heartbeat(&json!({"device_id": "b", "timestamp": "2026-11-25T12:00:20Z"}));
+        assert_eq!((f.online(), counted(&f)), (2, 2));
+        f.upsert(dev("a", "offline"));
+        assert_eq!((f.online(), counted(&f)), (1, 1));
+        let later = DateTime::parse_from_rfc3339("2026-11-25T13:00:00Z").unwrap();
+        f.age_out(later.with_timezone(&Utc));
+        assert_eq!((f.online(), counted(&f)), (0, 0));
+        f.heartbeat(&json!({"device_id": "c", "timestamp": "2026-11-25T13:00:00Z"}));
+        f.remove("c");
+        assert_eq!((f.online(), counted(&f)), (0, 0));
+        assert_eq!(f.len(), 2);
+    }
 }

@@ -18,7 +18,11 @@ impl Widget for FleetView<'_> {
         let fleet = &app.fleet;
         let mut title = vec![
             Span::styled(" Fleet ", Style::new().bold()),
-            Span::raw(format!("{} devices, {} online ", fleet.len(), fleet.online)),
+            Span::raw(format!(
+                "{} devices, {} online ",
+                fleet.len(),
+                fleet.online()
+            )),
         ];
         if app.loading_devices {
             title.push(Span::styled("loading… ", Style::new().fg(Color::Yellow)));
