@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::dialog::Dialog;
 use super::request::{self, Done, Msg, Request};
-use super::{App, Link, Mode, REFRESH_EVERY, first_line, human_bytes, rollback_versions};
+use super::{App, Link, Mode, REFRESH_EVERY, first_line, human_bytes, progress, rollback_versions};
 use crate::action::View;
 use crate::live::LiveEvent;
 use std::time::Instant;
@@ -21,7 +21,8 @@ impl App {
                 page,
                 last,
             } => {
-                if generation != self.generation {
+                // A page of an older re-read is stale.
+                if generation != self.fleet.generation {
                     return;
                 }
                 let after = page.last().map(|d| d.device_id.clone());
@@ -202,7 +203,8 @@ impl App {
     /// changed counts without naming the device). At most one read in flight per
     /// deployment, and only for the one on screen.
     pub(super) fn refresh_shown_deployment(&mut self) {
-        if self.view != View::Deployments {
+        // Called after every key and deployment event: the common case costs nothing.
+        if self.view != View::Deployments || self.deployments.stale.is_empty() {
             return;
         }
         let Some(id) = self.deployments.selected().map(|d| d.id.clone()) else {
@@ -385,8 +387,7 @@ impl App {
             known.completed_at = Some(t);
         }
         let (kind, version, status) = (known.kind, known.bundle_version.clone(), known.status);
-        let done = known.counts.success + known.counts.failed + known.counts.cancelled;
-        let total = known.counts.total();
+        let (done, total) = progress(known);
         let counts_changed = known.counts != before.1;
         let dev = field("device").and_then(|v| serde_json::from_value::<DeploymentDevice>(v).ok());
         match dev {

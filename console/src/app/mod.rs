@@ -90,9 +90,6 @@ pub struct App {
     pub mode: Mode,
     pub link: Link,
     pub fleet: Fleet,
-    /// Which full re-read of the device list is current; a newer one makes pages of an
-    /// older one stale.
-    pub generation: u64,
     pub loading_devices: bool,
     resync_again: bool,
     /// Deployments being re-read.
@@ -124,7 +121,6 @@ impl App {
             mode: Mode::Normal,
             link: Link::Connecting,
             fleet: Fleet::default(),
-            generation: 0,
             loading_devices: false,
             resync_again: false,
             refreshing: Default::default(),
@@ -213,11 +209,10 @@ impl App {
             self.resync_again = true;
             return;
         }
-        self.generation += 1;
-        self.fleet.generation = self.generation;
+        self.fleet.generation += 1;
         self.loading_devices = true;
         self.ask(Request::DevicePage {
-            generation: self.generation,
+            generation: self.fleet.generation,
             after: None,
         });
         self.ask(Request::Deployments);
@@ -333,7 +328,7 @@ impl App {
         let mut words = line.split_whitespace();
         let (cmd, arg) = (words.next().unwrap_or(""), words.next());
         match (cmd, arg) {
-            ("" , _) => {}
+            ("", _) => {}
             ("fleet" | "devices" | "f", _) => self.show(View::Fleet),
             ("deployments" | "deps" | "dep", _) => self.show(View::Deployments),
             ("bundles" | "b", _) => self.show(View::Bundles),
@@ -346,18 +341,20 @@ impl App {
             ("refresh", _) => self.update(Action::Refresh),
             ("q" | "quit", _) => self.quit = true,
             _ => self.warn(format!(
-                "unknown command {line:?} (fleet, device ID, deployments, bundles, refresh, help, quit)"
+                "unknown command {line:?} ({})",
+                "fleet, device ID, deployments, bundles, refresh, help, quit"
             )),
         }
     }
 
-    /// A full id, or a prefix/suffix that names exactly one known device.
+    /// A full id, or a prefix/suffix that names exactly one known device (filtered out
+    /// of the table or not).
     fn resolve_device(&self, s: &str) -> Option<String> {
         if self.fleet.get(s).is_some() {
             return Some(s.to_owned());
         }
         let mut found = None;
-        for d in self.fleet.window(0, usize::MAX) {
+        for d in self.fleet.all() {
             if d.device_id.starts_with(s) || d.device_id.ends_with(s) {
                 if found.is_some() {
                     return None;
