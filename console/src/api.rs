@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use kernex_common::api::{
     BundleInfo, ConfigUpdate, CreateDeployment, Deployment, DeviceConfig, DeviceDetail,
     DeviceSummary, ErrorBody, HeartbeatRecord, HistoryRecord, RollbackRequest,
@@ -19,6 +19,9 @@ use crate::cli::ConnArgs;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Most of an error reply's body that is read.
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// Largest page `GET /devices` serves.
 pub const MAX_PAGE: u32 = 1000;
@@ -381,7 +384,17 @@ async fn check(resp: Response) -> ApiResult<Response> {
             ),
         });
     }
-    let body = resp.bytes().await.unwrap_or_default();
+    // An error body is a short JSON object; read no more than that from a server (or
+    // proxy) that misbehaves.
+    let mut body = Vec::new();
+    let mut chunks = resp.bytes_stream();
+    while let Some(Ok(chunk)) = chunks.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= MAX_ERROR_BODY {
+            body.truncate(MAX_ERROR_BODY);
+            break;
+        }
+    }
     let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
         Ok(e) => (e.error, e.message),
         Err(_) => (
