@@ -234,13 +234,16 @@ async fn start(dir: &Path, args: &DemoArgs, fleet: &mut Fleet) -> DemoResult<Api
     let mut first_version = None;
     for src in &sources {
         let (src, out) = (src.clone(), packed.clone());
-        let (file, manifest) = tokio::task::spawn_blocking(move || pack(&src, &out))
-            .await
-            .map_err(|e| format!("packing failed: {e}"))??;
+        let (file, manifest) = tokio::task::spawn_blocking(move || {
+            crate::ops::write_archive(&src, &out, |m| out.join(crate::ops::default_name(m)))
+        })
+        .await
+        .map_err(|e| format!("packing failed: {e}"))?
+        .map_err(|e| e.to_string())?;
         api.push_bundle(&file, |_| {})
             .await
             .map_err(|e| e.to_string())?;
-        first_version.get_or_insert(manifest);
+        first_version.get_or_insert(manifest.version);
     }
     // Roll the first version out so devices run something and have history to roll
     // back to once the operator deploys a newer one.
@@ -274,17 +277,6 @@ async fn tag_pending(api: Api) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// Pack a fixture folder; the archive path and the bundle's version.
-fn pack(src: &Path, out_dir: &Path) -> DemoResult<(PathBuf, String)> {
-    let tmp = out_dir.join(".packing.tar.gz");
-    let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
-    let manifest = kernex_common::bundle::pack(src, file)
-        .map_err(|e| format!("cannot pack {}: {e}", src.display()))?;
-    let out = out_dir.join(format!("{}-{}.tar.gz", manifest.name, manifest.version));
-    std::fs::rename(&tmp, &out).map_err(|e| e.to_string())?;
-    Ok((out, manifest.version))
 }
 
 fn agent_cmd(bin: &Path, dir: &Path, i: usize, url: &str) -> Command {

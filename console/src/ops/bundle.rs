@@ -71,35 +71,12 @@ pub(crate) fn pack(dir: &Path, output: Option<&Path>) -> OpResult<Report> {
         )));
     }
 
-    let failed = |what: &str, e: &dyn std::fmt::Display| OpError::Failed(format!("{what}: {e}"));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kernex-pack-")
-        .suffix(".partial")
-        .tempfile_in(&target_dir)
-        .map_err(|e| failed(&format!("cannot write in {}", target_dir.display()), &e))?;
-    let manifest = {
-        let mut w = BufWriter::new(tmp.as_file_mut());
-        let m = kernex_common::bundle::pack(dir, &mut w)
-            .map_err(|e| failed(&format!("cannot pack {}", dir.display()), &e))?;
-        w.flush()
-            .map_err(|e| failed("cannot write the archive", &e))?;
-        m
-    };
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| failed("cannot write the archive", &e))?;
-    set_readable(tmp.as_file()).map_err(|e| failed("cannot set the archive's mode", &e))?;
-    let path = match named {
+    let (path, manifest) = write_archive(dir, &target_dir, |m| match named {
         Some(o) => o.to_path_buf(),
-        None if output.is_none() => PathBuf::from(default_name(&manifest)),
-        None => target_dir.join(default_name(&manifest)),
-    };
-    tmp.persist(&path)
-        .map_err(|e| failed(&format!("cannot write {}", path.display()), &e.error))?;
-    // The rename itself is durable only once the directory is.
-    if let Ok(d) = fs::File::open(&target_dir) {
-        let _ = d.sync_all();
-    }
+        None if output.is_none() => PathBuf::from(default_name(m)),
+        None => target_dir.join(default_name(m)),
+    })?;
+    let failed = |what: &str, e: &dyn std::fmt::Display| OpError::Failed(format!("{what}: {e}"));
     let size_bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or_default();
     let checksum_sha256 = kernex_common::bundle::sha256_file(&path)
         .map_err(|e| failed(&format!("cannot read {}", path.display()), &e))?;
@@ -114,6 +91,42 @@ pub(crate) fn pack(dir: &Path, output: Option<&Path>) -> OpResult<Report> {
         },
         human,
     )
+}
+
+/// Pack `dir` into the file `name` picks from its manifest, inside `target_dir`, so that
+/// no reader ever sees half an archive: a temp file in that directory, flushed and
+/// synced, then renamed into place, then the directory synced. The path and manifest.
+pub(crate) fn write_archive(
+    dir: &Path,
+    target_dir: &Path,
+    name: impl FnOnce(&Manifest) -> PathBuf,
+) -> OpResult<(PathBuf, Manifest)> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| OpError::Failed(format!("{what}: {e}"));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".kernex-pack-")
+        .suffix(".partial")
+        .tempfile_in(target_dir)
+        .map_err(|e| failed(&format!("cannot write in {}", target_dir.display()), &e))?;
+    let manifest = {
+        let mut w = BufWriter::new(tmp.as_file_mut());
+        let m = kernex_common::bundle::pack(dir, &mut w)
+            .map_err(|e| failed(&format!("cannot pack {}", dir.display()), &e))?;
+        w.flush()
+            .map_err(|e| failed("cannot write the archive", &e))?;
+        m
+    };
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| failed("cannot write the archive", &e))?;
+    set_readable(tmp.as_file()).map_err(|e| failed("cannot set the archive's mode", &e))?;
+    let path = name(&manifest);
+    tmp.persist(&path)
+        .map_err(|e| failed(&format!("cannot write {}", path.display()), &e.error))?;
+    // The rename itself is durable only once the directory is.
+    if let Ok(d) = fs::File::open(target_dir) {
+        let _ = d.sync_all();
+    }
+    Ok((path, manifest))
 }
 
 /// `<name>-<version>.tar.gz`. The version is already a safe file name; the name is free

@@ -21,6 +21,9 @@ mod fleet; // devices, device, accept, reject
 mod output; // tables, key/value blocks, value formatting, stdout/stderr
 mod render; // the human text of each kind of data
 
+// The demo packs the fixtures the way `bundle pack` does.
+pub(crate) use bundle::{default_name, write_archive};
+
 /// Run one scripted subcommand and return the process exit code.
 pub async fn run(cmd: Command, conn: &ConnArgs, json: bool) -> u8 {
     let result = match cmd {
