@@ -399,7 +399,9 @@ fn resolve_inside(base: &str, target: &str) -> Option<String> {
 /// Pack the folder `dir` (which must hold a valid `manifest.json` and the scripts it
 /// names) into a tar.gz written to `out`. Entries are added in sorted order with
 /// normalised metadata, so packing the same folder twice gives the same archive.
-/// Returns the manifest after checking the result with [`inspect`]'s rules.
+/// Returns the manifest. What [`inspect`] would refuse is refused here, before anything is
+/// written: links that are absolute, leave the folder or resolve through another link,
+/// and anything that is not a file, folder or link (fifos, sockets, device nodes).
 pub fn pack<W: Write>(dir: &Path, out: W) -> Result<Manifest, BundleError> {
     let raw = fs::read(dir.join(MANIFEST_FILE)).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => BundleError::MissingManifest,
@@ -419,6 +421,7 @@ pub fn pack<W: Write>(dir: &Path, out: W) -> Result<Manifest, BundleError> {
     let mut files = Vec::new();
     collect(dir, dir, &mut files)?;
     files.sort();
+    check_local_entries(dir, &files)?;
 
     let mut builder = tar::Builder::new(GzEncoder::new(out, Compression::default()));
     builder.mode(tar::HeaderMode::Deterministic);
@@ -431,6 +434,45 @@ pub fn pack<W: Write>(dir: &Path, out: W) -> Result<Manifest, BundleError> {
     }
     builder.into_inner()?.finish()?;
     Ok(manifest)
+}
+
+/// The folder-side half of [`inspect`]'s entry rules, so `pack` never writes an archive
+/// the server and agents would refuse.
+fn check_local_entries(dir: &Path, files: &[PathBuf]) -> Result<(), BundleError> {
+    let mut links = HashSet::new();
+    let mut link_targets = Vec::new();
+    for rel in files {
+        let name = rel.to_string_lossy().into_owned();
+        let meta = fs::symlink_metadata(dir.join(rel))?;
+        let ft = meta.file_type();
+        if ft.is_file() || ft.is_dir() {
+            continue;
+        }
+        if !ft.is_symlink() {
+            return Err(unsafe_entry(&name, "not a file, folder or link"));
+        }
+        let target = fs::read_link(dir.join(rel))?;
+        let target = target
+            .to_str()
+            .ok_or_else(|| unsafe_entry(&name, "link target is not UTF-8"))?
+            .to_owned();
+        if target.starts_with('/') {
+            return Err(unsafe_entry(&name, "link points to an absolute path"));
+        }
+        let parent = name.rsplit_once('/').map_or("", |(p, _)| p);
+        if resolve_inside(parent, &target).is_none() {
+            return Err(unsafe_entry(&name, "link points outside the bundle"));
+        }
+        links.insert(name.clone());
+        link_targets.push((name, target));
+    }
+    for (path, target) in &link_targets {
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        if resolve_through(parent, target, &links).is_none() {
+            return Err(unsafe_entry(path, "link resolves through another link"));
+        }
+    }
+    Ok(())
 }
 
 fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {

@@ -226,6 +226,34 @@ fn pack_refuses_folder_without_scripts() {
     ));
 }
 
+#[cfg(unix)]
+#[test]
+fn pack_refuses_what_inspect_would_refuse_and_writes_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("manifest.json"), MANIFEST).unwrap();
+    fs::write(src.path().join("deploy.sh"), "#!/bin/sh\n").unwrap();
+    fs::write(src.path().join("health.sh"), "#!/bin/sh\n").unwrap();
+    let refused = |why: &str| {
+        let mut out = Vec::new();
+        match pack(src.path(), &mut out) {
+            Err(BundleError::Unsafe { reason, .. }) => assert_eq!(reason, why),
+            other => panic!("expected {why:?}, got {other:?}"),
+        }
+        assert!(out.is_empty(), "nothing is written for a refused folder");
+    };
+    std::os::unix::fs::symlink("/etc/passwd", src.path().join("leak")).unwrap();
+    refused("link points to an absolute path");
+    fs::remove_file(src.path().join("leak")).unwrap();
+    std::os::unix::fs::symlink("../../x", src.path().join("up")).unwrap();
+    refused("link points outside the bundle");
+    fs::remove_file(src.path().join("up")).unwrap();
+    // A link inside the folder is fine, and the archive passes inspection.
+    std::os::unix::fs::symlink("deploy.sh", src.path().join("run.sh")).unwrap();
+    let mut bytes = Vec::new();
+    pack(src.path(), &mut bytes).unwrap();
+    inspect(bytes.as_slice(), &Limits::default()).unwrap();
+}
+
 #[test]
 fn every_fixture_bundle_packs_and_passes_inspection() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/bundles");
