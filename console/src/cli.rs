@@ -156,8 +156,9 @@ pub struct WaitArgs {
     /// Wait until every target has finished; exit 1 unless the deployment succeeded.
     #[arg(long)]
     pub wait: bool,
-    /// Give up waiting after this many seconds (exit 1) [default: wait as long as it takes].
-    #[arg(long, requires = "wait")]
+    /// Give up waiting after this many seconds, at most a year (exit 1) [default: wait as
+    /// long as it takes].
+    #[arg(long, requires = "wait", value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub timeout: Option<u64>,
 }
 
@@ -189,4 +190,36 @@ pub struct DemoArgs {
     /// Start the fleet and print how to reach it, without opening the TUI (Ctrl-C stops).
     #[arg(long)]
     pub headless: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn an_absurd_wait_timeout_is_a_usage_error() {
+        let parse = |t: &str| {
+            Cli::try_parse_from(["kernex-console", "deploy", "1.0.0", "--devices", "a"]).and_then(
+                |_| {
+                    Cli::try_parse_from([
+                        "kernex-console",
+                        "deploy",
+                        "1.0.0",
+                        "--devices",
+                        "a",
+                        "--wait",
+                        "--timeout",
+                        t,
+                    ])
+                },
+            )
+        };
+        assert!(parse("600").is_ok());
+        for bad in ["0", "18446744073709551615", "-1"] {
+            let e = parse(bad).err().map(|e| e.exit_code());
+            assert_eq!(e, Some(2), "--timeout {bad}");
+        }
+    }
 }

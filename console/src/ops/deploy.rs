@@ -164,7 +164,8 @@ async fn watch(api: &Api, mut dep: Deployment, timeout: Option<Duration>) -> OpR
         ));
     }
     let started = Instant::now();
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    // No deadline beats a panic if a caller passes something absurd.
+    let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
     let mut last = String::new();
     let mut unreachable_since: Option<Instant> = None;
     let ctrl_c = tokio::signal::ctrl_c();
