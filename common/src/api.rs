@@ -359,6 +359,11 @@ impl Counts {
         *self.slot(to) += 1;
     }
 
+    /// Targets with a final status (success, failed or cancelled).
+    pub fn finished(&self) -> u64 {
+        self.success + self.failed + self.cancelled
+    }
+
     pub fn total(&self) -> u64 {
         self.pending + self.in_progress + self.success + self.failed + self.cancelled
     }

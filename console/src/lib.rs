@@ -16,6 +16,7 @@ pub mod api; // typed operator client
 pub mod app; // state, update(Action), the event loop
 pub mod cli; // clap definitions
 pub mod demo; // throw-away server + agents + TUI
+pub mod fmt; // byte sizes and ages, shared by the TUI and ops
 pub mod keymap; // keys → actions, per view; drives footer and help
 pub mod live; // the /events SSE stream with reconnect
 pub mod logging; // file logging (never the screen)

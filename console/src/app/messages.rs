@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::dialog::Dialog;
 use super::request::{self, Done, Msg, Request};
-use super::{App, Link, Mode, REFRESH_EVERY, first_line, human_bytes, progress, rollback_versions};
+use super::{App, Link, Mode, REFRESH_EVERY, first_line, progress, rollback_versions};
 use crate::action::View;
 use crate::live::LiveEvent;
 use std::time::Instant;
@@ -334,7 +334,7 @@ impl App {
                             "bundle {} {} uploaded ({})",
                             b.name,
                             b.version,
-                            human_bytes(b.size_bytes)
+                            crate::fmt::bytes(b.size_bytes)
                         ));
                         self.bundles.edit(|items| {
                             items.retain(|x| x.id != b.id);

@@ -725,23 +725,7 @@ pub fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-/// `TargetStatus` done/total for gauges.
+/// Finished targets and all targets, for gauges.
 pub fn progress(d: &Deployment) -> (u64, u64) {
-    let c = &d.counts;
-    (c.success + c.failed + c.cancelled, c.total())
+    (d.counts.finished(), d.counts.total())
 }

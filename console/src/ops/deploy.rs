@@ -173,14 +173,14 @@ async fn watch(api: &Api, mut dep: Deployment, timeout: Option<Duration>) -> OpR
 
     loop {
         let message = progress_message(&dep);
-        bar.set_position(render::finished(&dep.counts));
+        bar.set_position(dep.counts.finished());
         if unreachable_since.is_none() {
             bar.set_message(message.clone());
         }
         if lines && message != last {
             output::note(&format!(
                 "{}/{} finished: {message}",
-                render::finished(&dep.counts),
+                dep.counts.finished(),
                 total
             ));
             last = message;

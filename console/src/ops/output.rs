@@ -264,17 +264,10 @@ pub(crate) fn or_dash(v: Option<&str>) -> String {
 
 /// How long ago, coarsely: `12s ago`, `5m ago`, `3h ago`, `4d ago`; `never` for none.
 pub(crate) fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
-    let Some(t) = t else {
-        return "never".to_owned();
-    };
-    // A device's clock may run ahead of ours: say "0s ago" rather than "in 2s".
-    let s = (now - t).num_seconds().max(0);
-    match s {
-        0..60 => format!("{s}s ago"),
-        60..3_600 => format!("{}m ago", s / 60),
-        3_600..86_400 => format!("{}h ago", s / 3_600),
-        _ => format!("{}d ago", s / 86_400),
-    }
+    t.map_or_else(
+        || "never".to_owned(),
+        |t| format!("{} ago", crate::fmt::age(t, now)),
+    )
 }
 
 /// An absolute time, to the second, UTC.
@@ -290,23 +283,7 @@ pub(crate) fn when_ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// Bytes in binary units: `812 B`, `1.5 KiB`, `3.2 MiB`.
-pub(crate) fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = UNITS[0];
-    for u in &UNITS[1..] {
-        if v < 1024.0 {
-            break;
-        }
-        v /= 1024.0;
-        unit = u;
-    }
-    format!("{v:.1} {unit}")
-}
+pub(crate) use crate::fmt::bytes;
 
 /// Memory reported in MB: `812 MB`, `1.5 GB`.
 pub(crate) fn megabytes(mb: Option<f64>) -> String {

@@ -253,7 +253,7 @@ pub(crate) fn deployments(list: &[Deployment], now: Now, width: Option<usize>) -
             d.kind.as_str().to_owned(),
             d.bundle_version.clone(),
             d.status.as_str().to_owned(),
-            format!("{}/{}", finished(&d.counts), d.counts.total()),
+            format!("{}/{}", d.counts.finished(), d.counts.total()),
             d.counts.failed.to_string(),
             ago(Some(d.created_at), now),
         ]);
@@ -277,7 +277,7 @@ pub(crate) fn deployment(d: &Deployment, now: Now, width: Option<usize>) -> Stri
             "targets",
             format!(
                 "{} finished of {} ({})",
-                finished(&d.counts),
+                d.counts.finished(),
                 d.counts.total(),
                 counts(&d.counts)
             ),
@@ -332,11 +332,6 @@ pub(crate) fn deployment(d: &Deployment, now: Now, width: Option<usize>) -> Stri
         }
     }
     out
-}
-
-/// Targets with a final status.
-pub(crate) fn finished(c: &Counts) -> u64 {
-    c.success + c.failed + c.cancelled
 }
 
 /// The non-zero counts: `2 success, 1 in progress`.
@@ -583,6 +578,6 @@ mod tests {
         };
         assert_eq!(counts(&c), "2 success, 1 pending");
         assert_eq!(counts(&Counts::default()), "no targets");
-        assert_eq!(finished(&c), 2);
+        assert_eq!(c.finished(), 2);
     }
 }

@@ -7,7 +7,8 @@ use ratatui::style::{Color, Style};
 use ratatui::widgets::{Cell, Row, Table, Widget};
 
 use super::{list_frame, selected};
-use crate::app::{App, human_bytes};
+use crate::app::App;
+use crate::fmt::bytes;
 
 pub struct BundlesView<'a>(pub &'a App);
 
@@ -47,7 +48,7 @@ impl Widget for BundlesView<'_> {
                         x.version
                     )),
                     Cell::from(x.name.clone()),
-                    Cell::from(human_bytes(x.size_bytes)),
+                    Cell::from(bytes(x.size_bytes)),
                     Cell::from(sum),
                     Cell::from(x.created_at.format("%Y-%m-%d %H:%M").to_string()),
                     Cell::from(x.manifest.description.clone().unwrap_or_default()),

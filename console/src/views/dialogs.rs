@@ -8,7 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget};
 
 use crate::app::dialog::{CONFIG_FIELDS, Dialog, TargetOption};
-use crate::app::human_bytes;
+use crate::fmt::bytes;
 
 pub struct DialogView<'a>(pub &'a Dialog);
 
@@ -50,7 +50,7 @@ impl Widget for DialogView<'_> {
                                     "{:<16} {:<12} {:>10}",
                                     b.version,
                                     b.name,
-                                    human_bytes(b.size_bytes)
+                                    bytes(b.size_bytes)
                                 ),
                             )
                         },

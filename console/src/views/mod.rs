@@ -240,14 +240,7 @@ pub(crate) fn target_style(s: TargetStatus) -> Style {
 
 /// "4s", "12m", "3h", "5d" since `t`; "-" for never.
 pub(crate) fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
-    let Some(t) = t else { return "-".into() };
-    let s = (now - t).num_seconds().max(0);
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86_400 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    }
+    t.map_or_else(|| "-".to_owned(), |t| crate::fmt::age(t, now))
 }
 
 /// An id cut to `width`, keeping its end: device ids are time-ordered UUIDs whose
