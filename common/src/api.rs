@@ -213,6 +213,14 @@ impl DeviceConfig {
     pub const DEFAULT_HEARTBEAT_TIMEOUT: u64 = 30;
     pub const DEFAULT_DEPLOY_TIMEOUT: u64 = 300;
     pub const LOG_LEVELS: [&'static str; 5] = ["trace", "debug", "info", "warn", "error"];
+    /// The fields a `PUT /devices/{id}/config` may set, in display order.
+    pub const FIELDS: [&'static str; 5] = [
+        "polling_interval",
+        "heartbeat_timeout",
+        "deploy_timeout",
+        "log_level",
+        "metadata",
+    ];
 
     /// The defaults every device starts with, at version 1.
     pub fn defaults(device_id: &str) -> Self {

@@ -259,13 +259,8 @@ impl PickRollback {
 
 // ------------------------------------------------------------------------------ config
 
-pub const CONFIG_FIELDS: [&str; 5] = [
-    "polling_interval",
-    "heartbeat_timeout",
-    "deploy_timeout",
-    "log_level",
-    "metadata",
-];
+/// The form's fields, in order.
+pub const CONFIG_FIELDS: [&str; 5] = DeviceConfig::FIELDS;
 
 #[derive(Debug, Clone)]
 pub struct ConfigForm {

@@ -12,13 +12,7 @@ use super::{OpError, OpResult, Report, check_id, connect, output, render};
 use crate::cli::ConnArgs;
 
 /// The keys `config set` takes: the fields of `PUT /devices/{id}/config`.
-pub(crate) const KEYS: [&str; 5] = [
-    "polling_interval",
-    "heartbeat_timeout",
-    "deploy_timeout",
-    "log_level",
-    "metadata",
-];
+const KEYS: [&str; 5] = DeviceConfig::FIELDS;
 
 pub(crate) async fn get(conn: &ConnArgs, id: &str) -> OpResult<Report> {
     check_id("device", id)?;
