@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use kernex_common::api::{CreateDeployment, Deployment, RollbackRequest, TargetStatus};
-use kernex_common::validate::{is_valid_tag, is_valid_version};
+use kernex_common::validate::is_valid_version;
 
-use super::{OpError, OpResult, Report, check_id, connect, output, render};
+use super::{OpError, OpResult, Report, check_id, check_tag, connect, output, render};
 use crate::api::{Api, ApiError};
 use crate::cli::{ConnArgs, DeployArgs, RollbackArgs, WaitArgs};
 
@@ -112,26 +112,20 @@ fn check_version(v: &str) -> OpResult<()> {
 
 /// `--devices a,b` (also `a, b` or a trailing comma): checked, without duplicates.
 fn device_ids(list: &[String]) -> OpResult<Vec<String>> {
-    let mut out: Vec<String> = Vec::new();
-    for id in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        check_id("device", id)?;
-        if !out.iter().any(|o| o == id) {
-            out.push(id.to_owned());
-        }
-    }
-    Ok(out)
+    checked_list(list, |id| check_id("device", id))
 }
 
 fn tags(list: &[String]) -> OpResult<Vec<String>> {
+    checked_list(list, check_tag)
+}
+
+/// Trimmed, non-empty, each checked, first occurrence kept.
+fn checked_list(list: &[String], check: impl Fn(&str) -> OpResult<()>) -> OpResult<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
-    for t in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        if !is_valid_tag(t) {
-            return Err(OpError::Usage(format!(
-                "invalid tag {t:?}: tags are 1-64 characters of [A-Za-z0-9._:-]"
-            )));
-        }
-        if !out.iter().any(|o| o == t) {
-            out.push(t.to_owned());
+    for item in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        check(item)?;
+        if !out.iter().any(|o| o == item) {
+            out.push(item.to_owned());
         }
     }
     Ok(out)

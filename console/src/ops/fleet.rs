@@ -2,10 +2,9 @@
 
 use chrono::Utc;
 use kernex_common::api::{Admission, DeviceConfig, DeviceDetail, HistoryRecord, OnlineStatus};
-use kernex_common::validate::is_valid_tag;
 use serde::Serialize;
 
-use super::{OpError, OpResult, Report, check_id, connect, output, render};
+use super::{OpError, OpResult, Report, check_id, check_tag, connect, output, render};
 use crate::api::DeviceQuery;
 use crate::cli::{ConnArgs, DevicesArgs};
 
@@ -24,10 +23,8 @@ pub(crate) async fn devices(conn: &ConnArgs, args: &DevicesArgs) -> OpResult<Rep
 
 /// The filters, checked here so a typo is a usage error rather than a server's 400.
 fn query(args: &DevicesArgs) -> OpResult<DeviceQuery> {
-    if let Some(t) = args.tag.as_deref().filter(|t| !is_valid_tag(t)) {
-        return Err(OpError::Usage(format!(
-            "invalid tag {t:?}: tags are 1-64 characters of [A-Za-z0-9._:-]"
-        )));
+    if let Some(t) = args.tag.as_deref() {
+        check_tag(t)?;
     }
     if let Some(s) = args
         .status

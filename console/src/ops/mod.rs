@@ -176,6 +176,17 @@ fn check_id(what: &str, id: &str) -> OpResult<()> {
     }
 }
 
+/// A tag as the server accepts them.
+fn check_tag(t: &str) -> OpResult<()> {
+    if kernex_common::validate::is_valid_tag(t) {
+        Ok(())
+    } else {
+        Err(OpError::Usage(format!(
+            "invalid tag {t:?}: tags are 1-64 characters of [A-Za-z0-9._:-]"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

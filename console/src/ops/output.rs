@@ -25,8 +25,14 @@ pub(crate) fn stdout(text: &str) -> io::Result<()> {
     out.flush()
 }
 
-/// `kernex-console: <message>` on stderr. A closed stderr is ignored.
+/// `kernex-console: <message>` on stderr. A closed stderr is ignored. Messages can carry
+/// a server's or proxy's own text: control characters (escapes) are blanked.
 pub(crate) fn error(message: &dyn std::fmt::Display) {
+    let message: String = message
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .collect();
     let _ = writeln!(io::stderr().lock(), "kernex-console: {message}");
 }
 
