@@ -207,11 +207,13 @@ impl Api {
         loop {
             let page = self.devices(&q).await?;
             let full = page.len() == MAX_PAGE as usize;
-            q.after = page.last().map(|d| d.device_id.clone());
+            let after = page.last().map(|d| d.device_id.clone());
             out.extend(page);
-            if !full || q.after.is_none() {
+            // A cursor that does not move would loop forever (a broken server or proxy).
+            if !full || after.is_none() || after == q.after {
                 return Ok(out);
             }
+            q.after = after;
         }
     }
 

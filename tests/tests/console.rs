@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use kernex_tests::agent::{Agent, fixture_bundle};
 use kernex_tests::{ServerProcess, bin, workspace_root};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const ADMIN: &str = "console-admin";
 const ENROLL: &str = "console-enroll";
@@ -301,7 +300,7 @@ fn fixture_dir(name: &str) -> PathBuf {
 }
 
 fn sha256(path: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+    kernex_common::bundle::sha256_file(path).unwrap()
 }
 
 /// `bundle pack`, `bundle push`, `bundles`.
