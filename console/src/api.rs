@@ -55,8 +55,17 @@ impl ApiError {
         }
     }
 
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, ApiError::Unreachable { .. })
+    /// Worth retrying: no answer, or a gateway's answer while the server behind it
+    /// restarts (502/503/504).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Unreachable { .. }
+                | ApiError::Refused {
+                    status: 502..=504,
+                    ..
+                }
+        )
     }
 }
 
@@ -496,6 +505,22 @@ mod tests {
             reason: "refused".into(),
         };
         assert_eq!(gone.exit_code(), 2);
+    }
+
+    #[test]
+    fn gateway_errors_and_silence_are_worth_retrying_refusals_are_not() {
+        let refused = |status| ApiError::Refused {
+            status,
+            code: "x".into(),
+            message: "x".into(),
+        };
+        assert!(refused(503).is_transient() && refused(502).is_transient());
+        assert!(!refused(400).is_transient() && !refused(500).is_transient());
+        let gone = ApiError::Unreachable {
+            server: "http://x".into(),
+            reason: "refused".into(),
+        };
+        assert!(gone.is_transient());
     }
 
     #[test]

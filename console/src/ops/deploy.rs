@@ -219,7 +219,7 @@ async fn watch(api: &Api, mut dep: Deployment, timeout: Option<Duration>) -> OpR
                 dep = d;
                 unreachable_since = None;
             }
-            Some(Err(e)) if e.is_unreachable() => {
+            Some(Err(e)) if e.is_transient() => {
                 let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= UNREACHABLE_LIMIT {
                     bar.finish_and_clear();
