@@ -1,108 +1,258 @@
-//! Heartbeat cost against fleet size: the same per-heartbeat work on a fleet of 1,000 and
-//! of 100,000 devices (each with an open deployment) shows it is O(this device), not a
-//! scan. Run with `just bench` (release build; `KERNEX_BENCH_FLEETS=1000,20000` picks the
-//! sizes). Prints a table; no pass/fail.
+//! The store's heartbeat cost against fleet size, seeded through the store (not HTTP).
+//!
+//! For each fleet (default 1,000, 100,000 and 1,000,000 devices; `KERNEX_BENCH_FLEETS`
+//! picks others) it registers the devices, opens a deployment to 1 % of them (their
+//! beats re-send a command) and gives every 10th a config, then reports:
+//! - `store µs/beat`: [`Store::write_beats`] alone, in the writer's batches;
+//! - `path µs/beat`: the whole heartbeat path above the store ([`HeartbeatService::beat`]:
+//!   work index, commands, queueing to the beat writer), with the writer running;
+//! - `bytes/beat`: growth of the data dir per heartbeat after a flush, once every device
+//!   has a full history ring (so it is the steady state, not the first fill);
+//! - a cancel of a 100,000-target deployment in chunks, with its longest step;
+//! - the process's resident memory at the end.
+//!
+//! Run with `just bench` (release). Prints a table; no pass/fail.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use kernex_common::api::{DeploymentKind, HeartbeatRequest};
+use futures_util::StreamExt;
+use kernex_common::api::{Admission, ConfigUpdate, DeploymentKind, HeartbeatRequest};
 use kernex_common::manifest::{Manifest, ScriptSpec};
-use kernex_server::store::{BundleRecord, NewRegistration, Store, new_id};
+use kernex_server::service::heartbeat::HeartbeatService;
+use kernex_server::store::{
+    Beat, BundleRecord, NewRegistration, SledOptions, SledStore, Store, new_id,
+};
 use serde_json::json;
 
-fn fleet(store: &Store, n: usize) -> Vec<String> {
-    let now = Utc::now();
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let reg = NewRegistration {
-            public_key_pem: String::new(),
-            fingerprint: format!("fp-{i}"),
-            device_type: "bench".into(),
-            hardware_metadata: json!({}),
-            signature_hash: format!("sig-{i}"),
-            replay_until: now,
-            admission: kernex_common::api::Admission::Accepted,
-            token_hash: format!("tok-{i}"),
-            now,
-        };
-        ids.push(store.register(&reg).expect("register").device.device_id);
+/// Heartbeats kept per device in this bench (the server's default is 1,000; a smaller
+/// ring lets the steady state be reached at 1M devices in a bench run).
+const RETENTION: u64 = 20;
+
+fn report(config_version: Option<u64>) -> HeartbeatRequest {
+    HeartbeatRequest {
+        agent_version: "0.3.1".into(),
+        cpu_pct: 12.5,
+        memory_mb: 812.0,
+        status: "idle".into(),
+        current_bundle_version: Some("1.0.0".into()),
+        config_version,
+        queued_reports: 0,
     }
+}
+
+async fn seed(store: &Arc<dyn Store>, n: usize) -> Vec<String> {
+    let now = Utc::now();
+    let regs = (0..n).map(|i| NewRegistration {
+        public_key_pem: String::new(),
+        fingerprint: format!("fp-{i}"),
+        device_type: "bench".into(),
+        hardware_metadata: json!({"model": "bench", "serial": i}),
+        signature_hash: format!("sig-{i}"),
+        replay_until: now,
+        admission: Admission::Accepted,
+        token_hash: format!("tok-{i}"),
+        now,
+    });
+    // Many at once: the group commit shares one fsync among all that wait.
+    let mut ids: Vec<String> = futures_util::stream::iter(regs)
+        .map(|reg| {
+            let store = store.clone();
+            async move {
+                store
+                    .register(&reg)
+                    .await
+                    .expect("register")
+                    .device
+                    .id()
+                    .to_owned()
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    ids.sort();
     ids
 }
 
-fn main() {
-    let hb = HeartbeatRequest {
-        agent_version: "bench".into(),
-        cpu_pct: 10.0,
-        memory_mb: 100.0,
-        status: "idle".into(),
-        current_bundle_version: None,
-        config_version: Some(1),
-        queued_reports: 0,
+fn bundle() -> BundleRecord {
+    BundleRecord {
+        id: new_id(),
+        name: "app".into(),
+        version: "1.0.0".into(),
+        checksum_sha256: "0".repeat(64),
+        size_bytes: 1,
+        manifest: Manifest {
+            name: "app".into(),
+            version: "1.0.0".into(),
+            description: None,
+            deploy: ScriptSpec {
+                script: "deploy.sh".into(),
+                timeout_s: None,
+            },
+            rollback: None,
+            health: None,
+        },
+        created_at: Utc::now(),
+    }
+}
+
+/// A pseudo-random walk over the fleet (no two neighbours in a row).
+fn pick(ids: &[String], i: usize) -> &str {
+    &ids[(i.wrapping_mul(7919)) % ids.len()]
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+async fn write_beats(store: &dyn Store, ids: &[String], beats: usize, offset: usize) -> Duration {
+    let started = Instant::now();
+    let mut i = offset;
+    while i < offset + beats {
+        let batch: Vec<Beat> = (i..(i + 1024).min(offset + beats))
+            .map(|k| Beat {
+                device_id: pick(ids, k).to_owned(),
+                at: Utc::now(),
+                report: report(Some(1)),
+                polling_interval: 60,
+            })
+            .collect();
+        i += batch.len();
+        store.write_beats(batch).await.expect("write_beats");
+    }
+    started.elapsed()
+}
+
+async fn fleet(n: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sled = SledStore::open(
+        dir.path(),
+        SledOptions {
+            heartbeat_retention: RETENTION,
+        },
+    )
+    .expect("open");
+    let store: Arc<dyn Store> = Arc::new(sled.clone());
+    let started = Instant::now();
+    let ids = seed(&store, n).await;
+    let seeded = started.elapsed();
+
+    let b = bundle();
+    store.insert_bundle(&b).await.expect("bundle");
+    let targets: Vec<String> = ids.iter().step_by(100).cloned().collect();
+    store
+        .create_deployment(DeploymentKind::Deploy, &b, &targets, Utc::now())
+        .await
+        .expect("deployment");
+    let update = ConfigUpdate {
+        polling_interval: Some(30),
+        ..Default::default()
     };
+    for id in ids.iter().step_by(10) {
+        store
+            .update_config(id, &update, Utc::now())
+            .await
+            .expect("config");
+    }
+
+    // Fill every device's history ring, so what follows is the steady state.
+    write_beats(&*store, &ids, n * RETENTION as usize, 0).await;
+    store.sync().await.expect("sync");
+    let size_before = sled.size_on_disk().expect("size");
+
+    let beats = 200_000;
+    let store_time = write_beats(&*store, &ids, beats, 1).await;
+    store.sync().await.expect("sync");
+    let size_after = sled.size_on_disk().expect("size");
+
+    let work = sled.work_snapshot_blocking().expect("snapshot");
+    let service = HeartbeatService::start(store.clone(), work);
+    let path_beats = 200_000;
+    let started = Instant::now();
+    for k in 0..path_beats {
+        let out = service
+            .beat(pick(&ids, k + 3), report(Some(2)), Utc::now())
+            .await
+            .expect("beat");
+        std::hint::black_box(out);
+    }
+    service.settle().await;
+    let path_time = started.elapsed();
+
     println!(
-        "{:>8} {:>16} {:>12} {:>14} {:>14}",
-        "devices", "µs/first beat", "heartbeats", "mean µs/beat", "beats/s"
+        "{:>9} {:>9.1}s {:>14.2} {:>14.2} {:>12.0} {:>10.0}",
+        n,
+        seeded.as_secs_f64(),
+        store_time.as_secs_f64() * 1e6 / beats as f64,
+        path_time.as_secs_f64() * 1e6 / path_beats as f64,
+        (size_after as f64 - size_before as f64) / beats as f64,
+        rss_mib(),
     );
-    // KERNEX_BENCH_FLEETS=1000,20000,100000 to choose the fleet sizes.
+}
+
+/// A 100,000-target deployment cancelled in the server's chunks while nothing else
+/// runs: the longest step bounds how long a heartbeat could wait behind it.
+async fn big_cancel(n: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> =
+        Arc::new(SledStore::open(dir.path(), SledOptions::default()).expect("open"));
+    let ids = seed(&store, n).await;
+    let b = bundle();
+    store.insert_bundle(&b).await.expect("bundle");
+    let started = Instant::now();
+    let dep = store
+        .create_deployment(DeploymentKind::Deploy, &b, &ids, Utc::now())
+        .await
+        .expect("deployment");
+    let created = started.elapsed();
+    let started = Instant::now();
+    let mut longest = Duration::ZERO;
+    let mut after: Option<String> = None;
+    let mut steps = 0;
+    loop {
+        let t = Instant::now();
+        let step = store
+            .cancel_deployment_step(&dep.id, after.as_deref(), 1000, Utc::now())
+            .await
+            .expect("cancel");
+        longest = longest.max(t.elapsed());
+        steps += 1;
+        match step.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    println!(
+        "\n{n}-target deployment: created in {:.0} ms; cancelled in {:.0} ms over {steps} steps, longest step {:.1} ms",
+        created.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64() * 1e3,
+        longest.as_secs_f64() * 1e3,
+    );
+}
+
+fn main() {
     let fleets: Vec<usize> = std::env::var("KERNEX_BENCH_FLEETS")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1_000, 100_000]);
-    for n in fleets {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
-        let ids = fleet(&store, n);
-        let bundle = BundleRecord {
-            id: new_id(),
-            name: "app".into(),
-            version: "1.0.0".into(),
-            checksum_sha256: "0".repeat(64),
-            size_bytes: 1,
-            manifest: Manifest {
-                name: "app".into(),
-                version: "1.0.0".into(),
-                description: None,
-                deploy: ScriptSpec {
-                    script: "deploy.sh".into(),
-                    timeout_s: None,
-                },
-                rollback: None,
-                health: None,
-            },
-            created_at: Utc::now(),
-        };
-        store.insert_bundle(&bundle).expect("bundle");
-        // Every device has an open deployment: the fleet-wide index is as full as it gets.
-        store
-            .create_deployment(DeploymentKind::Deploy, &bundle, &ids, Utc::now())
-            .expect("deployment");
-        // First beat of each device delivers its command (pending → in_progress, a write
-        // to the shared deployment record); measure that separately from steady state.
-        let started = Instant::now();
-        for id in &ids {
-            store
-                .heartbeat(id, &hb, Utc::now(), 1000)
-                .expect("heartbeat");
-        }
-        let first = started.elapsed().as_secs_f64() * 1e6 / ids.len() as f64;
-        let beats = 20_000usize;
-        let started = Instant::now();
-        for i in 0..beats {
-            let id = &ids[(i * 7919) % ids.len()];
-            store
-                .heartbeat(id, &hb, Utc::now(), 1000)
-                .expect("heartbeat");
-        }
-        let secs = started.elapsed().as_secs_f64();
+        .unwrap_or_else(|| vec![1_000, 100_000, 1_000_000]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
         println!(
-            "{:>8} {:>16.1} {:>12} {:>14.1} {:>14.0}",
-            n,
-            first,
-            beats,
-            secs * 1e6 / beats as f64,
-            beats as f64 / secs
+            "{:>9} {:>10} {:>14} {:>14} {:>12} {:>10}",
+            "devices", "seeded in", "store µs/beat", "path µs/beat", "bytes/beat", "RSS MiB"
         );
-    }
+        for n in fleets {
+            fleet(n).await;
+        }
+        big_cancel(100_000).await;
+    });
 }

@@ -72,7 +72,7 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <token>'"))?;
-        match state.store.principal(&hash_token(token))? {
+        match state.store.principal(&hash_token(token)).await? {
             Some(Principal::Operator { name }) => Ok(Caller::Operator { name }),
             Some(Principal::Device { device_id }) => Ok(Caller::Device { device_id }),
             None => Err(ApiError::unauthorized("invalid or revoked token")),

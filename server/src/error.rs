@@ -97,7 +97,9 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(m) => ApiError::bad_request(m),
             StoreError::Forbidden(m) => ApiError::forbidden(m),
             StoreError::Unauthorized(m) => ApiError::unauthorized(m),
-            e @ (StoreError::Sled(_) | StoreError::Codec(_)) => ApiError::internal(e),
+            e @ (StoreError::Locked | StoreError::Backend(_) | StoreError::Codec(_)) => {
+                ApiError::internal(e)
+            }
         }
     }
 }

@@ -18,12 +18,14 @@ pub mod events; // live event broadcast
 pub mod metrics; // Prometheus registry
 pub mod router; // every route
 pub mod routes; // handlers
+pub mod service; // rules above the store; the heartbeat path
 pub mod settings; // CLI flags and env
 pub mod state; // AppState
 pub mod store; // storage behind one interface
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::Utc;
 
@@ -33,7 +35,7 @@ pub use state::AppState;
 
 use crate::auth::{hash_token, mint_token};
 use crate::state::Limits;
-use crate::store::{Store, StoreError};
+use crate::store::{SledOptions, SledStore, StoreError};
 
 /// Name of the bootstrap operator token file in the data dir.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -53,8 +55,13 @@ pub enum StartError {
 
 /// Open the store in the data dir, clean up what a crash may have left, and make sure an
 /// operator token exists.
+///
+/// Needs a tokio runtime: it starts the heartbeat writer.
 pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
-    let store = open_store(&settings.data_dir)?;
+    let options = SledOptions {
+        heartbeat_retention: settings.heartbeat_retention.max(1),
+    };
+    let store = open_store(&settings.data_dir, options)?;
     let bundle_dir = settings.data_dir.join("bundles");
     std::fs::create_dir_all(&bundle_dir)?;
     clean_bundle_dir(&store, &bundle_dir)?;
@@ -62,15 +69,15 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
     let limits = Limits {
         enrollment_token: settings.enrollment_token.clone().filter(|t| !t.is_empty()),
         max_bundle_size: settings.max_bundle_size,
-        heartbeat_retention: settings.heartbeat_retention.max(1),
     };
-    Ok(AppState::new(store, limits, bundle_dir))
+    let work = store.work_snapshot_blocking()?;
+    Ok(AppState::new(Arc::new(store), work, limits, bundle_dir))
 }
 
 /// Open the sled store, telling a held lock apart from other failures.
-pub fn open_store(data_dir: &Path) -> Result<Store, StartError> {
+pub fn open_store(data_dir: &Path, options: SledOptions) -> Result<SledStore, StartError> {
     std::fs::create_dir_all(data_dir)?;
-    Store::open(&data_dir.join("db")).map_err(|e| {
+    SledStore::open(&data_dir.join("db"), options).map_err(|e| {
         if e.is_locked() {
             StartError::Locked(data_dir.to_path_buf())
         } else {
@@ -81,7 +88,7 @@ pub fn open_store(data_dir: &Path) -> Result<Store, StartError> {
 
 /// Remove half-uploaded files and archives whose record never got written (a crash
 /// between the two).
-fn clean_bundle_dir(store: &Store, bundle_dir: &Path) -> Result<(), StartError> {
+fn clean_bundle_dir(store: &SledStore, bundle_dir: &Path) -> Result<(), StartError> {
     let tmp = bundle_dir.join("tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
@@ -95,7 +102,7 @@ fn clean_bundle_dir(store: &Store, bundle_dir: &Path) -> Result<(), StartError> 
         else {
             continue;
         };
-        if matches!(store.bundle(id), Err(StoreError::NotFound(_))) {
+        if matches!(store.bundle_blocking(id), Err(StoreError::NotFound(_))) {
             tracing::warn!(path = %path.display(), "removing bundle file with no record");
             std::fs::remove_file(&path)?;
         }
@@ -103,19 +110,19 @@ fn clean_bundle_dir(store: &Store, bundle_dir: &Path) -> Result<(), StartError> 
     Ok(())
 }
 
-fn bootstrap_admin(store: &Store, settings: &ServerSettings) -> Result<(), StartError> {
+fn bootstrap_admin(store: &SledStore, settings: &ServerSettings) -> Result<(), StartError> {
     let now = Utc::now();
     if let Some(token) = settings.admin_token.as_deref().filter(|t| !t.is_empty()) {
-        store.put_operator_token("admin", &hash_token(token), now)?;
+        store.put_operator_token_blocking("admin", &hash_token(token), now)?;
         return Ok(());
     }
-    if store.has_operator_tokens() {
+    if store.has_operator_tokens_blocking() {
         return Ok(());
     }
     let token = mint_token("kxo_");
     let path = settings.data_dir.join(ADMIN_TOKEN_FILE);
     write_secret(&path, &format!("{token}\n"))?;
-    store.create_operator_token("admin", &hash_token(&token), now)?;
+    store.create_operator_token_blocking("admin", &hash_token(&token), now)?;
     tracing::info!(path = %path.display(), "generated the first operator token");
     Ok(())
 }
@@ -142,17 +149,15 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let store = state.store.clone();
     let stopping = state.shutdown.clone();
     let shutdown = async move {
         shutdown.await;
         stopping.cancel();
     };
-    axum::serve(listener, router(state))
+    axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown)
         .await?;
-    store.flush().await.map_err(std::io::Error::other)?;
-    Ok(())
+    close(&state).await
 }
 
 /// Serve HTTPS (rustls) with the PEM certificate chain and key given.
@@ -173,12 +178,16 @@ pub async fn serve_tls(
         stopping.cancel();
         stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
-    let store = state.store.clone();
     listener.set_nonblocking(true)?;
     axum_server::from_tcp_rustls(listener, config)?
         .handle(handle)
-        .serve(router(state).into_make_service())
+        .serve(router(state.clone()).into_make_service())
         .await?;
-    store.flush().await.map_err(std::io::Error::other)?;
-    Ok(())
+    close(&state).await
+}
+
+/// After the last request: store the heartbeats still queued and make everything durable.
+async fn close(state: &AppState) -> std::io::Result<()> {
+    state.heartbeats.settle().await;
+    state.store.sync().await.map_err(std::io::Error::other)
 }

@@ -31,16 +31,15 @@ fn token_create(name: &str, data_dir: std::path::PathBuf) -> anyhow::Result<()> 
     if !kernex_server::routes::tokens::valid_token_name(name) {
         anyhow::bail!("--name must be 1-64 characters of [A-Za-z0-9._-]");
     }
-    let store = kernex_server::open_store(&data_dir)?;
+    let store = kernex_server::open_store(&data_dir, Default::default())?;
     let token = kernex_server::auth::mint_token("kxo_");
     store
-        .create_operator_token(
+        .create_operator_token_blocking(
             name,
             &kernex_server::auth::hash_token(&token),
             chrono::Utc::now(),
         )
         .with_context(|| format!("creating token {name:?}"))?;
-    store.flush_blocking()?;
     println!("{token}");
     Ok(())
 }

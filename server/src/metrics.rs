@@ -1,12 +1,12 @@
 //! Prometheus metrics (`GET /metrics`), one registry per server instance (no globals, so
 //! several servers can live in one test process).
 //!
-//! Fleet gauges (devices by admission and online status, deployments by status) are read
-//! from the store at scrape time, so every replica reports the same truth.
+//! Fleet gauges (devices by admission, devices by online status, deployments by status)
+//! come from counters the store keeps on writes ([`FleetCounts`]), so a scrape costs the
+//! same at 1M devices as at 10, and every replica reports the same truth.
 
 use std::time::Duration;
 
-use chrono::Utc;
 use kernex_common::api::TargetStatus;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::store::{Store, StoreError};
+use crate::store::FleetCounts;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -30,9 +30,8 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DeviceLabels {
+struct AdmissionLabels {
     admission: &'static str,
-    status: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,10 +49,9 @@ pub struct Metrics {
     latency: HistogramFamily,
     heartbeats: Counter,
     bundle_bytes: Counter,
-    devices: Family<DeviceLabels, Gauge>,
+    devices: Family<AdmissionLabels, Gauge>,
+    devices_online: Family<StatusLabels, Gauge>,
     deployments: Family<StatusLabels, Gauge>,
-    /// One render at a time: a render clears and refills the fleet gauges.
-    render: std::sync::Mutex<()>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -67,7 +65,8 @@ impl Default for Metrics {
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let heartbeats = Counter::default();
         let bundle_bytes = Counter::default();
-        let devices = Family::<DeviceLabels, Gauge>::default();
+        let devices = Family::<AdmissionLabels, Gauge>::default();
+        let devices_online = Family::<StatusLabels, Gauge>::default();
         let deployments = Family::<StatusLabels, Gauge>::default();
         registry.register(
             "http_requests",
@@ -89,10 +88,11 @@ impl Default for Metrics {
             "Bundle bytes sent to clients",
             bundle_bytes.clone(),
         );
+        registry.register("devices", "Devices by admission", devices.clone());
         registry.register(
-            "devices",
-            "Devices by admission and online status",
-            devices.clone(),
+            "devices_by_status",
+            "Devices by online status (online, offline, never)",
+            devices_online.clone(),
         );
         registry.register("deployments", "Deployments by status", deployments.clone());
         Metrics {
@@ -102,8 +102,8 @@ impl Default for Metrics {
             heartbeats,
             bundle_bytes,
             devices,
+            devices_online,
             deployments,
-            render: std::sync::Mutex::new(()),
         }
     }
 }
@@ -132,38 +132,43 @@ impl Metrics {
         self.bundle_bytes.inc_by(n);
     }
 
-    /// Refresh the fleet gauges from the store and render the text exposition.
-    pub fn render(&self, store: &Store) -> Result<String, StoreError> {
-        let _one_at_a_time = self.render.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Utc::now();
-        self.devices.clear();
-        for device in store.all_devices() {
-            let d = device?;
-            self.devices
-                .get_or_create(&DeviceLabels {
-                    admission: d.admission.as_str(),
-                    status: d.online_status(now).as_str(),
-                })
-                .inc();
+    /// Set the fleet gauges from `counts` and render the text exposition. Gauges are set,
+    /// never cleared and refilled, so concurrent scrapes each see a whole fleet.
+    pub fn render(&self, counts: &FleetCounts) -> String {
+        let set = |gauge: &Gauge, n: u64| {
+            gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        for (admission, n) in [
+            ("pending", counts.devices_pending),
+            ("accepted", counts.devices_accepted),
+            ("rejected", counts.devices_rejected),
+        ] {
+            set(
+                &self.devices.get_or_create(&AdmissionLabels { admission }),
+                n,
+            );
         }
-        self.deployments.clear();
-        for status in TargetStatus::ALL {
-            self.deployments
-                .get_or_create(&StatusLabels {
+        for (status, n) in [
+            ("online", counts.online),
+            ("offline", counts.offline),
+            ("never", counts.never),
+        ] {
+            set(
+                &self.devices_online.get_or_create(&StatusLabels { status }),
+                n,
+            );
+        }
+        for (status, n) in TargetStatus::ALL.into_iter().zip(counts.deployments) {
+            set(
+                &self.deployments.get_or_create(&StatusLabels {
                     status: status.as_str(),
-                })
-                .set(0);
-        }
-        for dep in store.list_deployments(None, usize::MAX)? {
-            self.deployments
-                .get_or_create(&StatusLabels {
-                    status: dep.status.as_str(),
-                })
-                .inc();
+                }),
+                n,
+            );
         }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        Ok(out)
+        out
     }
 }

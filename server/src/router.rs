@@ -56,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/deployments/{deployment_id}", get(deployments::get))
         .route(
+            "/deployments/{deployment_id}/targets",
+            get(deployments::targets),
+        )
+        .route(
             "/deployments/{deployment_id}/cancel",
             post(deployments::cancel),
         )

@@ -8,14 +8,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::Events;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::service::heartbeat::HeartbeatService;
+use crate::store::{Store, WorkSnapshot};
 
 /// Settings the handlers need at run time.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub enrollment_token: Option<String>,
     pub max_bundle_size: u64,
-    pub heartbeat_retention: u64,
 }
 
 /// Cheap to clone: an `Arc` around everything.
@@ -24,7 +24,9 @@ pub struct AppState(Arc<Inner>);
 
 #[derive(Debug)]
 pub struct Inner {
-    pub store: Store,
+    pub store: Arc<dyn Store>,
+    /// The heartbeat path: work index and beat writer (SPEC §1.2, §1.6).
+    pub heartbeats: HeartbeatService,
     pub events: Events,
     pub metrics: Metrics,
     pub limits: Limits,
@@ -36,8 +38,16 @@ pub struct Inner {
 }
 
 impl AppState {
-    pub fn new(store: Store, limits: Limits, bundle_dir: PathBuf) -> Self {
+    /// Needs a tokio runtime (it starts the beat writer). `work` is what the heartbeat
+    /// service's index is built from ([`Store::work_snapshot`]).
+    pub fn new(
+        store: Arc<dyn Store>,
+        work: WorkSnapshot,
+        limits: Limits,
+        bundle_dir: PathBuf,
+    ) -> Self {
         AppState(Arc::new(Inner {
+            heartbeats: HeartbeatService::start(store.clone(), work),
             store,
             events: Events::default(),
             metrics: Metrics::default(),

@@ -1442,6 +1442,7 @@ async fn heartbeat_retention_prunes_oldest() {
         app.state
             .store
             .heartbeats(&dev.id, usize::MAX)
+            .await
             .unwrap()
             .len(),
         5

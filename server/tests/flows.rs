@@ -100,13 +100,15 @@ async fn deployments_never_target_a_device_rejected_or_deleted_meanwhile() {
         .state
         .store
         .bundle(info["id"].as_str().unwrap())
+        .await
         .unwrap();
     let now = chrono::Utc::now();
     app.state
         .store
         .set_admission(&a.id, Admission::Rejected, now)
+        .await
         .unwrap();
-    app.state.store.delete_device(&b.id, now).unwrap();
+    app.state.store.delete_device(&b.id, now).await.unwrap();
     for id in [&a.id, &b.id] {
         let err = app
             .state
@@ -117,6 +119,7 @@ async fn deployments_never_target_a_device_rejected_or_deleted_meanwhile() {
                 std::slice::from_ref(id),
                 now,
             )
+            .await
             .unwrap_err();
         assert!(
             matches!(err, kernex_server::store::StoreError::Invalid(_)),
@@ -264,30 +267,62 @@ async fn reject_and_delete_cancel_the_devices_unfinished_targets() {
 #[tokio::test]
 async fn lowered_retention_catches_up() {
     use kernex_common::api::HeartbeatRequest;
+    use kernex_server::store::{Beat, SledOptions, SledStore, Store};
     let app = TestApp::new();
     let dev = app.device().await;
-    let hb = HeartbeatRequest {
-        agent_version: "1".into(),
-        cpu_pct: 1.0,
-        memory_mb: 1.0,
-        status: "idle".into(),
-        current_bundle_version: None,
-        config_version: None,
-        queued_reports: 0,
+    let dir = app.data_dir().join("db");
+    drop(app.router);
+    drop(app.state);
+    let beat = || Beat {
+        device_id: dev.id.clone(),
+        at: chrono::Utc::now(),
+        report: HeartbeatRequest {
+            agent_version: "1".into(),
+            cpu_pct: 1.0,
+            memory_mb: 1.0,
+            status: "idle".into(),
+            current_bundle_version: None,
+            config_version: None,
+            queued_reports: 0,
+        },
+        polling_interval: 60,
     };
-    let store = &app.state.store;
+    let open = |retention| {
+        SledStore::open(
+            &dir,
+            SledOptions {
+                heartbeat_retention: retention,
+            },
+        )
+    };
+    let store = open_when_released(|| open(20)).await;
     for _ in 0..30 {
-        store
-            .heartbeat(&dev.id, &hb, chrono::Utc::now(), 20)
-            .unwrap();
+        store.write_beats(vec![beat()]).await.unwrap();
     }
-    assert_eq!(store.heartbeats(&dev.id, 1000).unwrap().len(), 20);
+    assert_eq!(store.heartbeats(&dev.id, 1000).await.unwrap().len(), 20);
+    drop(store);
+    let store = open_when_released(|| open(3)).await;
     for _ in 0..2 {
-        store
-            .heartbeat(&dev.id, &hb, chrono::Utc::now(), 3)
-            .unwrap();
+        store.write_beats(vec![beat()]).await.unwrap();
     }
-    assert_eq!(store.heartbeats(&dev.id, 1000).unwrap().len(), 3);
+    assert_eq!(store.heartbeats(&dev.id, 1000).await.unwrap().len(), 3);
+}
+
+/// Open a store whose previous holder is shutting down (its threads release the data
+/// dir's lock shortly after the last handle is dropped).
+async fn open_when_released<T>(
+    mut open: impl FnMut() -> Result<T, kernex_server::store::StoreError>,
+) -> T {
+    for _ in 0..200 {
+        match open() {
+            Ok(store) => return store,
+            Err(e) if e.is_locked() => {
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await
+            }
+            Err(e) => panic!("open: {e}"),
+        }
+    }
+    panic!("the data dir stayed locked");
 }
 
 /// A report naming another device is a 403 even when the rest of its body is bad.

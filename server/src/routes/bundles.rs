@@ -153,7 +153,7 @@ pub async fn upload(
         ));
     }
     let manifest = inspection.manifest;
-    if state.store.bundle_version_exists(&manifest.version)? {
+    if state.store.bundle_version_exists(&manifest.version).await? {
         return Err(ApiError::conflict(format!(
             "bundle version {} already exists",
             manifest.version
@@ -178,11 +178,10 @@ pub async fn upload(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    if let Err(e) = state.store.insert_bundle(&record) {
+    if let Err(e) = state.store.insert_bundle(&record).await {
         let _ = tokio::fs::remove_file(&final_path).await;
         return Err(e.into());
     }
-    state.store.flush().await?;
     tracing::info!(bundle.id = %record.id, version = %record.version, size, "bundle stored");
     let info = record.to_info();
     state.events.emit("bundle", &info);
@@ -198,7 +197,8 @@ pub async fn list(
     Ok(Json(
         state
             .store
-            .list_bundles()?
+            .list_bundles()
+            .await?
             .iter()
             .map(BundleRecord::to_info)
             .collect(),
@@ -211,7 +211,7 @@ pub async fn info(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<BundleInfo>> {
-    let b = state.store.bundle(&id)?;
+    let b = state.store.bundle(&id).await?;
     caller.require_operator()?;
     Ok(Json(b.to_info()))
 }
@@ -277,9 +277,9 @@ pub async fn download(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let b = state.store.bundle(&id)?;
+    let b = state.store.bundle(&id).await?;
     if let Caller::Device { device_id } = &caller
-        && !state.store.device_may_download(device_id, &id)?
+        && !state.store.device_may_download(device_id, &id).await?
     {
         return Err(ApiError::forbidden(
             "this device is not targeted by a deployment of this bundle",
@@ -353,10 +353,9 @@ pub async fn delete(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    state.store.bundle(&id)?;
+    state.store.bundle(&id).await?;
     caller.require_operator()?;
-    let b = state.store.delete_bundle(&id)?;
-    state.store.flush().await?;
+    let b = state.store.delete_bundle(&id).await?;
     if let Err(e) = tokio::fs::remove_file(archive_path(&state, &id)).await {
         tracing::warn!(bundle.id = %id, error = %e, "bundle record removed but its file could not be");
     }

@@ -19,8 +19,8 @@ pub async fn get(
     caller: Caller,
     ApiPath(device_id): ApiPath<String>,
 ) -> ApiResult<Json<DeviceConfig>> {
-    device_access(&state, &caller, &device_id, Access::OperatorOrDevice)?;
-    Ok(Json(state.store.config(&device_id)?))
+    device_access(&state, &caller, &device_id, Access::OperatorOrDevice).await?;
+    Ok(Json(state.store.config(&device_id).await?))
 }
 
 fn in_range(field: &str, v: Option<u64>, lo: u64, hi: u64) -> Result<(), ApiError> {
@@ -62,11 +62,14 @@ pub async fn put(
     ApiPath(device_id): ApiPath<String>,
     body: Result<ApiJson<ConfigUpdate>, ApiError>,
 ) -> ApiResult<Json<DeviceConfig>> {
-    device_access(&state, &caller, &device_id, Access::OperatorOnly)?;
+    device_access(&state, &caller, &device_id, Access::OperatorOnly).await?;
     let ApiJson(update) = body?;
     validate(&update)?;
-    let config = state.store.update_config(&device_id, &update, Utc::now())?;
-    state.store.flush().await?;
+    let config = state
+        .store
+        .update_config(&device_id, &update, Utc::now())
+        .await?;
+    state.heartbeats.config_changed(&config);
     tracing::info!(device.id = %device_id, version = config.version, "config updated");
     state.events.emit("config", &config);
     Ok(Json(config))

@@ -18,11 +18,18 @@ use super::limit;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::state::AppState;
-use crate::store::{DeploymentRecord, ResultOutcome, TargetRecord};
+use crate::store::{DeploymentRecord, ResultOutcome, TargetFilter, TargetRecord};
 
-/// The wire form of a deployment, with its targets.
-pub fn deployment_json(state: &AppState, dep: &DeploymentRecord) -> ApiResult<Deployment> {
-    Ok(dep.to_wire(state.store.deployment_targets(&dep.id)?))
+/// Most targets one cancel step changes (one short transaction each).
+const CANCEL_CHUNK: usize = 1000;
+
+/// The wire form of a deployment, with all its targets.
+pub async fn deployment_json(state: &AppState, dep: &DeploymentRecord) -> ApiResult<Deployment> {
+    let all = TargetFilter {
+        limit: usize::MAX,
+        ..Default::default()
+    };
+    Ok(dep.to_wire(state.store.deployment_targets(&dep.id, &all).await?))
 }
 
 /// Publish a deployment's new state (without the target list, which can be long).
@@ -59,11 +66,13 @@ pub async fn create(
     let bundle = match (&req.bundle_version, &req.bundle_id) {
         (Some(v), _) => state
             .store
-            .bundle_by_version(v)?
+            .bundle_by_version(v)
+            .await?
             .ok_or_else(|| ApiError::bad_request(format!("no bundle version {v:?}")))?,
         (None, Some(id)) => state
             .store
             .bundle(id)
+            .await
             .map_err(|_| ApiError::bad_request(format!("no bundle {id:?}")))?,
         (None, None) => {
             return Err(ApiError::bad_request(
@@ -76,11 +85,12 @@ pub async fn create(
         let d = state
             .store
             .device(id)
+            .await
             .map_err(|_| ApiError::bad_request(format!("no device {id:?}")))?;
-        if d.admission != Admission::Accepted {
+        if d.admission() != Admission::Accepted {
             return Err(ApiError::bad_request(format!(
                 "device {id} is {}, not accepted",
-                d.admission.as_str()
+                d.admission().as_str()
             )));
         }
         targets.insert(id.clone());
@@ -88,27 +98,37 @@ pub async fn create(
     if let Some(bad) = req.target_tags.iter().find(|t| !is_valid_tag(t)) {
         return Err(ApiError::bad_request(format!("invalid tag {bad:?}")));
     }
-    targets.extend(state.store.accepted_devices_with_tags(&req.target_tags)?);
+    targets.extend(
+        state
+            .store
+            .accepted_devices_with_tags(&req.target_tags)
+            .await?,
+    );
     if targets.is_empty() {
         return Err(ApiError::bad_request(
             "no target devices: give target_device_ids or target_tags that match accepted devices",
         ));
     }
     let targets: Vec<String> = targets.into_iter().collect();
-    let dep =
-        state
-            .store
-            .create_deployment(DeploymentKind::Deploy, &bundle, &targets, Utc::now())?;
-    state.store.flush().await?;
+    let dep = state
+        .store
+        .create_deployment(DeploymentKind::Deploy, &bundle, &targets, Utc::now())
+        .await?;
+    state.heartbeats.touch(targets.iter().map(String::as_str));
     tracing::info!(deployment.id = %dep.id, version = %dep.bundle_version, targets = targets.len(), "deployment created");
     emit_deployment(&state, &dep);
-    Ok((StatusCode::CREATED, Json(deployment_json(&state, &dep)?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(deployment_json(&state, &dep).await?),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     status: Option<TargetStatus>,
     limit: Option<usize>,
+    /// `false` leaves each deployment's targets out (SPEC §1.5).
+    devices: Option<bool>,
 }
 
 /// `GET /deployments`. An unknown `status` is a 400 naming the valid ones.
@@ -120,11 +140,44 @@ pub async fn list(
     caller.require_operator()?;
     let ApiQuery(q) = query?;
     let n = limit(q.limit, 50, 1000)?;
-    let deps = state.store.list_deployments(q.status, n)?;
-    deps.iter()
-        .map(|d| deployment_json(&state, d))
-        .collect::<ApiResult<_>>()
-        .map(Json)
+    let deps = state.store.list_deployments(q.status, n).await?;
+    let mut out = Vec::with_capacity(deps.len());
+    for d in &deps {
+        out.push(if q.devices == Some(false) {
+            d.to_wire(Vec::new())
+        } else {
+            deployment_json(&state, d).await?
+        });
+    }
+    Ok(Json(out))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TargetsQuery {
+    status: Option<TargetStatus>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /deployments/{id}/targets` — one page of targets in device-id order.
+pub async fn targets(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    query: Result<ApiQuery<TargetsQuery>, ApiError>,
+) -> ApiResult<Json<Vec<DeploymentDevice>>> {
+    state.store.deployment(&id).await?;
+    caller.require_operator()?;
+    let ApiQuery(q) = query?;
+    let filter = TargetFilter {
+        status: q.status,
+        after: q.after,
+        limit: limit(q.limit, 100, 1000)?,
+    };
+    let page = state.store.deployment_targets(&id, &filter).await?;
+    Ok(Json(
+        page.into_iter().map(TargetRecord::into_wire).collect(),
+    ))
 }
 
 /// `GET /deployments/{id}`.
@@ -133,9 +186,9 @@ pub async fn get(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Deployment>> {
-    let dep = state.store.deployment(&id)?;
+    let dep = state.store.deployment(&id).await?;
     caller.require_operator()?;
-    Ok(Json(deployment_json(&state, &dep)?))
+    Ok(Json(deployment_json(&state, &dep).await?))
 }
 
 /// `POST /deployments/{id}/cancel`.
@@ -144,25 +197,43 @@ pub async fn cancel(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Deployment>> {
-    state.store.deployment(&id)?;
+    state.store.deployment(&id).await?;
     caller.require_operator()?;
-    let dep = state.store.cancel_deployment(&id, Utc::now())?;
-    state.store.flush().await?;
+    // In chunks, each its own short transaction, so heartbeats never wait long behind
+    // a 100,000-target cancel.
+    let mut after: Option<String> = None;
+    let dep = loop {
+        let step = state
+            .store
+            .cancel_deployment_step(&id, after.as_deref(), CANCEL_CHUNK, Utc::now())
+            .await?;
+        state
+            .heartbeats
+            .touch(step.cancelled.iter().map(String::as_str));
+        match step.next {
+            Some(next) => after = Some(next),
+            None => break step.deployment,
+        }
+    };
     tracing::info!(deployment.id = %id, status = dep.status.as_str(), "deployment cancelled");
     emit_deployment(&state, &dep);
-    Ok(Json(deployment_json(&state, &dep)?))
+    Ok(Json(deployment_json(&state, &dep).await?))
 }
 
 /// The device a device-side deployment call speaks for: 404 for an unknown deployment,
 /// 403 for operators and for devices that are not its targets.
-fn target_caller(state: &AppState, caller: &Caller, deployment_id: &str) -> ApiResult<String> {
-    state.store.deployment(deployment_id)?;
+async fn target_caller(
+    state: &AppState,
+    caller: &Caller,
+    deployment_id: &str,
+) -> ApiResult<String> {
+    state.store.deployment(deployment_id).await?;
     let Caller::Device { device_id } = caller else {
         return Err(ApiError::forbidden(
             "only a target device reports on a deployment",
         ));
     };
-    if !state.store.is_target(deployment_id, device_id)? {
+    if !state.store.is_target(deployment_id, device_id).await? {
         return Err(ApiError::forbidden(
             "this device is not a target of the deployment",
         ));
@@ -197,15 +268,15 @@ pub async fn progress(
     ApiPath(id): ApiPath<String>,
     body: Result<ApiJson<serde_json::Value>, ApiError>,
 ) -> ApiResult<StatusCode> {
-    let device_id = target_caller(&state, &caller, &id)?;
+    let device_id = target_caller(&state, &caller, &id).await?;
     let p: ProgressReport = device_report(body, &device_id)?;
     if p.progress_pct > 100 {
         return Err(ApiError::bad_request(
             "progress_pct must be between 0 and 100",
         ));
     }
-    let target = state.store.record_progress(&id, &p, Utc::now())?;
-    let dep = state.store.deployment(&id)?;
+    let target = state.store.record_progress(&id, &p, Utc::now()).await?;
+    let dep = state.store.deployment(&id).await?;
     emit_deployment_with(&state, &dep, Some(&target));
     Ok(StatusCode::NO_CONTENT)
 }
@@ -218,7 +289,7 @@ pub async fn result(
     ApiPath(id): ApiPath<String>,
     body: Result<ApiJson<serde_json::Value>, ApiError>,
 ) -> ApiResult<Json<DeploymentDevice>> {
-    let device_id = target_caller(&state, &caller, &id)?;
+    let device_id = target_caller(&state, &caller, &id).await?;
     let mut r: ResultReport = device_report(body, &device_id)?;
     if r.report_id.is_empty() || r.report_id.len() > 64 {
         return Err(ApiError::bad_request("report_id must be 1-64 characters"));
@@ -247,24 +318,20 @@ pub async fn result(
     r.log_tail = r
         .log_tail
         .map(|t| kernex_common::validate::tail_utf8(&t, MAX_MESSAGE_LEN).to_owned());
-    match state.store.apply_result(&id, &r, Utc::now())? {
+    match state.store.apply_result(&id, &r, Utc::now()).await? {
         ResultOutcome::Applied {
             deployment,
             target,
             history,
             device,
         } => {
-            state.store.flush().await?;
+            state.heartbeats.touch([device_id.as_str()]);
             tracing::info!(device.id = %device_id, status = history.status.as_str(), "result recorded");
             emit_deployment_with(&state, &deployment, Some(&target));
             state.events.emit("device", device.to_summary(Utc::now()));
             Ok(Json(target.into_wire()))
         }
-        ResultOutcome::Repeat { target } => {
-            // The first request may still be flushing: don't acknowledge before it is
-            // on disk, or a crash could lose a result the device already dropped.
-            state.store.flush().await?;
-            Ok(Json(target.into_wire()))
-        }
+        // Durable too: the store syncs a repeat, whose first copy may still be flushing.
+        ResultOutcome::Repeat { target } => Ok(Json(target.into_wire())),
     }
 }

@@ -115,10 +115,10 @@ pub async fn register(
         token_hash: hash_token(&token),
         now,
     };
-    let outcome = state.store.register(&reg)?;
-    state.store.flush().await?;
+    let outcome = state.store.register(&reg).await?;
     let d = &outcome.device;
-    tracing::info!(device.id = %d.device_id, created = outcome.created, admission = d.admission.as_str(), "device registered");
+    state.heartbeats.admission_changed(d.id(), d.admission());
+    tracing::info!(device.id = %d.id(), created = outcome.created, admission = d.admission().as_str(), "device registered");
     state.events.emit("device", d.to_summary(now));
     let status = if outcome.created {
         StatusCode::CREATED
@@ -128,9 +128,9 @@ pub async fn register(
     Ok((
         status,
         Json(RegisterResponse {
-            device_id: d.device_id.clone(),
+            device_id: d.id().to_owned(),
             device_token: token,
-            admission: d.admission,
+            admission: d.admission(),
         }),
     ))
 }
@@ -163,36 +163,34 @@ pub async fn heartbeat(
     ApiPath(device_id): ApiPath<String>,
     body: Result<ApiJson<HeartbeatRequest>, ApiError>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
-    device_access(&state, &caller, &device_id, Access::DeviceOnly)?;
+    device_access(&state, &caller, &device_id, Access::DeviceOnly).await?;
     let ApiJson(hb) = body?;
     validate_heartbeat(&hb)?;
     let now = Utc::now();
-    let out = state
-        .store
-        .heartbeat(&device_id, &hb, now, state.limits.heartbeat_retention)?;
+    let event = state.events.has_subscribers().then(|| {
+        json!({
+            "device_id": device_id,
+            "timestamp": now,
+            "agent_version": hb.agent_version,
+            "cpu_pct": hb.cpu_pct,
+            "memory_mb": hb.memory_mb,
+            "status": hb.status,
+            "current_bundle_version": hb.current_bundle_version,
+            "config_version": hb.config_version,
+            "queued_reports": hb.queued_reports,
+        })
+    });
+    let out = state.heartbeats.beat(&device_id, hb, now).await?;
     state.metrics.heartbeat();
-    if state.events.has_subscribers() {
-        state.events.emit(
-            "heartbeat",
-            json!({
-                "device_id": device_id,
-                "timestamp": now,
-                "agent_version": hb.agent_version,
-                "cpu_pct": hb.cpu_pct,
-                "memory_mb": hb.memory_mb,
-                "status": hb.status,
-                "current_bundle_version": out.device.current_bundle_version,
-                "config_version": hb.config_version,
-                "queued_reports": hb.queued_reports,
-            }),
-        );
+    if let Some(event) = event {
+        state.events.emit("heartbeat", event);
     }
     if let Some(dep) = &out.delivered {
         emit_deployment(&state, dep);
     }
     Ok(Json(HeartbeatResponse {
         commands: out.commands,
-        admission: out.device.admission,
+        admission: out.admission,
         server_time: now,
     }))
 }
@@ -221,8 +219,9 @@ pub async fn list(
         status: q.status,
         admission: q.admission,
     };
+    state.heartbeats.settle().await;
     let now = Utc::now();
-    let page = state.store.list_devices(&filter, now)?;
+    let page = state.store.list_devices(&filter, now).await?;
     Ok(Json(page.iter().map(|d| d.to_summary(now)).collect()))
 }
 
@@ -232,8 +231,11 @@ pub async fn get(
     caller: Caller,
     ApiPath(device_id): ApiPath<String>,
 ) -> ApiResult<Json<DeviceDetail>> {
-    device_access(&state, &caller, &device_id, Access::OperatorOnly)?;
-    Ok(Json(state.store.device(&device_id)?.to_detail(Utc::now())))
+    device_access(&state, &caller, &device_id, Access::OperatorOnly).await?;
+    state.heartbeats.settle().await;
+    Ok(Json(
+        state.store.device(&device_id).await?.to_detail(Utc::now()),
+    ))
 }
 
 /// `PATCH /devices/{id}` — tags.
@@ -243,7 +245,7 @@ pub async fn patch(
     ApiPath(device_id): ApiPath<String>,
     body: Result<ApiJson<DevicePatch>, ApiError>,
 ) -> ApiResult<Json<DeviceDetail>> {
-    device_access(&state, &caller, &device_id, Access::OperatorOnly)?;
+    device_access(&state, &caller, &device_id, Access::OperatorOnly).await?;
     let ApiJson(patch) = body?;
     if patch.tags.len() > MAX_TAGS {
         return Err(ApiError::bad_request(format!("at most {MAX_TAGS} tags")));
@@ -256,8 +258,7 @@ pub async fn patch(
     let mut tags = patch.tags;
     tags.sort();
     tags.dedup();
-    let d = state.store.set_tags(&device_id, &tags)?;
-    state.store.flush().await?;
+    let d = state.store.set_tags(&device_id, &tags).await?;
     let now = Utc::now();
     state.events.emit("device", d.to_summary(now));
     Ok(Json(d.to_detail(now)))
@@ -269,10 +270,13 @@ async fn set_admission(
     device_id: &str,
     admission: Admission,
 ) -> ApiResult<Json<DeviceDetail>> {
-    device_access(state, caller, device_id, Access::OperatorOnly)?;
+    device_access(state, caller, device_id, Access::OperatorOnly).await?;
     let now = Utc::now();
-    let (d, cancelled) = state.store.set_admission(device_id, admission, now)?;
-    state.store.flush().await?;
+    let (d, cancelled) = state.store.set_admission(device_id, admission, now).await?;
+    state.heartbeats.admission_changed(device_id, admission);
+    if !cancelled.is_empty() {
+        state.heartbeats.touch([device_id]);
+    }
     tracing::info!(device.id = %device_id, admission = admission.as_str(), "admission changed");
     state.events.emit("device", d.to_summary(now));
     for dep in &cancelled {
@@ -305,9 +309,9 @@ pub async fn delete(
     caller: Caller,
     ApiPath(device_id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    device_access(&state, &caller, &device_id, Access::OperatorOnly)?;
-    let cancelled = state.store.delete_device(&device_id, Utc::now())?;
-    state.store.flush().await?;
+    device_access(&state, &caller, &device_id, Access::OperatorOnly).await?;
+    let cancelled = state.store.delete_device(&device_id, Utc::now()).await?;
+    state.heartbeats.forget(&device_id);
     tracing::info!(device.id = %device_id, "device deleted");
     state
         .events
@@ -330,10 +334,11 @@ pub async fn heartbeats(
     ApiPath(device_id): ApiPath<String>,
     query: Result<ApiQuery<LimitQuery>, ApiError>,
 ) -> ApiResult<Json<Vec<HeartbeatRecord>>> {
-    device_access(&state, &caller, &device_id, Access::OperatorOnly)?;
+    device_access(&state, &caller, &device_id, Access::OperatorOnly).await?;
     let ApiQuery(q) = query?;
     let n = limit(q.limit, 50, 1000)?;
-    Ok(Json(state.store.heartbeats(&device_id, n)?))
+    state.heartbeats.settle().await;
+    Ok(Json(state.store.heartbeats(&device_id, n).await?))
 }
 
 /// `GET /devices/{id}/bundle-history`.
@@ -343,10 +348,10 @@ pub async fn history(
     ApiPath(device_id): ApiPath<String>,
     query: Result<ApiQuery<LimitQuery>, ApiError>,
 ) -> ApiResult<Json<Vec<HistoryRecord>>> {
-    device_access(&state, &caller, &device_id, Access::OperatorOrDevice)?;
+    device_access(&state, &caller, &device_id, Access::OperatorOrDevice).await?;
     let ApiQuery(q) = query?;
     let n = limit(q.limit, 20, 100)?;
-    Ok(Json(state.store.history(&device_id, n)?))
+    Ok(Json(state.store.history(&device_id, n).await?))
 }
 
 /// `POST /devices/rollback`.
@@ -359,7 +364,8 @@ pub async fn rollback(
     let ApiJson(req) = body?;
     let bundle = state
         .store
-        .bundle_by_version(&req.bundle_version)?
+        .bundle_by_version(&req.bundle_version)
+        .await?
         .ok_or_else(|| {
             ApiError::bad_request(format!("no bundle version {:?}", req.bundle_version))
         })?;
@@ -373,13 +379,18 @@ pub async fn rollback(
         let d = state
             .store
             .device(id)
+            .await
             .map_err(|_| ApiError::bad_request(format!("no device {id:?}")))?;
-        if d.admission != Admission::Accepted {
+        if d.admission() != Admission::Accepted {
             return Err(ApiError::bad_request(format!(
                 "device {id} is not accepted"
             )));
         }
-        if !state.store.device_ran_version(id, &req.bundle_version)? {
+        if !state
+            .store
+            .device_ran_version(id, &req.bundle_version)
+            .await?
+        {
             return Err(ApiError::bad_request(format!(
                 "device {id} never ran version {} successfully; roll back only to a version it ran",
                 req.bundle_version
@@ -388,9 +399,13 @@ pub async fn rollback(
     }
     let dep = state
         .store
-        .create_deployment(DeploymentKind::Rollback, &bundle, &ids, Utc::now())?;
-    state.store.flush().await?;
+        .create_deployment(DeploymentKind::Rollback, &bundle, &ids, Utc::now())
+        .await?;
+    state.heartbeats.touch(ids.iter().map(String::as_str));
     tracing::info!(deployment.id = %dep.id, version = %dep.bundle_version, targets = ids.len(), "rollback created");
     emit_deployment(&state, &dep);
-    Ok((StatusCode::CREATED, Json(deployment_json(&state, &dep)?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(deployment_json(&state, &dep).await?),
+    ))
 }

@@ -14,7 +14,7 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// `GET /healthz` — no auth; also proves the store answers.
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    state.store.device_exists("healthz-probe")?;
+    state.store.device_exists("healthz-probe").await?;
     Ok(Json(Health {
         status: "ok".into(),
     }))
@@ -22,10 +22,9 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiE
 
 /// `GET /metrics` — Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    // Reads the whole store: off the async workers.
-    let text = tokio::task::spawn_blocking(move || state.metrics.render(&state.store))
-        .await
-        .map_err(ApiError::internal)??;
+    // Counters kept on writes: the same cost at any fleet size (SPEC §1.9).
+    let counts = state.store.fleet_counts(chrono::Utc::now()).await?;
+    let text = state.metrics.render(&counts);
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

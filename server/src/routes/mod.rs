@@ -22,7 +22,7 @@ pub enum Access {
 
 /// Resolve a device named in the path, in the spec's order: 404 when it does not exist,
 /// then 403 when this caller may not touch it. (401 was settled by the extractor.)
-pub fn device_access(
+pub async fn device_access(
     state: &AppState,
     caller: &Caller,
     device_id: &str,
@@ -34,7 +34,7 @@ pub fn device_access(
     if own && access != Access::OperatorOnly {
         return Ok(());
     }
-    if !state.store.device_exists(device_id)? {
+    if !state.store.device_exists(device_id).await? {
         return Err(ApiError::not_found(format!("no device {device_id:?}")));
     }
     match (access, caller) {

@@ -34,8 +34,8 @@ pub async fn create(
     let token = mint_token("kxo_");
     state
         .store
-        .create_operator_token(&req.name, &hash_token(&token), Utc::now())?;
-    state.store.flush().await?;
+        .create_operator_token(&req.name, &hash_token(&token), Utc::now())
+        .await?;
     tracing::info!(token.name = %req.name, "operator token created");
     Ok((
         StatusCode::CREATED,
@@ -52,7 +52,7 @@ pub async fn list(
     caller: Caller,
 ) -> ApiResult<Json<Vec<TokenInfo>>> {
     caller.require_operator()?;
-    let tokens = state.store.list_operator_tokens()?;
+    let tokens = state.store.list_operator_tokens().await?;
     Ok(Json(
         tokens
             .into_iter()
@@ -70,12 +70,11 @@ pub async fn delete(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    if !state.store.operator_token_exists(&name)? {
+    if !state.store.operator_token_exists(&name).await? {
         return Err(ApiError::not_found(format!("no token named {name:?}")));
     }
     caller.require_operator()?;
-    state.store.delete_operator_token(&name)?;
-    state.store.flush().await?;
+    state.store.delete_operator_token(&name).await?;
     tracing::info!(token.name = %name, "operator token deleted");
     Ok(StatusCode::NO_CONTENT)
 }

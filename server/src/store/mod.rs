@@ -1,258 +1,293 @@
-//! Storage behind one interface. Handlers call [`Store`] methods that speak in domain
-//! records; only this module knows about sled trees and key encodings, so a PostgreSQL
-//! backend can replace it without touching a handler.
+//! Storage behind one interface: [`Store`], an async trait that speaks in domain records.
 //!
-//! Every multi-key change runs in a sled transaction, so concurrent requests (and, with a
-//! shared database, concurrent server processes) never interleave half-applied writes.
+//! Handlers and services hold an `Arc<dyn Store>` and never see the engine. The embedded
+//! default is [`SledStore`]; a PostgreSQL backend (SPEC §8) is a second implementation of
+//! the same trait, run against the same HTTP test suite.
 //!
-//! Trees and key layout (`‖` is a 0x00 byte; ids never contain it):
-//!
-//! | tree | key | value |
-//! | --- | --- | --- |
-//! | `devices` | device_id | [`DeviceRecord`] |
-//! | `device_keys` | public-key fingerprint | device_id |
-//! | `device_tags` | tag ‖ device_id | — |
-//! | `heartbeats` | device_id ‖ seq (u64 BE) | heartbeat record |
-//! | `configs` | device_id | config |
-//! | `tokens` | SHA-256(token) | [`Principal`] |
-//! | `operator_tokens` | name | name, hash, created_at |
-//! | `device_tokens` | device_id | SHA-256 of its live token |
-//! | `registrations` | SHA-256(signature) | expiry (replay window) |
-//! | `registration_expiry` | expiry ms (u64 BE) ‖ SHA-256(signature) | — (pruning in expiry order) |
-//! | `bundles` | bundle_id (UUIDv7: time-ordered) | bundle record |
-//! | `bundle_versions` | version | bundle_id |
-//! | `deployments` | deployment_id (UUIDv7) | deployment record (counts, no targets) |
-//! | `targets` | deployment_id ‖ device_id | per-device status |
-//! | `device_open` | device_id ‖ deployment_id | — (this device's unfinished targets) |
-//! | `bundle_open` | bundle_id | number of unfinished deployments using it |
-//! | `device_bundles` | device_id ‖ bundle_id | — (bundles it may download) |
-//! | `history` | device_id ‖ history_id (UUIDv7) | history record |
-//! | `device_success` | device_id ‖ version | — (versions it ran successfully) |
-//! | `reports` | report_id | deployment_id ‖ device_id |
+//! The contract every backend keeps:
+//! - **A returned write is durable.** Every method that changes state has it on disk
+//!   before it returns `Ok`, so a handler answers 2xx only for what survives a crash.
+//!   The one exception is [`Store::write_beats`]: heartbeats are group-committed and may
+//!   lose the last second before a crash (SPEC §1.8).
+//! - **Multi-record changes are atomic** (one transaction), so concurrent requests, or
+//!   several server processes on one database, never see half a change.
+//! - **The rules are not the backend's.** What a result does to a deployment, how a
+//!   config update merges, who is admitted: those are pure functions in
+//!   [`crate::service::rules`]; a backend calls them inside its transaction and stores
+//!   what they return. What a heartbeat returns is decided above the store, in
+//!   [`crate::service::heartbeat`].
+//! - Errors are [`StoreError`]: domain variants carry a message for the client; engine
+//!   failures are `Backend`, with no engine type in the signature.
 
-mod bundles; // bundle records
-mod config; // versioned device config
-mod deployments; // deployments, targets, results, history
-mod devices; // registration, heartbeats, listing, admission
+mod error; // StoreError
 mod records; // stored record types
-mod tokens; // operator and device tokens
+pub mod sled_store; // the embedded sled backend
 
-use std::path::Path;
+use async_trait::async_trait;
+use kernex_common::api::{
+    Admission, ConfigUpdate, DeploymentKind, DeviceConfig, HeartbeatRecord, HeartbeatRequest,
+    HistoryRecord, OnlineStatus, ProgressReport, ResultReport, TargetStatus,
+};
+use serde_json::Value;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-
-pub use deployments::ResultOutcome;
-pub use devices::{DeviceFilter, HeartbeatOutcome, NewRegistration, RegisterOutcome};
+pub use error::{Result, StoreError};
 pub use records::*;
+pub use sled_store::{SledOptions, SledStore};
 
-/// What can go wrong in the store. The domain variants carry a message for the client.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    Unauthorized(String),
-    #[error("storage error: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("stored record could not be decoded: {0}")]
-    Codec(#[from] serde_json::Error),
+/// A verified registration, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewRegistration {
+    pub public_key_pem: String,
+    pub fingerprint: String,
+    pub device_type: String,
+    pub hardware_metadata: Value,
+    /// SHA-256 of the signature, remembered for the replay window.
+    pub signature_hash: String,
+    pub replay_until: Ts,
+    /// Admission the registration presented: `Accepted` with the enrollment token,
+    /// else `Pending` ([`crate::service::rules::admit`] decides what is stored).
+    pub admission: Admission,
+    pub token_hash: String,
+    pub now: Ts,
 }
 
-impl StoreError {
-    /// True when the data dir is held by another process (sled's exclusive lock).
-    pub fn is_locked(&self) -> bool {
-        match self {
-            StoreError::Sled(sled::Error::Io(e)) => {
-                e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock")
-            }
-            _ => false,
-        }
-    }
+#[derive(Debug, Clone)]
+pub struct RegisterOutcome {
+    pub device: Device,
+    pub created: bool,
 }
 
-pub type Result<T> = std::result::Result<T, StoreError>;
-type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
-
-/// The embedded store: one sled database with one tree per index.
-#[derive(Clone)]
-pub struct Store {
-    db: sled::Db,
-    devices: sled::Tree,
-    device_keys: sled::Tree,
-    device_tags: sled::Tree,
-    heartbeats: sled::Tree,
-    configs: sled::Tree,
-    tokens: sled::Tree,
-    operator_tokens: sled::Tree,
-    device_tokens: sled::Tree,
-    registrations: sled::Tree,
-    registration_expiry: sled::Tree,
-    bundles: sled::Tree,
-    bundle_versions: sled::Tree,
-    deployments: sled::Tree,
-    targets: sled::Tree,
-    device_open: sled::Tree,
-    bundle_open: sled::Tree,
-    device_bundles: sled::Tree,
-    history: sled::Tree,
-    device_success: sled::Tree,
-    reports: sled::Tree,
+/// `GET /devices` query.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    pub after: Option<String>,
+    pub limit: usize,
+    pub tag: Option<String>,
+    pub status: Option<OnlineStatus>,
+    pub admission: Option<Admission>,
 }
 
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
-    }
+/// `GET /deployments/{id}/targets` query: one page in device-id order.
+#[derive(Debug, Clone, Default)]
+pub struct TargetFilter {
+    pub status: Option<TargetStatus>,
+    pub after: Option<String>,
+    pub limit: usize,
 }
 
-impl Store {
-    /// Open (or create) the store in `dir`. Fails if another process holds it.
-    pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            // Heartbeats are not flushed one by one; this bounds what a crash can lose.
-            .flush_every_ms(Some(500))
-            .open()?;
-        let t = |name: &str| db.open_tree(name);
-        Ok(Store {
-            devices: t("devices")?,
-            device_keys: t("device_keys")?,
-            device_tags: t("device_tags")?,
-            heartbeats: t("heartbeats")?,
-            configs: t("configs")?,
-            tokens: t("tokens")?,
-            operator_tokens: t("operator_tokens")?,
-            device_tokens: t("device_tokens")?,
-            registrations: t("registrations")?,
-            registration_expiry: t("registration_expiry")?,
-            bundles: t("bundles")?,
-            bundle_versions: t("bundle_versions")?,
-            deployments: t("deployments")?,
-            targets: t("targets")?,
-            device_open: t("device_open")?,
-            bundle_open: t("bundle_open")?,
-            device_bundles: t("device_bundles")?,
-            history: t("history")?,
-            device_success: t("device_success")?,
-            reports: t("reports")?,
-            db,
-        })
-    }
-
-    /// Make everything written so far durable. Called before acknowledging a write.
-    pub async fn flush(&self) -> Result<()> {
-        // Not `flush_async`: in sled 0.34 concurrent `flush_async` calls park sled's own IO
-        // threads, which the flush itself needs, and the server hangs (spacejam/sled#1308,
-        // #1241). A blocking flush on tokio's blocking pool leaves those threads free.
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.flush_blocking())
-            .await
-            .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e))))?
-    }
-
-    /// [`Store::flush`] for callers outside an async runtime (the CLI).
-    pub fn flush_blocking(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
-    }
+/// One heartbeat as the beat writer hands it to the store.
+#[derive(Debug, Clone)]
+pub struct Beat {
+    pub device_id: String,
+    pub at: Ts,
+    pub report: HeartbeatRequest,
+    /// The device's configured interval (online means a beat within 3 × this).
+    pub polling_interval: u64,
 }
 
-/// The newest `limit` records under `owner ‖` (keys sort oldest first).
-fn newest_first<T: DeserializeOwned>(
-    tree: &sled::Tree,
-    owner: &str,
-    limit: usize,
-) -> Result<Vec<T>> {
-    tree.scan_prefix(prefix(owner))
-        .values()
-        .rev()
-        .take(limit)
-        .map(|v| dec(&v?))
-        .collect()
+/// What the in-memory work index is rebuilt from at start (SPEC §1.2: a heartbeat costs
+/// O(this device)).
+#[derive(Debug, Clone, Default)]
+pub struct WorkSnapshot {
+    /// Devices with at least one unfinished deployment target.
+    pub open: Vec<String>,
+    /// Devices waiting for an operator's accept.
+    pub pending: Vec<String>,
+    /// Every config ever set (devices without one run the defaults at version 1).
+    pub configs: Vec<DeviceConfig>,
 }
 
-// ------------------------------------------------------------------ key and value codec
-
-/// `a ‖ b`.
-fn key2(a: &str, b: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
-    k.extend_from_slice(a.as_bytes());
-    k.push(0);
-    k.extend_from_slice(b.as_bytes());
-    k
+/// Fleet-wide numbers for `/metrics`, kept up to date on writes (never counted by a
+/// scan at scrape time).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    pub devices_pending: u64,
+    pub devices_accepted: u64,
+    pub devices_rejected: u64,
+    /// Deployments by status, in [`TargetStatus::ALL`] order.
+    pub deployments: [u64; 5],
+    /// Devices by online status (SPEC §1.2), whatever their admission.
+    pub online: u64,
+    pub offline: u64,
+    pub never: u64,
 }
 
-/// `a ‖` — the prefix of every `key2(a, _)`.
-fn prefix(a: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(a.len() + 1);
-    k.extend_from_slice(a.as_bytes());
-    k.push(0);
-    k
+/// What a result report did.
+#[derive(Debug, Clone)]
+// Built once per result request and consumed at once; boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum ResultOutcome {
+    /// The first final result for this target: everything was updated.
+    Applied {
+        deployment: DeploymentRecord,
+        target: TargetRecord,
+        history: HistoryRecord,
+        device: Device,
+    },
+    /// A repeat (same `report_id`) or a late result after the first: nothing changed.
+    Repeat { target: TargetRecord },
 }
 
-/// The part of a `key2` after the separator.
-fn second(key: &[u8]) -> String {
-    let at = key
-        .iter()
-        .position(|b| *b == 0)
-        .map_or(key.len(), |i| i + 1);
-    String::from_utf8_lossy(&key[at..]).into_owned()
+/// One step of a chunked cancel: what changed, and whether targets remain.
+#[derive(Debug, Clone)]
+pub struct CancelStep {
+    pub deployment: DeploymentRecord,
+    /// Devices whose target this step cancelled.
+    pub cancelled: Vec<String>,
+    /// Where the next step starts; `None` when every target was looked at.
+    pub next: Option<String>,
 }
 
-fn dec<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    Ok(serde_json::from_slice(bytes)?)
-}
+/// The storage interface. Every write is durable when it returns (see the module doc).
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Wait until everything written before this call is durable (group commit; the
+    /// write methods call it themselves, shutdown calls it once more).
+    async fn sync(&self) -> Result<()>;
 
-fn get<T: DeserializeOwned>(tree: &sled::Tree, key: impl AsRef<[u8]>) -> Result<Option<T>> {
-    tree.get(key)?.map(|v| dec(&v)).transpose()
-}
+    // ------------------------------------------------------------------ devices
 
-// ------------------------------------------------------------- transaction helpers
+    /// Store a verified registration: a new device for a new key, or a fresh token for the
+    /// device that owns it. Refuses a replayed signature and rejected keys.
+    async fn register(&self, reg: &NewRegistration) -> Result<RegisterOutcome>;
+    async fn device(&self, device_id: &str) -> Result<Device>;
+    async fn device_exists(&self, device_id: &str) -> Result<bool>;
+    /// One page of devices ordered by id, after the cursor, matching the filter.
+    async fn list_devices(&self, filter: &DeviceFilter, now: Ts) -> Result<Vec<Device>>;
+    /// Accepted devices carrying any of `tags`, deduplicated, in id order.
+    async fn accepted_devices_with_tags(&self, tags: &[String]) -> Result<Vec<String>>;
+    /// Replace a device's tags (already validated).
+    async fn set_tags(&self, device_id: &str, tags: &[String]) -> Result<Device>;
+    /// Set admission. Rejecting revokes the device's token and cancels its unfinished
+    /// targets; returns the deployments that changed.
+    async fn set_admission(
+        &self,
+        device_id: &str,
+        admission: Admission,
+        now: Ts,
+    ) -> Result<(Device, Vec<DeploymentRecord>)>;
+    /// Delete a device and everything that is only its own; cancel its unfinished targets.
+    async fn delete_device(&self, device_id: &str, now: Ts) -> Result<Vec<DeploymentRecord>>;
 
-fn abort<T>(e: StoreError) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(e))
-}
+    // ------------------------------------------------------------- heartbeats
 
-fn tx_get<T: DeserializeOwned>(
-    tree: &TransactionalTree,
-    key: impl AsRef<[u8]>,
-) -> TxResult<Option<T>> {
-    match tree.get(key.as_ref())? {
-        Some(v) => match serde_json::from_slice(&v) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) => abort(e.into()),
-        },
-        None => Ok(None),
-    }
-}
+    /// Apply a batch of heartbeats (the beat writer's group commit): each updates its
+    /// device's live record and appends to its history, pruned to the retention. Not
+    /// durable on return: the backend makes it durable within a second.
+    async fn write_beats(&self, beats: Vec<Beat>) -> Result<()>;
+    /// Newest first, at most `limit`.
+    async fn heartbeats(&self, device_id: &str, limit: usize) -> Result<Vec<HeartbeatRecord>>;
+    /// What the work index is rebuilt from at start.
+    async fn work_snapshot(&self) -> Result<WorkSnapshot>;
+    /// This device's unfinished targets, oldest deployment first.
+    async fn open_targets(&self, device_id: &str) -> Result<Vec<(DeploymentRecord, TargetStatus)>>;
+    /// Move a pending target to `in_progress` (its command is being delivered). Returns
+    /// the deployment when this call moved it; `None` when it was not pending any more.
+    async fn deliver(
+        &self,
+        deployment_id: &str,
+        device_id: &str,
+        now: Ts,
+    ) -> Result<Option<DeploymentRecord>>;
 
-fn tx_put<T: Serialize>(
-    tree: &TransactionalTree,
-    key: impl AsRef<[u8]>,
-    value: &T,
-) -> TxResult<()> {
-    match serde_json::to_vec(value) {
-        Ok(bytes) => {
-            tree.insert(key.as_ref(), bytes)?;
-            Ok(())
-        }
-        Err(e) => abort(e.into()),
-    }
-}
+    // ----------------------------------------------------------------- config
 
-fn tx_err(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StoreError::Sled(e),
-    }
+    /// The device's config, or the defaults at version 1 if none was ever set.
+    async fn config(&self, device_id: &str) -> Result<DeviceConfig>;
+    /// Apply an already validated update (merged by the rules).
+    async fn update_config(
+        &self,
+        device_id: &str,
+        update: &ConfigUpdate,
+        now: Ts,
+    ) -> Result<DeviceConfig>;
+
+    // ----------------------------------------------------------------- tokens
+
+    /// Who the token with this hash speaks for, if it is live.
+    async fn principal(&self, token_hash: &str) -> Result<Option<Principal>>;
+    /// Mint a named operator token; `Conflict` when the name is taken.
+    async fn create_operator_token(&self, name: &str, hash: &str, now: Ts) -> Result<()>;
+    /// Make `hash` the token named `name`, replacing an earlier one of that name.
+    async fn put_operator_token(&self, name: &str, hash: &str, now: Ts) -> Result<()>;
+    async fn list_operator_tokens(&self) -> Result<Vec<OperatorTokenRecord>>;
+    async fn operator_token_exists(&self, name: &str) -> Result<bool>;
+    async fn has_operator_tokens(&self) -> Result<bool>;
+    async fn delete_operator_token(&self, name: &str) -> Result<()>;
+
+    // ---------------------------------------------------------------- bundles
+
+    /// Record a new bundle; `Conflict` when its version exists.
+    async fn insert_bundle(&self, bundle: &BundleRecord) -> Result<()>;
+    async fn bundle(&self, id: &str) -> Result<BundleRecord>;
+    async fn bundle_version_exists(&self, version: &str) -> Result<bool>;
+    async fn bundle_by_version(&self, version: &str) -> Result<Option<BundleRecord>>;
+    /// Newest first.
+    async fn list_bundles(&self) -> Result<Vec<BundleRecord>>;
+    /// May this device download this bundle (is it targeted by a deployment of it)?
+    async fn device_may_download(&self, device_id: &str, bundle_id: &str) -> Result<bool>;
+    /// Remove a bundle's record; `Conflict` while an unfinished deployment uses it.
+    async fn delete_bundle(&self, id: &str) -> Result<BundleRecord>;
+
+    // ------------------------------------------------------------ deployments
+
+    /// Create a deployment of `bundle` to `target_ids`; every target must exist and be
+    /// accepted at commit time.
+    async fn create_deployment(
+        &self,
+        kind: DeploymentKind,
+        bundle: &BundleRecord,
+        target_ids: &[String],
+        now: Ts,
+    ) -> Result<DeploymentRecord>;
+    async fn deployment(&self, id: &str) -> Result<DeploymentRecord>;
+    /// One page of a deployment's targets in device-id order.
+    async fn deployment_targets(
+        &self,
+        id: &str,
+        filter: &TargetFilter,
+    ) -> Result<Vec<TargetRecord>>;
+    /// Newest first, optionally only those with `status`.
+    async fn list_deployments(
+        &self,
+        status: Option<TargetStatus>,
+        limit: usize,
+    ) -> Result<Vec<DeploymentRecord>>;
+    /// Cancel, among the next `chunk` targets after `after` (device-id order), those that
+    /// have not received the deployment yet. Each step is its own short transaction, so
+    /// a 100,000-target cancel never holds the store for long; call again with
+    /// [`CancelStep::next`] until it is `None`.
+    async fn cancel_deployment_step(
+        &self,
+        id: &str,
+        after: Option<&str>,
+        chunk: usize,
+        now: Ts,
+    ) -> Result<CancelStep>;
+    /// Record a device's progress on its target; `Forbidden` when it is not a target.
+    async fn record_progress(
+        &self,
+        deployment_id: &str,
+        report: &ProgressReport,
+        now: Ts,
+    ) -> Result<TargetRecord>;
+    /// Apply a device's final result: idempotent by `report_id`, first result wins.
+    async fn apply_result(
+        &self,
+        deployment_id: &str,
+        report: &ResultReport,
+        now: Ts,
+    ) -> Result<ResultOutcome>;
+    async fn is_target(&self, deployment_id: &str, device_id: &str) -> Result<bool>;
+    /// Newest first, at most `limit`.
+    async fn history(&self, device_id: &str, limit: usize) -> Result<Vec<HistoryRecord>>;
+    /// Did this device ever report `success` for this version?
+    async fn device_ran_version(&self, device_id: &str, version: &str) -> Result<bool>;
+
+    // ---------------------------------------------------------------- metrics
+
+    /// Fleet-wide counts, kept on writes; `now` splits online from offline.
+    async fn fleet_counts(&self, now: Ts) -> Result<FleetCounts>;
 }
 
 /// A fresh time-ordered id (UUIDv7, simple form: 32 hex chars, sorts by creation time).

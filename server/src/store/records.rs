@@ -12,7 +12,8 @@ use serde_json::Value;
 
 pub type Ts = DateTime<Utc>;
 
-/// Everything known about one device.
+/// A device's identity and what operators set on it. Heartbeats never rewrite this
+/// record: what they change lives in the small [`LiveRecord`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceRecord {
     pub device_id: String,
@@ -23,34 +24,73 @@ pub struct DeviceRecord {
     pub fingerprint: String,
     pub hardware_metadata: Value,
     pub registered_at: Ts,
-    pub current_bundle_version: Option<String>,
-    pub agent_version: Option<String>,
-    pub agent_status: Option<String>,
-    pub last_heartbeat: Option<Ts>,
-    pub cpu_pct: Option<f64>,
-    pub memory_mb: Option<f64>,
-    /// The config version the device last acknowledged.
-    pub config_version: Option<u64>,
-    pub queued_reports: u64,
     /// Copy of the configured interval, so listing can tell online from offline without
     /// reading every config.
     pub polling_interval: u64,
-    /// Sequence number of the newest stored heartbeat (keys `device_id ‖ seq`).
-    pub heartbeat_seq: u64,
-    /// Oldest heartbeat seq possibly still stored (pruning walks up from here).
+    /// The version a result set (SPEC §1.5), and when; a later heartbeat that reports a
+    /// version wins over it (the device is the authority on what it runs).
+    pub current_bundle_version: Option<String>,
     #[serde(default)]
-    pub heartbeat_oldest: u64,
+    pub version_set_at: Option<Ts>,
 }
 
-impl DeviceRecord {
+/// What a device's heartbeats change: its last report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveRecord {
+    pub last_heartbeat: Ts,
+    pub agent_version: String,
+    pub agent_status: String,
+    pub cpu_pct: f64,
+    pub memory_mb: f64,
+    /// The config version the device last acknowledged.
+    pub config_version: Option<u64>,
+    pub queued_reports: u64,
+    /// The newest non-null `current_bundle_version` a heartbeat reported, and when.
+    pub reported_version: Option<(String, Ts)>,
+}
+
+/// A device as the API shows it: identity plus its last heartbeat.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub record: DeviceRecord,
+    pub live: Option<LiveRecord>,
+}
+
+impl Device {
+    pub fn id(&self) -> &str {
+        &self.record.device_id
+    }
+
+    pub fn admission(&self) -> Admission {
+        self.record.admission
+    }
+
+    /// The newer of what a result set and what a heartbeat reported.
+    pub fn current_bundle_version(&self) -> Option<&str> {
+        let from_result = self
+            .record
+            .current_bundle_version
+            .as_deref()
+            .map(|v| (v, self.record.version_set_at));
+        let reported = self
+            .live
+            .as_ref()
+            .and_then(|l| l.reported_version.as_ref())
+            .map(|(v, at)| (v.as_str(), Some(*at)));
+        match (from_result, reported) {
+            (Some((r, r_at)), Some((h, h_at))) => Some(if h_at > r_at { h } else { r }),
+            (r, h) => r.or(h).map(|(v, _)| v),
+        }
+    }
+
     /// `online` within 3 × the polling interval of the last heartbeat.
     pub fn online_status(&self, now: Ts) -> OnlineStatus {
-        match self.last_heartbeat {
+        match &self.live {
             None => OnlineStatus::Never,
-            Some(t) => {
-                let window =
-                    i64::try_from(self.polling_interval.saturating_mul(3)).unwrap_or(i64::MAX);
-                if (now - t).num_seconds() <= window {
+            Some(l) => {
+                let window = i64::try_from(self.record.polling_interval.saturating_mul(3))
+                    .unwrap_or(i64::MAX);
+                if (now - l.last_heartbeat).num_seconds() <= window {
                     OnlineStatus::Online
                 } else {
                     OnlineStatus::Offline
@@ -60,29 +100,31 @@ impl DeviceRecord {
     }
 
     pub fn to_summary(&self, now: Ts) -> DeviceSummary {
+        let r = &self.record;
+        let l = self.live.as_ref();
         DeviceSummary {
-            device_id: self.device_id.clone(),
-            device_type: self.device_type.clone(),
-            admission: self.admission,
+            device_id: r.device_id.clone(),
+            device_type: r.device_type.clone(),
+            admission: r.admission,
             status: self.online_status(now),
-            agent_status: self.agent_status.clone(),
-            tags: self.tags.clone(),
-            current_bundle_version: self.current_bundle_version.clone(),
-            agent_version: self.agent_version.clone(),
-            last_heartbeat: self.last_heartbeat,
-            cpu_pct: self.cpu_pct,
-            memory_mb: self.memory_mb,
-            config_version: self.config_version,
+            agent_status: l.map(|l| l.agent_status.clone()),
+            tags: r.tags.clone(),
+            current_bundle_version: self.current_bundle_version().map(str::to_owned),
+            agent_version: l.map(|l| l.agent_version.clone()),
+            last_heartbeat: l.map(|l| l.last_heartbeat),
+            cpu_pct: l.map(|l| l.cpu_pct),
+            memory_mb: l.map(|l| l.memory_mb),
+            config_version: l.and_then(|l| l.config_version),
         }
     }
 
     pub fn to_detail(&self, now: Ts) -> DeviceDetail {
         DeviceDetail {
             summary: self.to_summary(now),
-            hardware_metadata: self.hardware_metadata.clone(),
-            public_key_fingerprint: self.fingerprint.clone(),
-            registered_at: self.registered_at,
-            queued_reports: self.queued_reports,
+            hardware_metadata: self.record.hardware_metadata.clone(),
+            public_key_fingerprint: self.record.fingerprint.clone(),
+            registered_at: self.record.registered_at,
+            queued_reports: self.live.as_ref().map_or(0, |l| l.queued_reports),
         }
     }
 }

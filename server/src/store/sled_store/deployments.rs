@@ -1,34 +1,21 @@
-//! Deployments, their per-device targets, results and bundle history.
+//! Deployments on sled: their per-device targets, results and bundle history. What a
+//! result or a cancel means is decided by [`rules`]; this file stores it atomically.
+
+use std::ops::Bound;
 
 use kernex_common::api::{
-    Admission, DeploymentKind, HistoryRecord, ProgressReport, ResultReport, ResultStatus,
-    TargetStatus,
+    Admission, DeploymentKind, ProgressReport, ResultReport, ResultStatus, TargetStatus,
 };
-use sled::Transactional;
 
+use super::counters::tx_deployment;
 use super::*;
+use crate::service::rules::{self, ResultDecision};
 
-/// What a result report did.
-#[derive(Debug, Clone)]
-// Built once per result request and consumed at once; boxing would buy nothing.
-#[allow(clippy::large_enum_variant)]
-pub enum ResultOutcome {
-    /// The first final result for this target: everything was updated.
-    Applied {
-        deployment: DeploymentRecord,
-        target: TargetRecord,
-        history: HistoryRecord,
-        device: DeviceRecord,
-    },
-    /// A repeat (same `report_id`) or a late result after the first: nothing changed.
-    Repeat { target: TargetRecord },
-}
-
-impl Store {
+impl SledStore {
     /// Create a deployment of `bundle` to `target_ids`. Every target must exist and be
     /// accepted *inside* the transaction, so a device deleted or rejected concurrently
     /// can never end up as a target nobody will ever report for.
-    pub fn create_deployment(
+    pub(super) fn create_deployment(
         &self,
         kind: DeploymentKind,
         bundle: &BundleRecord,
@@ -59,6 +46,7 @@ impl Store {
             &self.device_bundles,
             &self.bundles,
             &self.devices,
+            &self.counters,
         )
             .transaction(
                 |(
@@ -69,6 +57,7 @@ impl Store {
                     device_bundles,
                     bundles,
                     devices,
+                    counters,
                 )| {
                     if bundles.get(bundle.id.as_bytes())?.is_none() {
                         return abort(StoreError::Invalid(format!(
@@ -77,6 +66,7 @@ impl Store {
                         )));
                     }
                     tx_put(deployments, &dep.id, &dep)?;
+                    tx_deployment(counters, None, dep.status)?;
                     for device_id in target_ids {
                         match tx_get::<DeviceRecord>(devices, device_id)? {
                             Some(d) if d.admission == Admission::Accepted => {}
@@ -114,22 +104,40 @@ impl Store {
         Ok(dep)
     }
 
-    pub fn deployment(&self, id: &str) -> Result<DeploymentRecord> {
+    pub(super) fn deployment(&self, id: &str) -> Result<DeploymentRecord> {
         get(&self.deployments, id)?
             .ok_or_else(|| StoreError::NotFound(format!("no deployment {id:?}")))
     }
 
-    /// The deployment's targets in device-id order.
-    pub fn deployment_targets(&self, id: &str) -> Result<Vec<TargetRecord>> {
-        self.targets
-            .scan_prefix(prefix(id))
+    /// One page of the deployment's targets in device-id order.
+    pub(super) fn deployment_targets(
+        &self,
+        id: &str,
+        f: &TargetFilter,
+    ) -> Result<Vec<TargetRecord>> {
+        let start = match &f.after {
+            Some(after) => Bound::Excluded(key2(id, after)),
+            None => Bound::Included(prefix(id)),
+        };
+        let mut out = Vec::new();
+        for v in self
+            .targets
+            .range((start, Bound::Excluded(prefix_end(id))))
             .values()
-            .map(|v| dec(&v?))
-            .collect()
+        {
+            if out.len() >= f.limit {
+                break;
+            }
+            let t: TargetRecord = dec(&v?)?;
+            if f.status.is_none_or(|s| t.status == s) {
+                out.push(t);
+            }
+        }
+        Ok(out)
     }
 
     /// Newest first, optionally only those with `status`.
-    pub fn list_deployments(
+    pub(super) fn list_deployments(
         &self,
         status: Option<TargetStatus>,
         limit: usize,
@@ -147,51 +155,83 @@ impl Store {
         Ok(out)
     }
 
-    /// Cancel every target that has not received the deployment yet.
-    pub fn cancel_deployment(&self, id: &str, now: Ts) -> Result<DeploymentRecord> {
-        let pending: Vec<String> = self
-            .deployment_targets(id)?
+    /// Cancel the pending targets among the next `chunk` targets after `after`, in one
+    /// transaction.
+    pub(super) fn cancel_deployment_step(
+        &self,
+        id: &str,
+        after: Option<&str>,
+        chunk: usize,
+        now: Ts,
+    ) -> Result<CancelStep> {
+        self.deployment(id)?;
+        // Read the chunk outside the transaction (a scan inside would hold the store's
+        // lock for its whole length); the transaction re-checks each target.
+        let page = TargetFilter {
+            status: None,
+            after: after.map(str::to_owned),
+            limit: chunk.max(1),
+        };
+        let page = self.deployment_targets(id, &page)?;
+        let next = (page.len() == chunk.max(1))
+            .then(|| page.last().map(|t| t.device_id.clone()))
+            .flatten();
+        let pending: Vec<String> = page
             .into_iter()
             .filter(|t| t.status == TargetStatus::Pending)
             .map(|t| t.device_id)
             .collect();
-        (
+        let (deployment, cancelled) = (
             &self.deployments,
             &self.targets,
             &self.device_open,
             &self.bundle_open,
+            &self.counters,
         )
-            .transaction(|(deployments, targets, device_open, bundle_open)| {
-                let Some(mut dep) = tx_get::<DeploymentRecord>(deployments, id)? else {
-                    return abort(StoreError::NotFound(format!("no deployment {id:?}")));
-                };
-                let was_final = dep.status.is_final();
-                for device_id in &pending {
-                    let key = key2(id, device_id);
-                    let Some(mut t) = tx_get::<TargetRecord>(targets, &key)? else {
-                        continue;
+            .transaction(
+                |(deployments, targets, device_open, bundle_open, counters)| {
+                    let Some(mut dep) = tx_get::<DeploymentRecord>(deployments, id)? else {
+                        return abort(StoreError::NotFound(format!("no deployment {id:?}")));
                     };
-                    if t.status != TargetStatus::Pending {
-                        continue;
+                    let before = dep.status;
+                    let mut cancelled = Vec::new();
+                    for device_id in &pending {
+                        let key = key2(id, device_id);
+                        let Some(mut t) = tx_get::<TargetRecord>(targets, &key)? else {
+                            continue;
+                        };
+                        if t.status != TargetStatus::Pending
+                            || !rules::cancel_target(
+                                &mut dep,
+                                &mut t,
+                                "cancelled by an operator",
+                                now,
+                            )
+                        {
+                            continue;
+                        }
+                        tx_put(targets, &key, &t)?;
+                        device_open.remove(key2(device_id, id))?;
+                        cancelled.push(device_id.clone());
                     }
-                    t.status = TargetStatus::Cancelled;
-                    t.error_message = Some("cancelled by an operator".into());
-                    t.updated_at = now;
-                    tx_put(targets, &key, &t)?;
-                    device_open.remove(key2(device_id, id))?;
-                    dep.shift(TargetStatus::Pending, TargetStatus::Cancelled, now);
-                }
-                if !was_final && dep.status.is_final() {
-                    tx_release_bundle(bundle_open, &dep.bundle_id)?;
-                }
-                tx_put(deployments, id, &dep)?;
-                Ok(dep)
-            })
-            .map_err(tx_err)
+                    if !before.is_final() && dep.status.is_final() {
+                        tx_release_bundle(bundle_open, &dep.bundle_id)?;
+                    }
+                    tx_put(deployments, id, &dep)?;
+                    tx_deployment(counters, Some(before), dep.status)?;
+                    Ok((dep, cancelled))
+                },
+            )
+            .map_err(tx_err)?;
+        Ok(CancelStep {
+            deployment,
+            cancelled,
+            next,
+        })
     }
 
     /// This device's unfinished deployments (its own `device_open` prefix).
-    pub(super) fn open_deployments(&self, device_id: &str) -> Result<Vec<String>> {
+    pub(super) fn open_deployment_ids(&self, device_id: &str) -> Result<Vec<String>> {
         self.device_open
             .scan_prefix(prefix(device_id))
             .keys()
@@ -200,37 +240,41 @@ impl Store {
     }
 
     /// Cancel this device's unfinished targets (it was rejected or deleted).
-    pub fn cancel_device_targets(
+    pub(super) fn cancel_device_targets(
         &self,
         device_id: &str,
         reason: &str,
         now: Ts,
     ) -> Result<Vec<DeploymentRecord>> {
         let mut changed = Vec::new();
-        for dep_id in self.open_deployments(device_id)? {
+        for dep_id in self.open_deployment_ids(device_id)? {
             let dep = (
                 &self.deployments,
                 &self.targets,
                 &self.device_open,
                 &self.bundle_open,
+                &self.counters,
             )
-                .transaction(|(deployments, targets, device_open, bundle_open)| {
-                    let trees = OpenTrees {
-                        deployments,
-                        targets,
-                        device_open,
-                        bundle_open,
-                    };
-                    tx_cancel_target(&trees, &dep_id, device_id, reason, now)
-                })
+                .transaction(
+                    |(deployments, targets, device_open, bundle_open, counters)| {
+                        let trees = OpenTrees {
+                            deployments,
+                            targets,
+                            device_open,
+                            bundle_open,
+                            counters,
+                        };
+                        tx_cancel_target(&trees, &dep_id, device_id, reason, now)
+                    },
+                )
                 .map_err(tx_err)?;
             changed.extend(dep);
         }
         Ok(changed)
     }
 
-    /// Record a device's progress on its target. 403 when it is not a target.
-    pub fn record_progress(
+    /// Record a device's progress on its target. `Forbidden` when it is not a target.
+    pub(super) fn record_progress(
         &self,
         deployment_id: &str,
         p: &ProgressReport,
@@ -255,9 +299,9 @@ impl Store {
             .map_err(tx_err)
     }
 
-    /// Apply a device's final result (SPEC §1.5): idempotent by `report_id`, first result
-    /// wins, and the target, deployment, history and device change together.
-    pub fn apply_result(
+    /// Apply a device's final result: the target, deployment, history, device and
+    /// report index change together, as [`rules::apply_result`] says.
+    pub(super) fn apply_result(
         &self,
         deployment_id: &str,
         r: &ResultReport,
@@ -265,8 +309,7 @@ impl Store {
     ) -> Result<ResultOutcome> {
         let device_id = r.device_id.as_str();
         let tkey = key2(deployment_id, device_id);
-        let report_value = tkey.clone();
-        (
+        let outcome = (
             &self.reports,
             &self.targets,
             &self.deployments,
@@ -275,6 +318,7 @@ impl Store {
             &self.history,
             &self.device_success,
             &self.devices,
+            &self.counters,
         )
             .transaction(
                 |(
@@ -286,22 +330,21 @@ impl Store {
                     history,
                     device_success,
                     devices,
+                    counters,
                 )| {
                     let Some(mut t) = tx_get::<TargetRecord>(targets, &tkey)? else {
                         return abort(StoreError::Forbidden(
                             "this device is not a target of the deployment".into(),
                         ));
                     };
-                    if let Some(seen) = reports.get(r.report_id.as_bytes())? {
-                        if seen.as_ref() != report_value.as_slice() {
-                            return abort(StoreError::Invalid(
-                                "report_id was already used for a different result".into(),
-                            ));
-                        }
-                        return Ok(ResultOutcome::Repeat { target: t });
-                    }
-                    if t.status.is_final() {
-                        return Ok(ResultOutcome::Repeat { target: t });
+                    let seen = reports
+                        .get(r.report_id.as_bytes())?
+                        .map(|v| (first(&v), second(&v)));
+                    let seen = seen.as_ref().map(|(d, v)| (d.as_str(), v.as_str()));
+                    match rules::decide_result(&t, seen, deployment_id) {
+                        Err(e) => return abort(e),
+                        Ok(ResultDecision::Repeat) => return Ok(Err(t)),
+                        Ok(ResultDecision::Apply) => {}
                     }
                     let Some(mut dep) = tx_get::<DeploymentRecord>(deployments, deployment_id)?
                     else {
@@ -312,44 +355,12 @@ impl Store {
                     let Some(mut device) = tx_get::<DeviceRecord>(devices, device_id)? else {
                         return abort(StoreError::NotFound(format!("no device {device_id:?}")));
                     };
-                    let to = match r.status {
-                        ResultStatus::Success => TargetStatus::Success,
-                        ResultStatus::Failed => TargetStatus::Failed,
-                    };
-                    dep.shift(t.status, to, now);
-                    t.status = to;
-                    t.error_message = r.error_message.clone();
-                    t.log_tail = r.log_tail.clone();
-                    t.report_id = Some(r.report_id.clone());
-                    t.updated_at = now;
-                    if to == TargetStatus::Success {
-                        t.progress_pct = Some(100);
+                    let before = dep.status;
+                    let record = rules::apply_result(&mut dep, &mut t, &mut device, r, now);
+                    if r.status == ResultStatus::Success {
+                        device_success.insert(key2(device_id, &dep.bundle_version), &[])?;
                     }
-                    let record = HistoryRecord {
-                        id: new_id(),
-                        device_id: device_id.to_owned(),
-                        deployment_id: deployment_id.to_owned(),
-                        kind: dep.kind,
-                        bundle_id: dep.bundle_id.clone(),
-                        bundle_version: dep.bundle_version.clone(),
-                        status: r.status,
-                        error_message: r.error_message.clone(),
-                        log_tail: r.log_tail.clone(),
-                        rolled_back_to: r.rolled_back_to.clone(),
-                        deployed_at: now,
-                        duration_seconds: r.duration_seconds,
-                    };
-                    match (r.status, &r.rolled_back_to) {
-                        (ResultStatus::Success, _) => {
-                            device.current_bundle_version = Some(dep.bundle_version.clone());
-                            device_success.insert(key2(device_id, &dep.bundle_version), &[])?;
-                        }
-                        (ResultStatus::Failed, Some(v)) => {
-                            device.current_bundle_version = Some(v.clone())
-                        }
-                        (ResultStatus::Failed, None) => {}
-                    }
-                    reports.insert(r.report_id.as_bytes(), report_value.as_slice())?;
+                    reports.insert(r.report_id.as_bytes(), tkey.as_slice())?;
                     tx_put(targets, &tkey, &t)?;
                     device_open.remove(key2(device_id, deployment_id))?;
                     tx_put(history, key2(device_id, &record.id), &record)?;
@@ -358,30 +369,25 @@ impl Store {
                         tx_release_bundle(bundle_open, &dep.bundle_id)?;
                     }
                     tx_put(deployments, deployment_id, &dep)?;
-                    Ok(ResultOutcome::Applied {
-                        deployment: dep,
-                        target: t,
-                        history: record,
-                        device,
-                    })
+                    tx_deployment(counters, Some(before), dep.status)?;
+                    Ok(Ok((dep, t, record, device)))
                 },
             )
-            .map_err(tx_err)
+            .map_err(tx_err)?;
+        Ok(match outcome {
+            Ok((deployment, target, history, record)) => ResultOutcome::Applied {
+                deployment,
+                target,
+                history,
+                device: self.with_live_record(record)?,
+            },
+            Err(target) => ResultOutcome::Repeat { target },
+        })
     }
 
-    /// Is this device a target of this deployment?
-    pub fn is_target(&self, deployment_id: &str, device_id: &str) -> Result<bool> {
-        Ok(self.targets.contains_key(key2(deployment_id, device_id))?)
-    }
-
-    /// Newest first, at most `limit`.
-    pub fn history(&self, device_id: &str, limit: usize) -> Result<Vec<HistoryRecord>> {
-        newest_first(&self.history, device_id, limit)
-    }
-
-    /// Did this device ever report `success` for this version?
-    pub fn device_ran_version(&self, device_id: &str, version: &str) -> Result<bool> {
-        Ok(self.device_success.contains_key(key2(device_id, version))?)
+    fn with_live_record(&self, record: DeviceRecord) -> Result<Device> {
+        let live = self.live_record(&record.device_id)?;
+        Ok(Device { record, live })
     }
 }
 
@@ -391,6 +397,7 @@ pub(super) struct OpenTrees<'a> {
     pub targets: &'a TransactionalTree,
     pub device_open: &'a TransactionalTree,
     pub bundle_open: &'a TransactionalTree,
+    pub counters: &'a TransactionalTree,
 }
 
 /// Cancel one device's target in one deployment if it is unfinished; returns the
@@ -410,18 +417,16 @@ pub(super) fn tx_cancel_target(
     let Some(mut dep) = tx_get::<DeploymentRecord>(t.deployments, dep_id)? else {
         return Ok(None);
     };
-    if target.status.is_final() {
+    let before = dep.status;
+    if !rules::cancel_target(&mut dep, &mut target, reason, now) {
         return Ok(None);
     }
-    dep.shift(target.status, TargetStatus::Cancelled, now);
-    target.status = TargetStatus::Cancelled;
-    target.error_message = Some(reason.to_owned());
-    target.updated_at = now;
     tx_put(t.targets, &key, &target)?;
     if dep.status.is_final() {
         tx_release_bundle(t.bundle_open, &dep.bundle_id)?;
     }
     tx_put(t.deployments, dep_id, &dep)?;
+    tx_deployment(t.counters, Some(before), dep.status)?;
     Ok(Some(dep))
 }
 

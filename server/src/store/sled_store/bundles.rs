@@ -1,12 +1,10 @@
 //! Bundle records (the archives themselves are files, managed by the bundle routes).
 
-use sled::Transactional;
-
 use super::*;
 
-impl Store {
+impl SledStore {
     /// Record a new bundle; 409 when its version exists.
-    pub fn insert_bundle(&self, b: &BundleRecord) -> Result<()> {
+    pub(super) fn insert_bundle(&self, b: &BundleRecord) -> Result<()> {
         (&self.bundles, &self.bundle_versions)
             .transaction(|(bundles, versions)| {
                 if versions.get(b.version.as_bytes())?.is_some() {
@@ -22,15 +20,11 @@ impl Store {
             .map_err(tx_err)
     }
 
-    pub fn bundle(&self, id: &str) -> Result<BundleRecord> {
+    pub(super) fn bundle(&self, id: &str) -> Result<BundleRecord> {
         get(&self.bundles, id)?.ok_or_else(|| StoreError::NotFound(format!("no bundle {id:?}")))
     }
 
-    pub fn bundle_version_exists(&self, version: &str) -> Result<bool> {
-        Ok(self.bundle_versions.contains_key(version)?)
-    }
-
-    pub fn bundle_by_version(&self, version: &str) -> Result<Option<BundleRecord>> {
+    pub(super) fn bundle_by_version(&self, version: &str) -> Result<Option<BundleRecord>> {
         match self.bundle_versions.get(version)? {
             Some(id) => get(&self.bundles, id),
             None => Ok(None),
@@ -38,7 +32,7 @@ impl Store {
     }
 
     /// Newest first (ids are time-ordered).
-    pub fn list_bundles(&self) -> Result<Vec<BundleRecord>> {
+    pub(super) fn list_bundles(&self) -> Result<Vec<BundleRecord>> {
         self.bundles
             .iter()
             .values()
@@ -47,15 +41,8 @@ impl Store {
             .collect()
     }
 
-    /// May this device download this bundle (is it targeted by a deployment of it)?
-    pub fn device_may_download(&self, device_id: &str, bundle_id: &str) -> Result<bool> {
-        Ok(self
-            .device_bundles
-            .contains_key(key2(device_id, bundle_id))?)
-    }
-
     /// Remove a bundle's record; 409 while an unfinished deployment uses it.
-    pub fn delete_bundle(&self, id: &str) -> Result<BundleRecord> {
+    pub(super) fn delete_bundle(&self, id: &str) -> Result<BundleRecord> {
         (&self.bundles, &self.bundle_versions, &self.bundle_open)
             .transaction(|(bundles, versions, open)| {
                 let Some(b) = tx_get::<BundleRecord>(bundles, id)? else {

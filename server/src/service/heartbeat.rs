@@ -1,0 +1,308 @@
+//! The heartbeat path above the store (SPEC §1.2, §1.6): what a beat returns, decided in
+//! O(this device) from an in-memory work index, and the group-commit beat writer that
+//! stores beats in batches without making the device wait for the disk.
+//!
+//! The whole data path of a heartbeat is three files: the handler
+//! (`routes/devices.rs::heartbeat`), this file, and the backend's beat writer
+//! (`store/sled_store/beats.rs`).
+//!
+//! **The work index** knows which devices may have something to do: devices with
+//! unfinished deployment targets (with the command of an already delivered target
+//! cached), devices waiting for an accept, and devices whose config is past version 1.
+//! A device in none of them gets `[]` without a store read. The index is a hint that
+//! errs only towards "look": a device listed with nothing open costs one store read,
+//! after which it is dropped (unless a write touched it meanwhile: a generation number
+//! tells). Every write that can give a device work calls [`HeartbeatService::touch`] (or
+//! the admission and config hooks) after it commits; the index is rebuilt from the store
+//! at start, so it holds nothing the store does not.
+//!
+//! **The beat writer** takes beats from a bounded channel and hands them to
+//! [`Store::write_beats`] in batches of up to [`BATCH`]. The device's reply does not wait
+//! for it (SPEC §1.8 lets a crash lose the last second of heartbeats, nothing else).
+//! Reads that show heartbeat data call [`HeartbeatService::settle`] first, so an operator
+//! sees every beat that was answered before the read began.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use kernex_common::api::{Admission, Command, DeviceConfig, HeartbeatRequest, TargetStatus};
+use tokio::sync::{mpsc, watch};
+
+use super::rules;
+use crate::store::{Beat, DeploymentRecord, Result, Store, Ts, WorkSnapshot};
+
+/// Most beats one store write takes.
+pub const BATCH: usize = 1024;
+/// Beats waiting for the writer before devices wait for it (backpressure).
+const QUEUE: usize = 16 * 1024;
+
+/// What a heartbeat returns to the device.
+#[derive(Debug, Clone)]
+pub struct BeatOutcome {
+    pub admission: Admission,
+    pub commands: Vec<Command>,
+    /// The deployment whose target moved to `in_progress` with this heartbeat.
+    pub delivered: Option<DeploymentRecord>,
+}
+
+/// A device with (maybe) unfinished targets.
+#[derive(Debug, Clone, Default)]
+struct Open {
+    /// Bumped by every write that touches this device's targets.
+    generation: u64,
+    /// The command of its oldest unfinished target once delivered: re-sent on every
+    /// beat until the result arrives (at-least-once), with no store read.
+    command: Option<Command>,
+}
+
+#[derive(Debug, Default)]
+struct Work {
+    open: HashMap<String, Open>,
+    pending: HashSet<String>,
+    /// Config version and polling interval of devices whose config was ever set
+    /// (others run the defaults at version 1).
+    configs: HashMap<String, (u64, u64)>,
+    next_generation: u64,
+}
+
+impl Work {
+    fn from_snapshot(s: WorkSnapshot) -> Self {
+        Work {
+            open: s.open.into_iter().map(|id| (id, Open::default())).collect(),
+            pending: s.pending.into_iter().collect(),
+            configs: s
+                .configs
+                .into_iter()
+                .map(|c| (c.device_id, (c.version, c.polling_interval)))
+                .collect(),
+            next_generation: 1,
+        }
+    }
+}
+
+/// The heartbeat service: work index and beat writer.
+#[derive(Debug)]
+pub struct HeartbeatService {
+    store: Arc<dyn Store>,
+    work: RwLock<Work>,
+    writer: BeatWriter,
+}
+
+impl HeartbeatService {
+    /// Build the index from `snapshot` and start the beat writer (needs a tokio runtime).
+    pub fn start(store: Arc<dyn Store>, snapshot: WorkSnapshot) -> Self {
+        HeartbeatService {
+            writer: BeatWriter::start(store.clone()),
+            work: RwLock::new(Work::from_snapshot(snapshot)),
+            store,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Work> {
+        self.work.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Work> {
+        self.work.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record a heartbeat and decide the device's commands (SPEC §1.6): at most one
+    /// deploy/rollback (its oldest unfinished target), and `configure` while the
+    /// reported config version is behind. A pending device gets none.
+    pub async fn beat(
+        &self,
+        device_id: &str,
+        report: HeartbeatRequest,
+        now: Ts,
+    ) -> Result<BeatOutcome> {
+        let (pending, open, (config_version, polling_interval)) = {
+            let w = self.read();
+            (
+                w.pending.contains(device_id),
+                w.open.get(device_id).cloned(),
+                w.configs
+                    .get(device_id)
+                    .copied()
+                    .unwrap_or((1, DeviceConfig::DEFAULT_POLLING_INTERVAL)),
+            )
+        };
+        let mut outcome = BeatOutcome {
+            admission: if pending {
+                Admission::Pending
+            } else {
+                Admission::Accepted
+            },
+            commands: Vec::new(),
+            delivered: None,
+        };
+        if !pending {
+            match open {
+                None => {}
+                Some(Open {
+                    command: Some(cmd), ..
+                }) => outcome.commands.push(cmd),
+                Some(Open { generation, .. }) => {
+                    let (cmd, delivered) = self.next_command(device_id, generation, now).await?;
+                    outcome.commands.extend(cmd);
+                    outcome.delivered = delivered;
+                }
+            }
+            if report.config_version.unwrap_or(0) < config_version {
+                let config = if config_version == 1 {
+                    DeviceConfig::defaults(device_id)
+                } else {
+                    self.store.config(device_id).await?
+                };
+                outcome
+                    .commands
+                    .push(Command::Configure(config.to_command()));
+            }
+        }
+        self.writer
+            .submit(Beat {
+                device_id: device_id.to_owned(),
+                at: now,
+                report,
+                polling_interval,
+            })
+            .await;
+        Ok(outcome)
+    }
+
+    /// The command for this device's oldest unfinished target, read from the store;
+    /// delivers it if it was pending. Caches it, or drops the device from the index
+    /// when nothing is open, unless a write touched the device since `generation`.
+    async fn next_command(
+        &self,
+        device_id: &str,
+        generation: u64,
+        now: Ts,
+    ) -> Result<(Option<Command>, Option<DeploymentRecord>)> {
+        for (dep, status) in self.store.open_targets(device_id).await? {
+            let delivered = match status {
+                TargetStatus::InProgress => None,
+                TargetStatus::Pending => match self.store.deliver(&dep.id, device_id, now).await? {
+                    Some(moved) => Some(moved),
+                    // Finished or cancelled meanwhile: look at the next one.
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let cmd = rules::bundle_command(&dep);
+            let mut w = self.write();
+            if let Some(open) = w.open.get_mut(device_id)
+                && open.generation == generation
+            {
+                open.command = Some(cmd.clone());
+            }
+            return Ok((Some(cmd), delivered));
+        }
+        let mut w = self.write();
+        if w.open
+            .get(device_id)
+            .is_some_and(|o| o.generation == generation)
+        {
+            w.open.remove(device_id);
+        }
+        Ok((None, None))
+    }
+
+    /// A write changed this device's deployment targets (created, finished, cancelled):
+    /// its next beat reads them from the store.
+    pub fn touch<'a>(&self, device_ids: impl IntoIterator<Item = &'a str>) {
+        let mut w = self.write();
+        for id in device_ids {
+            w.next_generation += 1;
+            let generation = w.next_generation;
+            w.open.insert(
+                id.to_owned(),
+                Open {
+                    generation,
+                    command: None,
+                },
+            );
+        }
+    }
+
+    /// A device's admission changed (or it registered).
+    pub fn admission_changed(&self, device_id: &str, admission: Admission) {
+        let mut w = self.write();
+        if admission == Admission::Pending {
+            w.pending.insert(device_id.to_owned());
+        } else {
+            w.pending.remove(device_id);
+        }
+    }
+
+    /// A device's config was set.
+    pub fn config_changed(&self, config: &DeviceConfig) {
+        self.write().configs.insert(
+            config.device_id.clone(),
+            (config.version, config.polling_interval),
+        );
+    }
+
+    /// A device was deleted.
+    pub fn forget(&self, device_id: &str) {
+        let mut w = self.write();
+        w.open.remove(device_id);
+        w.pending.remove(device_id);
+        w.configs.remove(device_id);
+    }
+
+    /// Wait until every beat answered before this call is in the store.
+    pub async fn settle(&self) {
+        self.writer.settle().await;
+    }
+}
+
+/// The group-commit writer: one task drains the queue in batches into the store.
+#[derive(Debug)]
+struct BeatWriter {
+    tx: mpsc::Sender<Beat>,
+    submitted: AtomicU64,
+    applied: watch::Receiver<u64>,
+}
+
+impl BeatWriter {
+    fn start(store: Arc<dyn Store>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Beat>(QUEUE);
+        let (applied_tx, applied) = watch::channel(0u64);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            loop {
+                let n = rx.recv_many(&mut batch, BATCH).await;
+                if n == 0 {
+                    break;
+                }
+                if let Err(e) = store.write_beats(std::mem::take(&mut batch)).await {
+                    tracing::error!(error = %e, beats = n, "storing heartbeats failed");
+                }
+                applied_tx.send_modify(|a| *a += n as u64);
+            }
+        });
+        BeatWriter {
+            tx,
+            submitted: AtomicU64::new(0),
+            applied,
+        }
+    }
+
+    async fn submit(&self, beat: Beat) {
+        self.submitted.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send(beat).await.is_err() {
+            // The writer is gone (runtime shutting down): count it as done so readers
+            // never wait for it.
+            tracing::warn!("heartbeat dropped: the beat writer has stopped");
+        }
+    }
+
+    /// Every beat submitted before this call has been applied (the channel is FIFO, so
+    /// `applied >= submitted-at-start` covers them).
+    async fn settle(&self) {
+        let target = self.submitted.load(Ordering::SeqCst);
+        let mut rx = self.applied.clone();
+        let _ = rx.wait_for(|a| *a >= target).await;
+    }
+}

@@ -1,0 +1,9 @@
+//! The service layer: the fleet's rules, written once above every storage backend.
+//!
+//! [`rules`] holds the pure decisions (admission, config merge, result aggregation,
+//! cancellation, delivery) that backends apply inside their transactions;
+//! [`heartbeat`] decides what a heartbeat returns and stores beats through a
+//! group-commit writer.
+
+pub mod heartbeat; // the heartbeat path: work index, commands, beat writer
+pub mod rules; // pure rules every backend applies

@@ -1,0 +1,83 @@
+//! Group commit of fsyncs: every write that must be durable before its 2xx asks for a
+//! flush; one thread flushes for everyone who asked while the previous flush ran, and
+//! wakes them together. Under load, N concurrent writes cost one fsync, not N.
+//!
+//! Not sled's `flush_async`: in sled 0.34 concurrent `flush_async` calls park sled's own
+//! IO threads, which the flush itself needs, and the server hangs (spacejam/sled#1308,
+//! #1241). A blocking flush on a thread of our own leaves those threads free.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use tokio::sync::watch;
+
+use crate::store::{Result, StoreError};
+
+/// What the flush thread has made durable: every request up to `done`; `failed` names
+/// the newest request a failed flush covered, with the error.
+#[derive(Debug, Clone, Default)]
+struct Flushed {
+    done: u64,
+    failed: Option<(u64, String)>,
+}
+
+#[derive(Debug)]
+pub struct Flusher {
+    requested: AtomicU64,
+    wake: mpsc::Sender<u64>,
+    flushed: watch::Receiver<Flushed>,
+}
+
+impl Flusher {
+    /// Start the flush thread for `db`. It ends when the `Flusher` is dropped.
+    pub fn start(db: sled::Db) -> Self {
+        let (wake, requests) = mpsc::channel::<u64>();
+        let (tx, flushed) = watch::channel(Flushed::default());
+        let spawned = std::thread::Builder::new()
+            .name("kernex-flush".into())
+            .spawn(move || flush_loop(&db, &requests, &tx));
+        if let Err(e) = spawned {
+            // Without the thread every sync would wait forever; say so loudly. `sync`
+            // then fails at once (the channel's receiver is gone).
+            tracing::error!(error = %e, "could not start the flush thread");
+        }
+        Flusher {
+            requested: AtomicU64::new(0),
+            wake,
+            flushed,
+        }
+    }
+
+    /// Wait until everything written before this call is on disk.
+    pub async fn sync(&self) -> Result<()> {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake
+            .send(ticket)
+            .map_err(|_| StoreError::Backend("the flush thread is gone".into()))?;
+        let mut rx = self.flushed.clone();
+        let state = rx
+            .wait_for(|f| f.done >= ticket || f.failed.as_ref().is_some_and(|(t, _)| *t >= ticket))
+            .await
+            .map_err(|_| StoreError::Backend("the flush thread is gone".into()))?;
+        match &state.failed {
+            Some((t, e)) if *t >= ticket && state.done < ticket => {
+                Err(StoreError::Backend(format!("flush failed: {e}")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Take every ticket that is waiting, flush once, and publish the newest as done.
+fn flush_loop(db: &sled::Db, requests: &mpsc::Receiver<u64>, flushed: &watch::Sender<Flushed>) {
+    while let Ok(first) = requests.recv() {
+        let newest = requests.try_iter().fold(first, u64::max);
+        match db.flush() {
+            Ok(_) => flushed.send_modify(|f| f.done = f.done.max(newest)),
+            Err(e) => {
+                tracing::error!(error = %e, "store flush failed");
+                flushed.send_modify(|f| f.failed = Some((newest, e.to_string())));
+            }
+        }
+    }
+}
