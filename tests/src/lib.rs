@@ -102,6 +102,27 @@ impl ServerProcess {
         Self::spawn(listen, data_dir, admin, enroll, &[])
     }
 
+    /// Start again on the data dir and address of a server that was stopped (a restart
+    /// after a crash). The port was free a moment ago; the bind is retried briefly in case
+    /// it races the close.
+    pub async fn restart_on(
+        data_dir: &Path,
+        admin: &str,
+        enroll: &str,
+        listen: &str,
+    ) -> Result<Self> {
+        let mut last = None;
+        for _ in 0..40 {
+            match Self::start_on(data_dir, admin, enroll, listen) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+            .with_context(|| format!("server did not restart on {listen}"))
+    }
+
     fn spawn(
         listen: &str,
         data_dir: &Path,

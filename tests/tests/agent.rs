@@ -220,19 +220,10 @@ impl World {
     async fn restart_server(&mut self) {
         assert!(self.server.is_none(), "the server is still running");
         let data = self.dir.path().join("server");
-        // The port was free a moment ago; retry briefly in case the bind races a close.
-        let mut last = None;
-        for _ in 0..20 {
-            match ServerProcess::start_on(&data, ADMIN, ENROLL, &self.addr) {
-                Ok(s) => {
-                    self.server = Some(s);
-                    return;
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        panic!("server did not restart on {}: {last:?}", self.addr);
+        let server = ServerProcess::restart_on(&data, ADMIN, ENROLL, &self.addr)
+            .await
+            .unwrap();
+        self.server = Some(server);
     }
 
     /// Wait until the device's status in `deployment` is final; the target entry.

@@ -145,19 +145,10 @@ impl World {
     /// Start the server again on the same data dir and address.
     async fn restart_server(&mut self) {
         assert!(self.server.is_none(), "the server is still running");
-        // The port was free a moment ago; retry briefly in case the bind races a close.
-        let mut last = None;
-        for _ in 0..40 {
-            match ServerProcess::start_on(&self.data_dir(), ADMIN, ENROLL, &self.addr) {
-                Ok(s) => {
-                    self.server = Some(s);
-                    return;
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        panic!("server did not restart on {}: {last:?}", self.addr);
+        let server = ServerProcess::restart_on(&self.data_dir(), ADMIN, ENROLL, &self.addr)
+            .await
+            .unwrap();
+        self.server = Some(server);
     }
 
     /// The console's working directory (where `bundle pack` writes by default).
