@@ -30,6 +30,11 @@ bench:
     cargo bench -p kernex-server --bench heartbeat
     cargo bench -p kernex-console --bench fleet
 
+# HTTP heartbeats/s under wrk, kernex-server vs a no-op axum server (flags: `--help`).
+bench-http *ARGS:
+    cargo build --release -p kernex-server -p kernex-bench
+    cargo run --release -q -p kernex-bench --bin kernex-bench-http -- "$@"
+
 # Run a device agent against the local server (state in $KERNEX_STATE_DIR or the platform dir).
 agent *ARGS:
     cargo run --release -p kernex-agent -- run "$@"
