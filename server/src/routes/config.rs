@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use chrono::Utc;
+use kernex_common::api::events::ServerEvent;
 use kernex_common::api::{ConfigUpdate, DeviceConfig};
 
 use super::{Access, device_access};
@@ -68,6 +69,6 @@ pub async fn put(
     let config = state.store.update_config(&device_id, &update, Utc::now())?;
     state.store.flush().await?;
     tracing::info!(device.id = %device_id, version = config.version, "config updated");
-    state.events.emit("config", &config);
+    state.events.emit(ServerEvent::Config(config.clone()));
     Ok(Json(config))
 }

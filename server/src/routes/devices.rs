@@ -7,6 +7,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
+use kernex_common::api::events::{HeartbeatEvent, ServerEvent};
 use kernex_common::api::{
     Admission, DeploymentKind, DeviceDetail, DevicePatch, DeviceSummary, HeartbeatRecord,
     HeartbeatRequest, HeartbeatResponse, HistoryRecord, OnlineStatus, RegisterRequest,
@@ -119,7 +120,7 @@ pub async fn register(
     state.store.flush().await?;
     let d = &outcome.device;
     tracing::info!(device.id = %d.device_id, created = outcome.created, admission = d.admission.as_str(), "device registered");
-    state.events.emit("device", d.to_summary(now));
+    state.events.emit(ServerEvent::device(d.to_summary(now)));
     let status = if outcome.created {
         StatusCode::CREATED
     } else {
@@ -172,20 +173,9 @@ pub async fn heartbeat(
         .heartbeat(&device_id, &hb, now, state.limits.heartbeat_retention)?;
     state.metrics.heartbeat();
     if state.events.has_subscribers() {
-        state.events.emit(
-            "heartbeat",
-            json!({
-                "device_id": device_id,
-                "timestamp": now,
-                "agent_version": hb.agent_version,
-                "cpu_pct": hb.cpu_pct,
-                "memory_mb": hb.memory_mb,
-                "status": hb.status,
-                "current_bundle_version": out.device.current_bundle_version,
-                "config_version": hb.config_version,
-                "queued_reports": hb.queued_reports,
-            }),
-        );
+        let current = out.device.current_bundle_version.clone();
+        let beat = HeartbeatEvent::new(&device_id, now, &hb, current);
+        state.events.emit(ServerEvent::Heartbeat(beat));
     }
     if let Some(dep) = &out.delivered {
         emit_deployment(&state, dep);
@@ -259,7 +249,7 @@ pub async fn patch(
     let d = state.store.set_tags(&device_id, &tags)?;
     state.store.flush().await?;
     let now = Utc::now();
-    state.events.emit("device", d.to_summary(now));
+    state.events.emit(ServerEvent::device(d.to_summary(now)));
     Ok(Json(d.to_detail(now)))
 }
 
@@ -274,7 +264,7 @@ async fn set_admission(
     let (d, cancelled) = state.store.set_admission(device_id, admission, now)?;
     state.store.flush().await?;
     tracing::info!(device.id = %device_id, admission = admission.as_str(), "admission changed");
-    state.events.emit("device", d.to_summary(now));
+    state.events.emit(ServerEvent::device(d.to_summary(now)));
     for dep in &cancelled {
         emit_deployment(state, dep);
     }
@@ -309,9 +299,7 @@ pub async fn delete(
     let cancelled = state.store.delete_device(&device_id, Utc::now())?;
     state.store.flush().await?;
     tracing::info!(device.id = %device_id, "device deleted");
-    state
-        .events
-        .emit("device", json!({"device_id": device_id, "deleted": true}));
+    state.events.emit(ServerEvent::device_deleted(&device_id));
     for dep in &cancelled {
         emit_deployment(&state, dep);
     }
