@@ -11,6 +11,8 @@ use serde_json::Value;
 
 use crate::manifest::Manifest;
 
+pub mod events; // the live events of `GET /events` (SSE)
+
 /// Timestamps on the wire: RFC 3339, UTC.
 pub type Timestamp = DateTime<Utc>;
 

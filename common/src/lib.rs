@@ -1,6 +1,7 @@
 //! Kernex common: what the server, the agent and the console agree on.
 //!
 //! - [`api`]: the JSON wire types of the `/api/v1` HTTP API (SPEC §1).
+//!   [`api::events::ServerEvent`] is the live event stream (`GET /events`).
 //! - [`manifest`]: the bundle `manifest.json` schema and its validation.
 //! - [`bundle`]: packing a folder into a bundle and checking an archive entry by entry
 //!   (the same rules on the server at upload and on the agent before it extracts).

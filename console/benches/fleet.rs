@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use kernex_common::api::DeviceSummary;
+use kernex_common::api::events::{HeartbeatEvent, ServerEvent};
 use kernex_console::app::App;
 use kernex_console::app::request::Msg;
 use kernex_console::live::LiveEvent;
@@ -29,6 +30,25 @@ fn page(p: usize) -> Vec<DeviceSummary> {
             .unwrap()
         })
         .collect()
+}
+
+/// A heartbeat event that says nothing but which device beat.
+fn beat(device_id: &str) -> HeartbeatEvent {
+    HeartbeatEvent {
+        device_id: device_id.into(),
+        timestamp: None,
+        agent_version: None,
+        cpu_pct: None,
+        memory_mb: None,
+        status: None,
+        current_bundle_version: None,
+        config_version: None,
+        queued_reports: None,
+    }
+}
+
+fn live(beat: HeartbeatEvent) -> Msg {
+    Msg::Live(LiveEvent::Event(ServerEvent::Heartbeat(beat)))
 }
 
 fn main() {
@@ -66,10 +86,13 @@ fn main() {
     let t = Instant::now();
     for i in 0..beats {
         let id = format!("dev{:06}", (i * 7919) % (n_pages * 1000));
-        app.on_msg(Msg::Live(LiveEvent::Event {
-            kind: "heartbeat".into(),
-            data: json!({"device_id": id, "timestamp": "2026-11-25T12:00:05Z", "cpu_pct": 50.0,
-                         "memory_mb": 600.0, "status": "idle"}),
+        app.on_msg(live(HeartbeatEvent {
+            device_id: id,
+            timestamp: Some("2026-11-25T12:00:05Z".parse().unwrap()),
+            cpu_pct: Some(50.0),
+            memory_mb: Some(600.0),
+            status: Some("idle".into()),
+            ..beat("")
         }));
     }
     let per_beat = t.elapsed() / beats as u32;
@@ -82,9 +105,9 @@ fn main() {
     app.on_key(KeyEvent::new(KeyCode::Char('s'), KeyModifiers::NONE));
     app.on_key(KeyEvent::new(KeyCode::Char('s'), KeyModifiers::NONE));
     app.on_key(KeyEvent::new(KeyCode::Char('s'), KeyModifiers::NONE));
-    app.on_msg(Msg::Live(LiveEvent::Event {
-        kind: "heartbeat".into(),
-        data: json!({"device_id": "dev000001", "cpu_pct": 99.0}),
+    app.on_msg(live(HeartbeatEvent {
+        cpu_pct: Some(99.0),
+        ..beat("dev000001")
     }));
     let t = Instant::now();
     app.prepare();

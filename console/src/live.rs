@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use serde_json::Value;
+use kernex_common::api::events::{EventError, ServerEvent};
 use tokio::sync::mpsc;
 
 use crate::api::{Api, ApiError};
@@ -26,15 +26,11 @@ pub enum LiveEvent {
         retry_in: Duration,
     },
     /// The server refused our token (401/403): retried slowly, shown as such.
-    Refused {
-        error: String,
-    },
+    Refused { error: String },
     /// The server dropped events for us: re-read everything.
     Lagged,
-    Event {
-        kind: String,
-        data: Value,
-    },
+    /// Any other event, read once here (never a `Lagged` one: that is the variant above).
+    Event(ServerEvent),
 }
 
 /// Follow the event stream until `tx` closes, sending what happens.
@@ -59,18 +55,29 @@ pub async fn follow<T: From<LiveEvent> + Send + 'static>(api: Api, tx: mpsc::Sen
                         }
                     };
                     heard = true;
-                    let msg = match ev.event.as_str() {
-                        "lagged" => LiveEvent::Lagged,
-                        kind => match serde_json::from_str::<Value>(&ev.data) {
-                            Ok(data) => LiveEvent::Event {
-                                kind: kind.to_owned(),
-                                data,
+                    let msg = match ServerEvent::parse(&ev.event, &ev.data) {
+                        Ok(ServerEvent::Lagged(lag)) => {
+                            tracing::info!(missed = lag.missed, "fell behind the event stream");
+                            LiveEvent::Lagged
+                        }
+                        // Whatever its count says, a lag means "re-read": never drop one.
+                        Err(
+                            e @ EventError::Data {
+                                event: "lagged", ..
                             },
-                            Err(e) => {
-                                tracing::warn!(kind, "unreadable event data: {e}");
-                                continue;
-                            }
-                        },
+                        ) => {
+                            tracing::warn!("{e}");
+                            LiveEvent::Lagged
+                        }
+                        Ok(event) => LiveEvent::Event(event),
+                        Err(e @ EventError::Unknown(_)) => {
+                            tracing::debug!("ignored: {e}");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!("{e}");
+                            continue;
+                        }
                     };
                     if tx.send(msg.into()).await.is_err() {
                         return;

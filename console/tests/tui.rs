@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use kernex_common::api::events::ServerEvent;
 use kernex_common::api::{
     BundleInfo, ConfigUpdate, CreateDeployment, Deployment, DeviceConfig, DeviceDetail,
     DeviceSummary, HeartbeatRecord, HistoryRecord, RollbackRequest,
@@ -554,10 +555,9 @@ fn losing_the_server_shows_reconnecting_and_recovering_rereads() {
 fn live_events_update_rows_without_a_refresh() {
     let mut app = loaded();
     let ev = |kind: &str, data: Value| {
-        Msg::Live(LiveEvent::Event {
-            kind: kind.into(),
-            data,
-        })
+        Msg::Live(LiveEvent::Event(
+            ServerEvent::parse(kind, &data.to_string()).unwrap(),
+        ))
     };
     app.on_msg(ev("heartbeat", json!({
         "device_id": D3, "timestamp": at(0), "cpu_pct": 88.0, "memory_mb": 900.0,
@@ -735,10 +735,9 @@ fn command_line_opens_a_device_by_suffix_and_rejects_nonsense() {
 // ------------------------------------------------------------- regressions (review)
 
 fn ev(kind: &str, data: Value) -> Msg {
-    Msg::Live(LiveEvent::Event {
-        kind: kind.into(),
-        data,
-    })
+    Msg::Live(LiveEvent::Event(
+        ServerEvent::parse(kind, &data.to_string()).unwrap(),
+    ))
 }
 
 #[test]

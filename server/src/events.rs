@@ -3,23 +3,15 @@
 //! Events are derived from store changes as they happen; a replica that restarts simply
 //! starts a fresh stream (clients re-read state on reconnect).
 
-use serde::Serialize;
-use serde_json::Value;
+use kernex_common::api::events::ServerEvent;
 use tokio::sync::broadcast;
 
 /// How many events a slow subscriber may fall behind before it is told it lagged.
 pub const EVENT_BUFFER: usize = 1024;
 
-/// One live event: an SSE `event:` name and its JSON `data:`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    pub kind: &'static str,
-    pub data: Value,
-}
-
 #[derive(Debug, Clone)]
 pub struct Events {
-    tx: broadcast::Sender<Event>,
+    tx: broadcast::Sender<ServerEvent>,
 }
 
 impl Default for Events {
@@ -31,10 +23,10 @@ impl Default for Events {
 }
 
 impl Events {
-    /// Publish to whoever listens (nobody listening is fine).
-    pub fn emit(&self, kind: &'static str, data: impl Serialize) {
-        let data = serde_json::to_value(data).unwrap_or(Value::Null);
-        let _ = self.tx.send(Event { kind, data });
+    /// Publish to whoever listens (nobody listening is fine). Each subscriber's stream
+    /// serialises it (`ServerEvent::data_json`) as it writes the frame.
+    pub fn emit(&self, event: ServerEvent) {
+        let _ = self.tx.send(event);
     }
 
     /// Is anyone listening? Lets hot paths skip building an event nobody reads.
@@ -42,7 +34,7 @@ impl Events {
         self.tx.receiver_count() > 0
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<ServerEvent> {
         self.tx.subscribe()
     }
 }

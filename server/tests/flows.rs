@@ -50,6 +50,7 @@ async fn slow_event_subscriber_is_told_it_lagged_and_continues() {
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
+    use kernex_common::api::events::ServerEvent;
     use tower::ServiceExt;
 
     let app = TestApp::new();
@@ -62,14 +63,16 @@ async fn slow_event_subscriber_is_told_it_lagged_and_continues() {
     assert_eq!(resp.status(), StatusCode::OK);
     let overflow = kernex_server::events::EVENT_BUFFER + 100;
     for i in 0..overflow {
-        app.state.events.emit("device", json!({ "n": i }));
+        app.state
+            .events
+            .emit(ServerEvent::device_deleted(i.to_string()));
     }
-    app.state.events.emit("device", json!({ "n": "last" }));
+    app.state.events.emit(ServerEvent::device_deleted("last"));
 
     let mut body = resp.into_body();
     let mut seen = String::new();
     let done = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while !seen.contains(r#""n":"last""#) {
+        while !seen.contains(r#""device_id":"last""#) {
             let frame = body.frame().await.expect("stream ended").unwrap();
             if let Ok(data) = frame.into_data() {
                 seen.push_str(&String::from_utf8_lossy(&data));
@@ -357,4 +360,136 @@ async fn report_for_another_device_is_403_before_body_errors() {
     progress(json!({"device_id": a.id, "phase": "nope", "progress_pct": 5}))
         .await
         .expect(StatusCode::BAD_REQUEST);
+}
+
+/// Every frame a whole flow puts on `/events` reads back as a typed `ServerEvent` that
+/// writes the same JSON again, and the hand-shaped payloads keep their keys (`null`s
+/// included) — the console relies on both.
+#[tokio::test]
+async fn every_event_on_the_wire_is_a_server_event() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use axum::body::Body;
+    use axum::http::{Method, Request};
+    use http_body_util::BodyExt;
+    use kernex_common::api::events::{DeviceEvent, ServerEvent};
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    let app = TestApp::new();
+    let req = Request::builder()
+        .uri("/api/v1/events")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    let dev = app.device().await;
+    let info = app.bundle("1.0.0").await;
+    let dep = app.deploy("1.0.0", &[&dev]).await;
+    let dep_id = dep["id"].as_str().unwrap();
+    app.heartbeat(&dev, None, None).await.expect(StatusCode::OK);
+    app.call(
+        Method::POST,
+        &format!("/api/v1/deployments/{dep_id}/progress"),
+        Some(&dev.token),
+        Some(json!({"device_id": dev.id, "phase": "downloading", "progress_pct": 40})),
+    )
+    .await
+    .expect(StatusCode::NO_CONTENT);
+    app.result(
+        &dev,
+        dep_id,
+        json!({"device_id": dev.id, "status": "success", "report_id": "r1"}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    app.put(
+        &format!("/api/v1/devices/{}/config", dev.id),
+        json!({"polling_interval": 30}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    app.delete(&format!("/api/v1/bundles/{}", info["id"].as_str().unwrap()))
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    app.delete(&format!("/api/v1/devices/{}", dev.id))
+        .await
+        .expect(StatusCode::NO_CONTENT);
+
+    // Read until the last thing done (the device's deletion) has arrived.
+    let mut body = resp.into_body();
+    let mut seen = String::new();
+    let mut events: Vec<(String, Value, ServerEvent)> = Vec::new();
+    let done = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let frame = body.frame().await.expect("stream ended").unwrap();
+            if let Ok(data) = frame.into_data() {
+                seen.push_str(&String::from_utf8_lossy(&data));
+            }
+            while let Some(end) = seen.find("\n\n") {
+                let frame: String = seen.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    frame
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim().to_owned())
+                };
+                let (Some(name), Some(data)) = (field("event:"), field("data:")) else {
+                    continue;
+                };
+                let ev = ServerEvent::parse(&name, &data)
+                    .unwrap_or_else(|e| panic!("{name}: {e}\n{data}"));
+                let last = matches!(ev, ServerEvent::Device(DeviceEvent::Deleted { .. }));
+                events.push((name, serde_json::from_str(&data).unwrap(), ev));
+                if last {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "no device deletion; events: {events:#?}");
+
+    let mut keys: BTreeMap<String, BTreeSet<BTreeSet<String>>> = BTreeMap::new();
+    for (name, data, ev) in &events {
+        assert_eq!(ev.name(), name);
+        let again: Value = serde_json::from_str(&ev.data_json()).unwrap();
+        assert_eq!(&again, data, "{name} reads back as it was written");
+        let shape = data.as_object().unwrap().keys().cloned().collect();
+        keys.entry(name.clone()).or_default().insert(shape);
+    }
+    let set = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        keys["heartbeat"],
+        BTreeSet::from([set(&[
+            "agent_version",
+            "config_version",
+            "cpu_pct",
+            "current_bundle_version",
+            "device_id",
+            "memory_mb",
+            "queued_reports",
+            "status",
+            "timestamp",
+        ])])
+    );
+    assert_eq!(
+        keys["deployment"],
+        BTreeSet::from([set(&[
+            "bundle_id",
+            "bundle_version",
+            "completed_at",
+            "counts",
+            "device",
+            "id",
+            "kind",
+            "status",
+            "updated_at",
+        ])])
+    );
+    assert!(keys["device"].contains(&set(&["deleted", "device_id"])));
+    assert!(keys["bundle"].contains(&set(&["deleted", "id", "version"])));
+    assert!(keys.contains_key("config"), "{keys:?}");
 }

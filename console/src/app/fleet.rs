@@ -7,8 +7,8 @@ use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
+use kernex_common::api::events::HeartbeatEvent;
 use kernex_common::api::{Admission, DeviceSummary, OnlineStatus};
-use serde_json::Value;
 
 /// The Fleet table's sort column (`s` cycles).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -290,21 +290,13 @@ impl Fleet {
     }
 
     /// Apply a `heartbeat` event. Returns false for a device we don't know yet.
-    pub fn heartbeat(&mut self, data: &Value) -> bool {
-        let Some(id) = data.get("device_id").and_then(Value::as_str) else {
-            return true;
-        };
-        let Some(&i) = self.index.get(id) else {
+    pub fn heartbeat(&mut self, beat: &HeartbeatEvent) -> bool {
+        let Some(&i) = self.index.get(&beat.device_id) else {
             return false;
         };
         let row = &mut self.rows[i];
         let s = &mut row.summary;
-        if let Some(ts) = data
-            .get("timestamp")
-            .and_then(Value::as_str)
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        {
-            let ts = ts.with_timezone(&Utc);
+        if let Some(ts) = beat.timestamp {
             if let Some(prev) = s.last_heartbeat {
                 let gap = (ts - prev).num_milliseconds() as f64 / 1000.0;
                 if gap > 0.5 {
@@ -313,22 +305,22 @@ impl Fleet {
             }
             s.last_heartbeat = Some(ts);
         }
-        if let Some(v) = data.get("cpu_pct").and_then(Value::as_f64) {
+        if let Some(v) = beat.cpu_pct {
             s.cpu_pct = Some(v);
         }
-        if let Some(v) = data.get("memory_mb").and_then(Value::as_f64) {
+        if let Some(v) = beat.memory_mb {
             s.memory_mb = Some(v);
         }
-        if let Some(v) = data.get("status").and_then(Value::as_str) {
-            s.agent_status = Some(v.to_owned());
+        if let Some(v) = &beat.status {
+            s.agent_status = Some(v.clone());
         }
-        if let Some(v) = data.get("agent_version").and_then(Value::as_str) {
-            s.agent_version = Some(v.to_owned());
+        if let Some(v) = &beat.agent_version {
+            s.agent_version = Some(v.clone());
         }
-        if let Some(v) = data.get("current_bundle_version").and_then(Value::as_str) {
-            s.current_bundle_version = Some(v.to_owned());
+        if let Some(v) = &beat.current_bundle_version {
+            s.current_bundle_version = Some(v.clone());
         }
-        if let Some(v) = data.get("config_version").and_then(Value::as_u64) {
+        if let Some(v) = beat.config_version {
             s.config_version = Some(v);
         }
         let was_online = s.status == OnlineStatus::Online;
@@ -468,6 +460,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A beat that says only who and when, read as the live feed reads it.
+    fn beat(id: &str, at: &str) -> HeartbeatEvent {
+        serde_json::from_value(json!({"device_id": id, "timestamp": at})).unwrap()
+    }
+
     fn dev(id: &str, status: &str) -> DeviceSummary {
         serde_json::from_value(json!({
             "device_id": id, "device_type": "t", "admission": "accepted", "status": status,
@@ -490,15 +487,15 @@ mod tests {
         f.upsert_page(dev("b", "offline"));
         f.upsert(dev("c", "never"));
         assert_eq!((f.online(), counted(&f)), (1, 1));
-        f.heartbeat(&json!({"device_id": "b", "timestamp": "2026-11-25T12:00:10Z"}));
-        f.heartbeat(&json!({"device_id": "b", "timestamp": "2026-11-25T12:00:20Z"}));
+        f.heartbeat(&beat("b", "2026-11-25T12:00:10Z"));
+        f.heartbeat(&beat("b", "2026-11-25T12:00:20Z"));
         assert_eq!((f.online(), counted(&f)), (2, 2));
         f.upsert(dev("a", "offline"));
         assert_eq!((f.online(), counted(&f)), (1, 1));
         let later = DateTime::parse_from_rfc3339("2026-11-25T13:00:00Z").unwrap();
         f.age_out(later.with_timezone(&Utc));
         assert_eq!((f.online(), counted(&f)), (0, 0));
-        f.heartbeat(&json!({"device_id": "c", "timestamp": "2026-11-25T13:00:00Z"}));
+        f.heartbeat(&beat("c", "2026-11-25T13:00:00Z"));
         f.remove("c");
         assert_eq!((f.online(), counted(&f)), (0, 0));
         assert_eq!(f.len(), 2);

@@ -2,8 +2,8 @@
 //! patch what is on screen in place; what an event cannot say (who a count-only
 //! deployment update was about, a device we never read) is read from the server, once.
 
-use kernex_common::api::{BundleInfo, DeploymentDevice, DeviceSummary};
-use serde_json::Value;
+use kernex_common::api::DeploymentKind;
+use kernex_common::api::events::{BundleEvent, DeploymentEvent, DeviceEvent, ServerEvent};
 
 use super::dialog::Dialog;
 use super::request::{self, Done, Msg, Request};
@@ -248,21 +248,17 @@ impl App {
                 self.log_event("fell behind the event stream: re-reading".into());
                 self.resync();
             }
-            LiveEvent::Event { kind, data } => self.on_event(&kind, data),
+            LiveEvent::Event(ev) => self.on_event(ev),
         }
     }
 
-    pub(super) fn on_event(&mut self, kind: &str, data: Value) {
-        match kind {
-            "heartbeat" => {
-                let id = data
-                    .get("device_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
+    pub(super) fn on_event(&mut self, ev: ServerEvent) {
+        match ev {
+            ServerEvent::Heartbeat(beat) => {
+                let id = beat.device_id.clone();
                 // A device we don't know yet: the running re-read will bring it, else
                 // read that one device (once, however many beats arrive meanwhile).
-                if !self.fleet.heartbeat(&data)
+                if !self.fleet.heartbeat(&beat)
                     && !self.loading_devices
                     && !id.is_empty()
                     && self.fetching.insert(id.clone())
@@ -270,8 +266,7 @@ impl App {
                     self.ask(Request::Device(id.clone()));
                 }
                 if let Some(p) = self.device.as_mut().filter(|p| p.id == id) {
-                    let f = |k: &str| data.get(k).and_then(Value::as_f64);
-                    if let (Some(c), Some(m)) = (f("cpu_pct"), f("memory_mb")) {
+                    if let (Some(c), Some(m)) = (beat.cpu_pct, beat.memory_mb) {
                         for (ring, v) in [(&mut p.cpu, c), (&mut p.mem, m)] {
                             ring.push_back(v);
                             if ring.len() > request::SPARK_POINTS as usize {
@@ -284,113 +279,95 @@ impl App {
                     }
                 }
             }
-            "device" => {
-                let id = data
-                    .get("device_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                if data.get("deleted").and_then(Value::as_bool) == Some(true) {
-                    self.fleet.remove(&id);
-                    self.log_event(format!("device {id} deleted"));
-                    return;
-                }
-                match serde_json::from_value::<DeviceSummary>(data) {
-                    Ok(s) => {
-                        let known = self.fleet.get(&id).map(|d| d.admission);
-                        match known {
-                            None => self.log_event(format!(
-                                "device {id} registered ({}, {})",
-                                s.device_type,
-                                s.admission.as_str()
-                            )),
-                            Some(a) if a != s.admission => {
-                                self.log_event(format!("device {id} {}", s.admission.as_str()))
-                            }
-                            _ => {}
-                        }
-                        if let Some(p) = self.device.as_mut().filter(|p| p.id == id)
-                            && let Some(d) = p.data.as_mut()
-                        {
-                            d.detail.summary = s.clone();
-                        }
-                        self.fleet.upsert(s);
-                    }
-                    Err(e) => tracing::warn!("unreadable device event: {e}"),
-                }
+            ServerEvent::Device(DeviceEvent::Deleted { device_id: id }) => {
+                self.fleet.remove(&id);
+                self.log_event(format!("device {id} deleted"));
             }
-            "deployment" => self.on_deployment_event(data),
-            "bundle" => {
-                if data.get("deleted").and_then(Value::as_bool) == Some(true) {
-                    let id = data.get("id").and_then(Value::as_str).unwrap_or_default();
-                    self.bundles.edit(|b| b.retain(|b| b.id != id));
-                    let v = data.get("version").and_then(Value::as_str).unwrap_or("?");
-                    self.log_event(format!("bundle {v} deleted"));
-                    return;
-                }
-                match serde_json::from_value::<BundleInfo>(data) {
-                    Ok(b) => {
-                        self.log_event(format!(
-                            "bundle {} {} uploaded ({})",
-                            b.name,
-                            b.version,
-                            crate::fmt::bytes(b.size_bytes)
-                        ));
-                        self.bundles.edit(|items| {
-                            items.retain(|x| x.id != b.id);
-                            items.insert(0, b);
-                        });
+            ServerEvent::Device(DeviceEvent::Changed(s)) => {
+                let id = s.device_id.clone();
+                let known = self.fleet.get(&id).map(|d| d.admission);
+                match known {
+                    None => self.log_event(format!(
+                        "device {id} registered ({}, {})",
+                        s.device_type,
+                        s.admission.as_str()
+                    )),
+                    Some(a) if a != s.admission => {
+                        self.log_event(format!("device {id} {}", s.admission.as_str()))
                     }
-                    Err(e) => tracing::warn!("unreadable bundle event: {e}"),
+                    _ => {}
                 }
+                if let Some(p) = self.device.as_mut().filter(|p| p.id == id)
+                    && let Some(d) = p.data.as_mut()
+                {
+                    d.detail.summary = s.clone();
+                }
+                self.fleet.upsert(s);
             }
-            "config" => match serde_json::from_value::<kernex_common::api::DeviceConfig>(data) {
-                Ok(c) => {
-                    self.log_event(format!("config v{} for {}", c.version, c.device_id));
-                    self.set_config(c);
-                }
-                Err(e) => tracing::warn!("unreadable config event: {e}"),
-            },
-            other => tracing::debug!(kind = other, "ignored event"),
+            ServerEvent::Deployment(d) => self.on_deployment_event(d),
+            ServerEvent::Bundle(BundleEvent::Deleted { id, version }) => {
+                self.bundles.edit(|b| b.retain(|b| b.id != id));
+                self.log_event(format!("bundle {version} deleted"));
+            }
+            ServerEvent::Bundle(BundleEvent::Uploaded(b)) => {
+                self.log_event(format!(
+                    "bundle {} {} uploaded ({})",
+                    b.name,
+                    b.version,
+                    crate::fmt::bytes(b.size_bytes)
+                ));
+                self.bundles.edit(|items| {
+                    items.retain(|x| x.id != b.id);
+                    items.insert(0, *b);
+                });
+            }
+            ServerEvent::Config(c) => {
+                self.log_event(format!("config v{} for {}", c.version, c.device_id));
+                self.set_config(c);
+            }
+            ServerEvent::Lagged(_) => self.on_live(LiveEvent::Lagged),
         }
     }
 
-    pub(super) fn on_deployment_event(&mut self, data: Value) {
-        let Some(id) = data.get("id").and_then(Value::as_str).map(str::to_owned) else {
-            return;
-        };
+    pub(super) fn on_deployment_event(&mut self, ev: DeploymentEvent) {
+        let DeploymentEvent {
+            id,
+            kind,
+            bundle_version,
+            status,
+            counts,
+            updated_at,
+            completed_at,
+            device,
+            ..
+        } = ev;
         let Some(known) = self.deployments.get_mut(&id) else {
             // New to us: read it whole (targets and per-device rows), once.
             if self.refreshing.insert(id.clone()) {
                 self.ask(Request::Deployment(id.clone()));
-                let v = data
-                    .get("bundle_version")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?");
-                let k = data.get("kind").and_then(Value::as_str).unwrap_or("deploy");
+                let v = bundle_version.as_deref().unwrap_or("?");
+                let k = kind.map_or("deploy", DeploymentKind::as_str);
                 self.log_event(format!("{k} {v} created ({id})"));
             }
             return;
         };
-        let field = |k: &str| data.get(k).filter(|v| !v.is_null()).cloned();
         let before = (known.status, known.counts);
-        if let Some(s) = field("status").and_then(|v| serde_json::from_value(v).ok()) {
+        if let Some(s) = status {
             known.status = s;
         }
-        if let Some(c) = field("counts").and_then(|v| serde_json::from_value(v).ok()) {
+        if let Some(c) = counts {
             known.counts = c;
         }
-        if let Some(t) = field("updated_at").and_then(|v| serde_json::from_value(v).ok()) {
+        if let Some(t) = updated_at {
             known.updated_at = t;
         }
-        if let Some(t) = field("completed_at").and_then(|v| serde_json::from_value(v).ok()) {
+        if let Some(t) = completed_at {
             known.completed_at = Some(t);
         }
         let (kind, version, status) = (known.kind, known.bundle_version.clone(), known.status);
         let (done, total) = progress(known);
         let counts_changed = known.counts != before.1;
-        let dev = field("device").and_then(|v| serde_json::from_value::<DeploymentDevice>(v).ok());
-        match dev {
+        match device {
             Some(dev) => {
                 if dev.status.is_final() {
                     self.log_event(format!(

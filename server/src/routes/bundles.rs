@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use futures_util::StreamExt;
 use kernex_common::api::BundleInfo;
+use kernex_common::api::events::ServerEvent;
 use kernex_common::bundle::{self, Limits};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -184,7 +185,7 @@ pub async fn upload(
     }
     tracing::info!(bundle.id = %record.id, version = %record.version, size, "bundle stored");
     let info = record.to_info();
-    state.events.emit("bundle", &info);
+    state.events.emit(ServerEvent::bundle(info.clone()));
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -360,10 +361,9 @@ pub async fn delete(
         tracing::warn!(bundle.id = %id, error = %e, "bundle record removed but its file could not be");
     }
     tracing::info!(bundle.id = %id, version = %b.version, "bundle deleted");
-    state.events.emit(
-        "bundle",
-        serde_json::json!({"id": id, "version": b.version, "deleted": true}),
-    );
+    state
+        .events
+        .emit(ServerEvent::bundle_deleted(&id, &b.version));
     Ok(StatusCode::NO_CONTENT)
 }
 

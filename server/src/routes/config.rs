@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use chrono::Utc;
+use kernex_common::api::events::ServerEvent;
 use kernex_common::api::{ConfigUpdate, DeviceConfig};
 
 use super::{Access, device_access};
@@ -71,6 +72,6 @@ pub async fn put(
         .await?;
     state.heartbeats.config_changed(&config);
     tracing::info!(device.id = %device_id, version = config.version, "config updated");
-    state.events.emit("config", &config);
+    state.events.emit(ServerEvent::Config(config.clone()));
     Ok(Json(config))
 }

@@ -5,13 +5,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
+use kernex_common::api::events::{DeploymentEvent, ServerEvent};
 use kernex_common::api::{
     Admission, CreateDeployment, Deployment, DeploymentDevice, DeploymentKind, ProgressReport,
     ResultReport, TargetStatus,
 };
 use kernex_common::validate::{MAX_MESSAGE_LEN, is_valid_tag};
 use serde::Deserialize;
-use serde_json::json;
 use tracing::instrument;
 
 use super::limit;
@@ -38,20 +38,17 @@ pub fn emit_deployment(state: &AppState, dep: &DeploymentRecord) {
 }
 
 fn emit_deployment_with(state: &AppState, dep: &DeploymentRecord, device: Option<&TargetRecord>) {
-    state.events.emit(
-        "deployment",
-        json!({
-            "id": dep.id,
-            "kind": dep.kind,
-            "bundle_id": dep.bundle_id,
-            "bundle_version": dep.bundle_version,
-            "status": dep.status,
-            "counts": dep.counts,
-            "updated_at": dep.updated_at,
-            "completed_at": dep.completed_at,
-            "device": device.cloned().map(TargetRecord::into_wire),
-        }),
-    );
+    state.events.emit(ServerEvent::Deployment(DeploymentEvent {
+        id: dep.id.clone(),
+        kind: Some(dep.kind),
+        bundle_id: Some(dep.bundle_id.clone()),
+        bundle_version: Some(dep.bundle_version.clone()),
+        status: Some(dep.status),
+        counts: Some(dep.counts),
+        updated_at: Some(dep.updated_at),
+        completed_at: dep.completed_at,
+        device: device.cloned().map(TargetRecord::into_wire),
+    }));
 }
 
 /// `POST /deployments`.
@@ -328,7 +325,9 @@ pub async fn result(
             state.heartbeats.touch([device_id.as_str()]);
             tracing::info!(device.id = %device_id, status = history.status.as_str(), "result recorded");
             emit_deployment_with(&state, &deployment, Some(&target));
-            state.events.emit("device", device.to_summary(Utc::now()));
+            state
+                .events
+                .emit(ServerEvent::device(device.to_summary(Utc::now())));
             Ok(Json(target.into_wire()))
         }
         // Durable too: the store syncs a repeat, whose first copy may still be flushing.

@@ -7,6 +7,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
+use kernex_common::api::events::{HeartbeatEvent, ServerEvent};
 use kernex_common::api::{
     Admission, DeploymentKind, DeviceDetail, DevicePatch, DeviceSummary, HeartbeatRecord,
     HeartbeatRequest, HeartbeatResponse, HistoryRecord, OnlineStatus, RegisterRequest,
@@ -119,7 +120,7 @@ pub async fn register(
     let d = &outcome.device;
     state.heartbeats.admission_changed(d.id(), d.admission());
     tracing::info!(device.id = %d.id(), created = outcome.created, admission = d.admission().as_str(), "device registered");
-    state.events.emit("device", d.to_summary(now));
+    state.events.emit(ServerEvent::device(d.to_summary(now)));
     let status = if outcome.created {
         StatusCode::CREATED
     } else {
@@ -167,23 +168,16 @@ pub async fn heartbeat(
     let ApiJson(hb) = body?;
     validate_heartbeat(&hb)?;
     let now = Utc::now();
-    let event = state.events.has_subscribers().then(|| {
-        json!({
-            "device_id": device_id,
-            "timestamp": now,
-            "agent_version": hb.agent_version,
-            "cpu_pct": hb.cpu_pct,
-            "memory_mb": hb.memory_mb,
-            "status": hb.status,
-            "current_bundle_version": hb.current_bundle_version,
-            "config_version": hb.config_version,
-            "queued_reports": hb.queued_reports,
-        })
-    });
+    // What this beat reported (the device is the authority on what it runs; a null
+    // version leaves the console's last known one).
+    let event = state
+        .events
+        .has_subscribers()
+        .then(|| HeartbeatEvent::new(&device_id, now, &hb, hb.current_bundle_version.clone()));
     let out = state.heartbeats.beat(&device_id, hb, now).await?;
     state.metrics.heartbeat();
     if let Some(event) = event {
-        state.events.emit("heartbeat", event);
+        state.events.emit(ServerEvent::Heartbeat(event));
     }
     if let Some(dep) = &out.delivered {
         emit_deployment(&state, dep);
@@ -260,7 +254,7 @@ pub async fn patch(
     tags.dedup();
     let d = state.store.set_tags(&device_id, &tags).await?;
     let now = Utc::now();
-    state.events.emit("device", d.to_summary(now));
+    state.events.emit(ServerEvent::device(d.to_summary(now)));
     Ok(Json(d.to_detail(now)))
 }
 
@@ -278,7 +272,7 @@ async fn set_admission(
         state.heartbeats.touch([device_id]);
     }
     tracing::info!(device.id = %device_id, admission = admission.as_str(), "admission changed");
-    state.events.emit("device", d.to_summary(now));
+    state.events.emit(ServerEvent::device(d.to_summary(now)));
     for dep in &cancelled {
         emit_deployment(state, dep);
     }
@@ -313,9 +307,7 @@ pub async fn delete(
     let cancelled = state.store.delete_device(&device_id, Utc::now()).await?;
     state.heartbeats.forget(&device_id);
     tracing::info!(device.id = %device_id, "device deleted");
-    state
-        .events
-        .emit("device", json!({"device_id": device_id, "deleted": true}));
+    state.events.emit(ServerEvent::device_deleted(&device_id));
     for dep in &cancelled {
         emit_deployment(&state, dep);
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
+use kernex_common::api::events::{LaggedEvent, ServerEvent};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
@@ -26,12 +27,15 @@ pub async fn stream(
     caller.require_operator()?;
     let stop = state.shutdown.clone().cancelled_owned();
     let events = BroadcastStream::new(state.events.subscribe()).map(|item| {
-        Ok(match item {
-            Ok(e) => SseEvent::default().event(e.kind).data(e.data.to_string()),
-            Err(BroadcastStreamRecvError::Lagged(n)) => SseEvent::default()
-                .event("lagged")
-                .data(serde_json::json!({ "missed": n }).to_string()),
-        })
+        let event = match item {
+            Ok(event) => event,
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                ServerEvent::Lagged(LaggedEvent { missed })
+            }
+        };
+        Ok(SseEvent::default()
+            .event(event.name())
+            .data(event.data_json()))
     });
     let events = events.take_until(stop);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
