@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use kernex_common::api::{
-    BundleInfo, ConfigUpdate, CreateDeployment, Deployment, DeviceConfig, DeviceDetail,
-    DeviceSummary, ErrorBody, HeartbeatRecord, HistoryRecord, RollbackRequest,
+    BundleInfo, ConfigUpdate, CreateDeployment, Deployment, DeploymentDevice, DeviceConfig,
+    DeviceDetail, DeviceSummary, ErrorBody, HeartbeatRecord, HistoryRecord, RollbackRequest,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::cli::ConnArgs;
+
+/// Targets per page when a deployment is read whole (the server's maximum).
+pub const TARGET_PAGE: usize = 1000;
 
 /// Timeout of one JSON request. Uploads and the event stream have none (they may run
 /// long) but give up when the connection stalls.
@@ -339,10 +342,13 @@ impl Api {
             .await
     }
 
+    /// The newest deployments. With `targets` false each comes without its per-device
+    /// list (`devices=false`), so a list of fleet-wide rollouts stays small.
     pub async fn deployments(
         &self,
         status: Option<&str>,
         limit: u32,
+        targets: bool,
     ) -> ApiResult<Vec<Deployment>> {
         let mut req = self
             .request(Method::GET, "/deployments")
@@ -350,12 +356,43 @@ impl Api {
         if let Some(s) = status {
             req = req.query(&[("status", s)]);
         }
+        if !targets {
+            req = req.query(&[("devices", "false")]);
+        }
         self.json(req).await
     }
 
+    /// One deployment with every target, read in pages of [`TARGET_PAGE`] from
+    /// `/deployments/{id}/targets` (one response per page, however large the rollout).
     pub async fn deployment(&self, id: &str) -> ApiResult<Deployment> {
-        self.json(self.request(Method::GET, &format!("/deployments/{}", seg(id))))
-            .await
+        let path = format!("/deployments/{}", seg(id));
+        let mut d: Deployment = self
+            .json(
+                self.request(Method::GET, &path)
+                    .query(&[("devices", "false")]),
+            )
+            .await?;
+        let mut after: Option<String> = None;
+        loop {
+            let mut req = self
+                .request(Method::GET, &format!("{path}/targets"))
+                .query(&[("limit", TARGET_PAGE)]);
+            if let Some(a) = &after {
+                req = req.query(&[("after", a)]);
+            }
+            let page: Vec<DeploymentDevice> = self.json(req).await?;
+            let full = page.len() == TARGET_PAGE;
+            match page.last() {
+                Some(last) if full => after = Some(last.device_id.clone()),
+                _ => after = None,
+            }
+            d.devices.extend(page);
+            if after.is_none() {
+                break;
+            }
+        }
+        d.target_device_ids = d.devices.iter().map(|t| t.device_id.clone()).collect();
+        Ok(d)
     }
 
     pub async fn cancel(&self, id: &str) -> ApiResult<Deployment> {

@@ -39,6 +39,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/deployments"),
     ("POST", "/api/v1/deployments"),
     ("GET", "/api/v1/deployments/{deployment_id}"),
+    ("GET", "/api/v1/deployments/{deployment_id}/targets"),
     ("POST", "/api/v1/deployments/{deployment_id}/cancel"),
     ("POST", "/api/v1/deployments/{deployment_id}/progress"),
     ("POST", "/api/v1/deployments/{deployment_id}/result"),

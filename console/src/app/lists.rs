@@ -53,14 +53,27 @@ impl Deployments {
         }
     }
 
-    /// Replace the whole list (a full re-read).
-    pub fn replace(&mut self, items: Vec<Deployment>) {
+    /// Replace the whole list (a full re-read). A list read leaves targets out
+    /// (`devices=false`): a deployment that comes without them keeps the targets already
+    /// known and is marked stale, so it is re-read in pages when shown.
+    pub fn replace(&mut self, mut items: Vec<Deployment>) {
         let keep = self.selected().map(|d| d.id.clone());
+        let mut known: HashMap<String, Deployment> =
+            self.items.drain(..).map(|d| (d.id.clone(), d)).collect();
+        self.stale.clear();
+        for d in &mut items {
+            if d.devices.is_empty() {
+                if let Some(old) = known.remove(&d.id) {
+                    d.devices = old.devices;
+                    d.target_device_ids = old.target_device_ids;
+                }
+                self.stale.insert(d.id.clone());
+            }
+        }
         self.index = items
             .iter()
             .map(|d| (d.id.clone(), target_index(d)))
             .collect();
-        self.stale.clear();
         self.items = items;
         self.select_id(keep);
     }
@@ -148,5 +161,64 @@ impl Bundles {
         {
             self.scroll.selected = pos;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use kernex_common::api::{Counts, DeploymentKind, TargetStatus};
+
+    use super::*;
+
+    fn dep(id: &str, targets: &[&str]) -> Deployment {
+        let now = Utc::now();
+        Deployment {
+            id: id.into(),
+            kind: DeploymentKind::Deploy,
+            bundle_id: "b".into(),
+            bundle_version: "1.0.0".into(),
+            target_device_ids: targets.iter().map(|t| (*t).to_owned()).collect(),
+            status: TargetStatus::Pending,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+            counts: Counts::default(),
+            devices: targets
+                .iter()
+                .map(|t| DeploymentDevice {
+                    device_id: (*t).to_owned(),
+                    status: TargetStatus::Pending,
+                    phase: None,
+                    progress_pct: None,
+                    error_message: None,
+                    log_tail: None,
+                    updated_at: now,
+                })
+                .collect(),
+        }
+    }
+
+    /// A list read without targets (`devices=false`) keeps the targets already read and
+    /// marks the deployment for a paged re-read; one never read is marked too.
+    #[test]
+    fn a_list_without_targets_keeps_known_ones_and_marks_them_stale() {
+        let mut list = Deployments::default();
+        list.upsert(dep("a", &["d1", "d2"]));
+        list.replace(vec![dep("b", &[]), dep("a", &[])]);
+        let a = list.items.iter().find(|d| d.id == "a").unwrap();
+        assert_eq!(a.devices.len(), 2);
+        assert_eq!(a.target_device_ids, ["d1", "d2"]);
+        assert!(list.stale.contains("a") && list.stale.contains("b"));
+        // A live update of a kept target still finds it by index.
+        let mut t = a.devices[1].clone();
+        t.status = TargetStatus::InProgress;
+        list.set_target("a", t);
+        let a = list.items.iter().find(|d| d.id == "a").unwrap();
+        assert_eq!(a.devices.len(), 2);
+        assert_eq!(a.devices[1].status, TargetStatus::InProgress);
+        // A full read (with targets) is not stale.
+        list.replace(vec![dep("a", &["d1"])]);
+        assert!(list.stale.is_empty());
     }
 }

@@ -142,7 +142,8 @@ impl Request {
                 Ok(c) => Msg::Config(c),
                 Err(e) => failed(e),
             },
-            Request::Deployments => match api.deployments(None, DEPLOYMENTS_LIMIT).await {
+            // Without targets: the shown deployment's are read in pages when it is shown.
+            Request::Deployments => match api.deployments(None, DEPLOYMENTS_LIMIT, false).await {
                 Ok(d) => Msg::Deployments(d),
                 Err(e) => failed(e),
             },

@@ -92,7 +92,7 @@ pub(crate) async fn deployments(
             "--limit must be between 1 and {MAX_LIMIT}, got {limit}"
         )));
     }
-    let list = connect(conn)?.deployments(status, limit).await?;
+    let list = connect(conn)?.deployments(status, limit, true).await?;
     Ok(Report::new(
         &list,
         render::deployments(&list, Utc::now(), output::width()),

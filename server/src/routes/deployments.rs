@@ -177,14 +177,25 @@ pub async fn targets(
     ))
 }
 
+#[derive(Debug, Deserialize)]
+pub struct GetQuery {
+    /// `false` leaves the targets out (read them from `/targets` in pages).
+    devices: Option<bool>,
+}
+
 /// `GET /deployments/{id}`.
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    query: Result<ApiQuery<GetQuery>, ApiError>,
 ) -> ApiResult<Json<Deployment>> {
     let dep = state.store.deployment(&id).await?;
     caller.require_operator()?;
+    let ApiQuery(q) = query?;
+    if q.devices == Some(false) {
+        return Ok(Json(dep.to_wire(Vec::new())));
+    }
     Ok(Json(deployment_json(&state, &dep).await?))
 }
 
