@@ -2,12 +2,14 @@
 //! targets, targets read in pages, a cancel of thousands of targets in chunks, `/metrics`
 //! from counters, and the heartbeat path's work index staying in step with every write.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use axum::http::StatusCode;
 use chrono::Utc;
 use kernex_common::api::{Admission, DeploymentKind};
-use kernex_server::store::{NewRegistration, Store};
+use kernex_server::store::NewRegistration;
 use serde_json::{Value, json};
 use support::*;
 
@@ -304,7 +306,12 @@ async fn work_index_is_rebuilt_from_the_store_at_start() {
         .unwrap();
     app.state
         .store
-        .create_deployment(DeploymentKind::Deploy, &bundle, &[a.id.clone()], Utc::now())
+        .create_deployment(
+            DeploymentKind::Deploy,
+            &bundle,
+            std::slice::from_ref(&a.id),
+            Utc::now(),
+        )
         .await
         .unwrap();
     let snapshot = app.state.store.work_snapshot().await.unwrap();
