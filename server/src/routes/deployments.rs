@@ -20,8 +20,9 @@ use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::state::AppState;
 use crate::store::{DeploymentRecord, ResultOutcome, TargetFilter, TargetRecord};
 
-/// Most targets one cancel step changes (one short transaction each).
-const CANCEL_CHUNK: usize = 1000;
+/// Targets one cancel step looks at: one transaction of a few ms (sled's transactions
+/// hold a process-wide lock that heartbeats' reads wait behind).
+const CANCEL_CHUNK: usize = 64;
 
 /// The wire form of a deployment, with all its targets.
 pub async fn deployment_json(state: &AppState, dep: &DeploymentRecord) -> ApiResult<Deployment> {

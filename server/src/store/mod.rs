@@ -256,7 +256,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Cancel, among the next `chunk` targets after `after` (device-id order), those that
     /// have not received the deployment yet. Each step is its own short transaction, so
     /// a 100,000-target cancel never holds the store for long; call again with
-    /// [`CancelStep::next`] until it is `None`.
+    /// [`CancelStep::next`] until it is `None`; the last step makes the whole cancel
+    /// durable.
     async fn cancel_deployment_step(
         &self,
         id: &str,

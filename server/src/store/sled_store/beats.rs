@@ -3,17 +3,21 @@
 //!
 //! Only the beat writer calls [`SledStore::write_beats_blocking`], one batch at a time,
 //! so the read-modify-write of a live record needs no transaction: per beat it is one
-//! read and three single-key writes (live record, new history entry, pruned entry),
-//! which take sled's shared lock only and never wait behind other requests.
+//! read and two single-key writes, which take sled's shared lock only.
+//!
+//! **History is a ring per device**: beat number `seq` goes to slot `seq % retention`
+//! (key `device_id ‖ slot`), overwriting the beat `retention` places older. Storage is
+//! bounded without a delete per beat, and the newest `n` are `n` point reads walking
+//! down from the live record's `seq` (each entry carries its `seq`, so a slot still
+//! holding an older ring's beat is told apart). When the retention changes between
+//! runs, a device's ring is rewritten at its next beat (once, at most the old retention
+//! entries).
 
 use chrono::{DateTime, Utc};
 use kernex_common::api::HeartbeatRecord;
 use serde::{Deserialize, Serialize};
 
 use super::*;
-
-/// Most old heartbeats one heartbeat deletes (bounds its cost after a retention cut).
-const PRUNE_PER_BEAT: u64 = 16;
 
 /// The stored form of [`LiveRecord`], plus the history sequence numbers.
 #[derive(Debug, Serialize, Deserialize)]
@@ -26,10 +30,10 @@ struct StoredLive {
     config_version: Option<u64>,
     queued_reports: u64,
     reported_version: Option<(String, i64)>,
-    /// Sequence number of the newest stored heartbeat (keys `device_id ‖ seq`).
+    /// Number of the newest heartbeat (it sits in slot `seq % ring`).
     seq: u64,
-    /// Oldest seq possibly still stored (pruning walks up from here).
-    oldest: u64,
+    /// The ring size (retention) its history was written with.
+    ring: u64,
     /// The polling interval when it beat (its online window is 3 × this).
     interval: u64,
 }
@@ -37,6 +41,7 @@ struct StoredLive {
 /// The stored form of one history entry.
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredBeat {
+    seq: u64,
     at_ns: i64,
     agent_version: String,
     cpu_pct: f64,
@@ -91,26 +96,34 @@ impl SledStore {
     /// Apply a batch of heartbeats in arrival order. A beat for a device deleted since
     /// it was accepted is dropped.
     pub(super) fn write_beats_blocking(&self, beats: &[Beat]) -> Result<()> {
-        let retention = self.options.heartbeat_retention.max(1);
+        let ring = self
+            .options
+            .heartbeat_retention
+            .clamp(1, u64::from(u32::MAX));
         for beat in beats {
             let id = beat.device_id.as_str();
-            if !self.devices.contains_key(id)? {
-                continue;
-            }
             let old = match self.live.get(id)? {
                 Some(bytes) => Some(decode::<StoredLive>(&bytes)?),
+                // A first beat: is the device still there? (Later beats find its live
+                // record, which deletion removes.)
+                None if !self.devices.contains_key(id)? => continue,
                 None => None,
             };
-            let (mut seq, mut oldest) = old.as_ref().map_or((0, 1), |o| (o.seq, o.oldest));
+            if let Some(o) = &old
+                && o.ring != ring
+            {
+                self.resize_ring(id, o.seq, o.ring, ring)?;
+            }
+            let seq = old.as_ref().map_or(0, |o| o.seq) + 1;
             let old_expiry = old.as_ref().map(|o| online::expiry(o.at_ns, o.interval));
             let r = &beat.report;
             let at_ns = to_ns(beat.at);
-            seq += 1;
             let reported_version = match &r.current_bundle_version {
                 Some(v) => Some((v.clone(), at_ns)),
                 None => old.and_then(|o| o.reported_version),
             };
             let entry = StoredBeat {
+                seq,
                 at_ns,
                 agent_version: r.agent_version.clone(),
                 cpu_pct: r.cpu_pct,
@@ -119,16 +132,7 @@ impl SledStore {
                 current_bundle_version: r.current_bundle_version.clone(),
             };
             self.heartbeats
-                .insert(heartbeat_key(id, seq), encode(&entry)?)?;
-            // Keep seqs (seq - retention, seq]. Normally that deletes exactly one entry;
-            // after the retention was lowered it catches up a few per beat.
-            let keep_from = seq.saturating_sub(retention) + 1;
-            let mut pruned = 0;
-            while oldest < keep_from && pruned < PRUNE_PER_BEAT {
-                self.heartbeats.remove(heartbeat_key(id, oldest))?;
-                oldest += 1;
-                pruned += 1;
-            }
+                .insert(slot_key(id, seq % ring), encode(&entry)?)?;
             let live = StoredLive {
                 at_ns,
                 agent_version: r.agent_version.clone(),
@@ -139,7 +143,7 @@ impl SledStore {
                 queued_reports: r.queued_reports,
                 reported_version,
                 seq,
-                oldest,
+                ring,
                 interval: beat.polling_interval,
             };
             self.live.insert(id, encode(&live)?)?;
@@ -149,25 +153,61 @@ impl SledStore {
         Ok(())
     }
 
+    /// Rewrite a device's history from a ring of `from` slots into one of `to`, keeping
+    /// the newest `to` beats.
+    fn resize_ring(&self, device_id: &str, seq: u64, from: u64, to: u64) -> Result<()> {
+        let kept = self.ring_entries(device_id, seq, from, to as usize)?;
+        for key in self.heartbeats.scan_prefix(prefix(device_id)).keys() {
+            self.heartbeats.remove(key?)?;
+        }
+        for entry in kept {
+            self.heartbeats
+                .insert(slot_key(device_id, entry.seq % to), encode(&entry)?)?;
+        }
+        Ok(())
+    }
+
+    /// The newest `limit` entries of a ring of `ring` slots whose newest beat is `seq`.
+    fn ring_entries(
+        &self,
+        device_id: &str,
+        seq: u64,
+        ring: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredBeat>> {
+        let oldest = seq.saturating_sub(ring) + 1;
+        let mut out = Vec::new();
+        let mut s = seq;
+        while s >= oldest.max(1) && out.len() < limit {
+            if let Some(bytes) = self.heartbeats.get(slot_key(device_id, s % ring))? {
+                let entry: StoredBeat = decode(&bytes)?;
+                if entry.seq == s {
+                    out.push(entry);
+                }
+            }
+            s -= 1;
+        }
+        Ok(out)
+    }
+
     /// Newest first, at most `limit`.
     pub(super) fn heartbeats(&self, device_id: &str, limit: usize) -> Result<Vec<HeartbeatRecord>> {
-        self.heartbeats
-            .scan_prefix(prefix(device_id))
-            .values()
-            .rev()
-            .take(limit)
-            .map(|v| {
-                let b: StoredBeat = decode(&v?)?;
-                Ok(HeartbeatRecord {
-                    timestamp: from_ns(b.at_ns),
-                    agent_version: b.agent_version,
-                    cpu_pct: b.cpu_pct,
-                    memory_mb: b.memory_mb,
-                    status: b.status,
-                    current_bundle_version: b.current_bundle_version,
-                })
+        let Some(bytes) = self.live.get(device_id)? else {
+            return Ok(Vec::new());
+        };
+        let live: StoredLive = decode(&bytes)?;
+        let entries = self.ring_entries(device_id, live.seq, live.ring, limit)?;
+        Ok(entries
+            .into_iter()
+            .map(|b| HeartbeatRecord {
+                timestamp: from_ns(b.at_ns),
+                agent_version: b.agent_version,
+                cpu_pct: b.cpu_pct,
+                memory_mb: b.memory_mb,
+                status: b.status,
+                current_bundle_version: b.current_bundle_version,
             })
-            .collect()
+            .collect())
     }
 
     /// Remove a deleted device's live record and history.
@@ -194,8 +234,9 @@ impl SledStore {
     }
 }
 
-fn heartbeat_key(device_id: &str, seq: u64) -> Vec<u8> {
+/// `device_id ‖ slot (u32 BE)`.
+fn slot_key(device_id: &str, slot: u64) -> Vec<u8> {
     let mut k = prefix(device_id);
-    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&u32::try_from(slot).unwrap_or(u32::MAX).to_be_bytes());
     k
 }

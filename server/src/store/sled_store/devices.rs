@@ -84,6 +84,10 @@ impl SledStore {
                 },
             )
             .map_err(tx_err)?;
+        if !created {
+            // The device's earlier token was revoked.
+            self.token_cache.invalidate();
+        }
         self.prune_registrations(reg.now)?;
         let live = self.live_record(&record.device_id)?;
         Ok(RegisterOutcome {
@@ -273,6 +277,7 @@ impl SledStore {
             )
             .map_err(tx_err)?;
         if reject {
+            self.token_cache.invalidate();
             // A deployment committed between the scan and the transaction; none can
             // start after it (targets must be accepted, checked transactionally).
             changed.extend(self.cancel_device_targets(device_id, "device was rejected", now)?);
@@ -349,6 +354,7 @@ impl SledStore {
                 },
             )
             .map_err(tx_err)?;
+        self.token_cache.invalidate();
         changed.extend(self.cancel_device_targets(device_id, "device was deleted", now)?);
         self.forget_beats(device_id)?;
         for tree in [&self.history, &self.device_success, &self.device_bundles] {

@@ -9,7 +9,7 @@
 //! | `device_keys` | public-key fingerprint | device_id |
 //! | `device_tags` | tag ‖ device_id | — |
 //! | `device_pending` | device_id | — (devices waiting for an accept) |
-//! | `heartbeats` | device_id ‖ seq (u64 BE) | heartbeat (postcard, ~40 bytes) |
+//! | `heartbeats` | device_id ‖ slot (u32 BE) | heartbeat (postcard, ~45 bytes; a ring per device, see `beats.rs`) |
 //! | `configs` | device_id | config |
 //! | `tokens` | SHA-256(token) | [`Principal`] |
 //! | `operator_tokens` | name | name, hash, created_at |
@@ -29,8 +29,8 @@
 //! | `counters` | name | i64 BE (fleet counts for `/metrics`, kept in the same transactions) |
 //!
 //! Multi-record changes run in sled transactions. sled 0.34 serialises transactions
-//! behind one process-wide lock, so the heartbeat path uses none: beats are plain
-//! single-key writes from the one beat writer (`beats.rs`). Durability: writes call
+//! behind one process-wide lock, so the heartbeat path uses none: beats are two plain
+//! single-key writes each from the one beat writer (`beats.rs`). Durability: writes call
 //! [`Flusher::sync`] (group commit: one fsync for every write waiting on it) before
 //! they return; heartbeats ride sled's own flush every 500 ms.
 
@@ -84,6 +84,7 @@ pub struct SledStore {
     db: sled::Db,
     flusher: Arc<Flusher>,
     online: Arc<OnlineTracker>,
+    token_cache: Arc<tokens::TokenCache>,
     options: SledOptions,
     devices: sled::Tree,
     live: sled::Tree,
@@ -152,6 +153,7 @@ impl SledStore {
             counters: t("counters")?,
             flusher: Arc::new(Flusher::start(db.clone())),
             online: Arc::new(OnlineTracker::default()),
+            token_cache: Arc::default(),
             options,
             db,
         };
@@ -303,7 +305,7 @@ impl Store for SledStore {
     }
 
     async fn principal(&self, token_hash: &str) -> Result<Option<Principal>> {
-        get(&self.tokens, token_hash)
+        SledStore::principal(self, token_hash)
     }
     async fn create_operator_token(&self, name: &str, hash: &str, now: Ts) -> Result<()> {
         durable!(self, self.set_operator_token(name, hash, now, false))
@@ -384,10 +386,12 @@ impl Store for SledStore {
         chunk: usize,
         now: Ts,
     ) -> Result<CancelStep> {
-        durable!(
-            self,
-            SledStore::cancel_deployment_step(self, id, after, chunk, now)
-        )
+        let step = SledStore::cancel_deployment_step(self, id, after, chunk, now)?;
+        // Durable when the whole cancel is done (the caller answers only then).
+        if step.next.is_none() {
+            self.sync().await?;
+        }
+        Ok(step)
     }
     async fn record_progress(
         &self,
