@@ -188,6 +188,10 @@ pub async fn serve_tls(
 
 /// After the last request: store the heartbeats still queued and make everything durable.
 async fn close(state: &AppState) -> std::io::Result<()> {
-    state.heartbeats.settle().await;
+    state
+        .heartbeats
+        .close()
+        .await
+        .map_err(std::io::Error::other)?;
     state.store.sync().await.map_err(std::io::Error::other)
 }

@@ -303,6 +303,9 @@ async fn lowered_retention_catches_up() {
         store.write_beats(vec![beat()]).await.unwrap();
     }
     assert_eq!(store.heartbeats(&dev.id, 1000).await.unwrap().len(), 20);
+    // As the server does at shutdown: write out what is held in memory.
+    store.write_beats(Vec::new()).await.unwrap();
+    store.sync().await.unwrap();
     drop(store);
     let store = open_when_released(|| open(3)).await;
     for _ in 0..2 {

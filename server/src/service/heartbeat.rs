@@ -36,6 +36,8 @@ use crate::store::{Beat, DeploymentRecord, Result, Store, Ts, WorkSnapshot};
 pub const BATCH: usize = 1024;
 /// Beats waiting for the writer before devices wait for it (backpressure).
 const QUEUE: usize = 16 * 1024;
+/// How often the writer lets the store write out what it holds while beats are few.
+const IDLE_WRITE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What a heartbeat returns to the device.
 #[derive(Debug, Clone)]
@@ -255,6 +257,12 @@ impl HeartbeatService {
     pub async fn settle(&self) {
         self.writer.settle().await;
     }
+
+    /// At shutdown: every answered beat stored and nothing left only in memory.
+    pub async fn close(&self) -> Result<()> {
+        self.writer.settle().await;
+        self.store.write_beats(Vec::new()).await
+    }
 }
 
 /// The group-commit writer: one task drains the queue in batches into the store.
@@ -271,15 +279,27 @@ impl BeatWriter {
         let (applied_tx, applied) = watch::channel(0u64);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
+            // An empty batch now and then lets the store write out what it holds in
+            // memory while no beats arrive.
+            let mut tick = tokio::time::interval(IDLE_WRITE);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                let n = rx.recv_many(&mut batch, BATCH).await;
-                if n == 0 {
-                    break;
-                }
+                let n = tokio::select! {
+                    n = rx.recv_many(&mut batch, BATCH) => {
+                        if n == 0 {
+                            break;
+                        }
+                        n
+                    }
+                    _ = tick.tick() => 0,
+                };
                 if let Err(e) = store.write_beats(std::mem::take(&mut batch)).await {
                     tracing::error!(error = %e, beats = n, "storing heartbeats failed");
                 }
                 applied_tx.send_modify(|a| *a += n as u64);
+            }
+            if let Err(e) = store.write_beats(Vec::new()).await {
+                tracing::error!(error = %e, "storing heartbeats failed");
             }
         });
         BeatWriter {

@@ -173,7 +173,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Apply a batch of heartbeats (the beat writer's group commit): each updates its
     /// device's live record and appends to its history, pruned to the retention. Not
-    /// durable on return: the backend makes it durable within a second.
+    /// durable on return: the backend makes it durable within a second. An empty batch
+    /// asks the backend to write out whatever it still holds in memory (the writer
+    /// sends one on a timer and at shutdown, before [`Store::sync`]).
     async fn write_beats(&self, beats: Vec<Beat>) -> Result<()>;
     /// Newest first, at most `limit`.
     async fn heartbeats(&self, device_id: &str, limit: usize) -> Result<Vec<HeartbeatRecord>>;

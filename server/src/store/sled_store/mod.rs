@@ -85,6 +85,7 @@ pub struct SledStore {
     flusher: Arc<Flusher>,
     online: Arc<OnlineTracker>,
     token_cache: Arc<tokens::TokenCache>,
+    dirty: Arc<beats::DirtyLive>,
     options: SledOptions,
     devices: sled::Tree,
     live: sled::Tree,
@@ -154,6 +155,7 @@ impl SledStore {
             flusher: Arc::new(Flusher::start(db.clone())),
             online: Arc::new(OnlineTracker::default()),
             token_cache: Arc::default(),
+            dirty: Arc::default(),
             options,
             db,
         };
