@@ -20,6 +20,7 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use kernex_common::api::{Admission, ConfigUpdate, DeploymentKind, HeartbeatRequest};
 use kernex_common::manifest::{Manifest, ScriptSpec};
+use kernex_server::routes::deployments::CANCEL_CHUNK;
 use kernex_server::service::heartbeat::HeartbeatService;
 use kernex_server::store::{
     Beat, BundleRecord, NewRegistration, SledOptions, SledStore, Store, new_id,
@@ -221,7 +222,7 @@ async fn big_cancel(n: usize) {
     loop {
         let t = Instant::now();
         let step = store
-            .cancel_deployment_step(&dep.id, after.as_deref(), 1000, Utc::now())
+            .cancel_deployment_step(&dep.id, after.as_deref(), CANCEL_CHUNK, Utc::now())
             .await
             .expect("cancel");
         longest = longest.max(t.elapsed());

@@ -22,7 +22,7 @@ use crate::store::{DeploymentRecord, ResultOutcome, TargetFilter, TargetRecord};
 
 /// Targets one cancel step looks at: one transaction of a few ms (sled's transactions
 /// hold a process-wide lock that heartbeats' reads wait behind).
-const CANCEL_CHUNK: usize = 64;
+pub const CANCEL_CHUNK: usize = 64;
 
 /// The wire form of a deployment, with all its targets.
 pub async fn deployment_json(state: &AppState, dep: &DeploymentRecord) -> ApiResult<Deployment> {
