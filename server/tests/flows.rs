@@ -295,6 +295,7 @@ async fn lowered_retention_catches_up() {
             &dir,
             SledOptions {
                 heartbeat_retention: retention,
+                ..SledOptions::default()
             },
         )
     };

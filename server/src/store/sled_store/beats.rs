@@ -14,7 +14,8 @@
 //! entries).
 //!
 //! **Live records are group-committed too**: the writer keeps the live records it
-//! changed in memory ([`DirtyLive`]) and writes each once per [`LIVE_WRITE_EVERY`], so
+//! changed in memory ([`DirtyLive`]) and writes each once per
+//! [`SledOptions::live_write_every`] (default [`LIVE_WRITE_EVERY`]), so
 //! a device that beats several times in that window costs one live write. Reads look
 //! in memory first. A crash loses at most that window plus sled's own flush interval,
 //! inside the one second SPEC §1.8 allows; the history entries of those beats are
@@ -140,7 +141,8 @@ impl SledStore {
     fn write_dirty(&self, force: bool) -> Result<()> {
         let batch: Vec<(String, u64, Vec<u8>)> = {
             let mut dirty = self.dirty.lock();
-            if dirty.1.is_empty() || (!force && dirty.0.elapsed() < LIVE_WRITE_EVERY) {
+            let due = dirty.0.elapsed() >= self.options.live_write_every;
+            if dirty.1.is_empty() || !(force || due) {
                 return Ok(());
             }
             dirty.0 = Instant::now();

@@ -68,12 +68,16 @@ type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreErro
 pub struct SledOptions {
     /// Heartbeats kept per device (older ones are pruned as new ones arrive).
     pub heartbeat_retention: u64,
+    /// How long a changed live record may wait in memory before it is written (a device
+    /// beating more often than this costs one live write per interval).
+    pub live_write_every: std::time::Duration,
 }
 
 impl Default for SledOptions {
     fn default() -> Self {
         SledOptions {
             heartbeat_retention: 1000,
+            live_write_every: beats::LIVE_WRITE_EVERY,
         }
     }
 }
