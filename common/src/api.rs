@@ -165,6 +165,20 @@ pub struct DeviceSummary {
     pub cpu_pct: Option<f64>,
     pub memory_mb: Option<f64>,
     pub config_version: Option<u64>,
+    /// The outcome of the device's newest deployment result (SPEC §4: LAST DEPLOY).
+    #[serde(default)]
+    pub last_deployment: Option<LastDeployment>,
+}
+
+/// What a device's newest deployment result said: `1.1.0 ✓`, `1.2.0 ✗`, `1.2.0 ✗→1.1.0`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastDeployment {
+    pub deployment_id: String,
+    pub kind: DeploymentKind,
+    pub bundle_version: String,
+    pub status: ResultStatus,
+    pub rolled_back_to: Option<String>,
+    pub at: Timestamp,
 }
 
 /// `GET /devices/{id}`.

@@ -204,6 +204,29 @@ async fn fleet(n: usize) {
     );
 }
 
+/// Disk used per device with a full history ring at the default retention: 1,000
+/// devices × 1,000 beats (plus one lap more, so the ring has wrapped), flushed.
+async fn full_rings() {
+    let devices = 1_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sled = SledStore::open(dir.path(), SledOptions::default()).expect("open");
+    let store: Arc<dyn Store> = Arc::new(sled.clone());
+    let ids = seed(&store, devices).await;
+    let empty = sled.size_on_disk().expect("size");
+    let retention = SledOptions::default().heartbeat_retention as usize;
+    write_beats(&*store, &ids, devices * (retention + 10), 0).await;
+    store.write_beats(Vec::new()).await.expect("write out");
+    store.sync().await.expect("sync");
+    let full = sled.size_on_disk().expect("size");
+    let per_device = (full.saturating_sub(empty)) as f64 / devices as f64;
+    println!(
+        "\nfull history rings: {devices} devices × {retention} beats: {:.0} MiB on disk, {:.1} KiB per device (→ {:.0} GiB at 1M devices)",
+        full as f64 / 1048576.0,
+        per_device / 1024.0,
+        per_device * 1e6 / 1073741824.0,
+    );
+}
+
 /// A 100,000-target deployment cancelled in the server's chunks while nothing else
 /// runs: the longest step bounds how long a heartbeat could wait behind it.
 async fn big_cancel(n: usize) {
@@ -237,7 +260,11 @@ async fn big_cancel(n: usize) {
     let total = started.elapsed().as_secs_f64() * 1e3;
     let last = steps.pop().unwrap_or_default();
     steps.sort_by(f64::total_cmp);
-    let at = |q: f64| steps.get(((steps.len() as f64 - 1.0) * q) as usize).copied();
+    let at = |q: f64| {
+        steps
+            .get(((steps.len() as f64 - 1.0) * q) as usize)
+            .copied()
+    };
     println!(
         "\n{n}-target deployment: created in {:.0} ms (one transaction); cancelled in {total:.0} ms \
          over {} steps of {CANCEL_CHUNK}: median {:.2} ms, p99 {:.2} ms, longest {:.2} ms, \
@@ -264,6 +291,7 @@ fn main() {
         for n in fleets {
             fleet(n).await;
         }
+        full_rings().await;
         big_cancel(100_000).await;
     });
 }

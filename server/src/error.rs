@@ -143,16 +143,48 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let Json(value) = Json::<serde_json::Value>::from_request(req, state).await?;
-        if !value.is_object() {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::bad_request(
+                "expected a JSON body with Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::too_large("request body is larger than 1 MiB")
+                } else {
+                    ApiError::bad_request(r.body_text())
+                }
+            })?;
+        // Checked on the bytes, so the body is parsed once, straight into `T` (a struct
+        // would otherwise also accept a JSON array).
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(ApiError::bad_request(
                 "the request body must be a JSON object",
             ));
         }
-        serde_json::from_value(value)
+        serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
     }
+}
+
+/// `application/json`, or any `application/*+json`, parameters ignored.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, sub)) = mime.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
 /// `Query` whose rejections are [`ApiError`]s.

@@ -497,3 +497,37 @@ async fn every_event_on_the_wire_is_a_server_event() {
     assert!(keys["bundle"].contains(&set(&["deleted", "id", "version"])));
     assert!(keys.contains_key("config"), "{keys:?}");
 }
+
+/// A device's newest deployment result shows in its summary (the console's LAST DEPLOY
+/// column): version, outcome and the version it rolled back to.
+#[tokio::test]
+async fn device_summary_carries_its_last_deployment() {
+    let app = TestApp::new();
+    let dev = app.device().await;
+    let path = format!("/api/v1/devices/{}", dev.id);
+    let d = app.get(&path).await.expect(StatusCode::OK);
+    assert!(d["last_deployment"].is_null(), "{d}");
+    app.bundle("1.0.0").await;
+    let dep = app.deploy("1.0.0", &[&dev]).await;
+    let id = dep["id"].as_str().unwrap();
+    app.heartbeat(&dev, None, Some(1))
+        .await
+        .expect(StatusCode::OK);
+    app.result(
+        &dev,
+        id,
+        json!({"device_id": dev.id, "status": "failed", "report_id": "r1",
+               "error_message": "boom", "rolled_back_to": "0.9.0"}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let d = app.get(&path).await.expect(StatusCode::OK);
+    let last = &d["last_deployment"];
+    assert_eq!(last["deployment_id"], id);
+    assert_eq!(last["kind"], "deploy");
+    assert_eq!(last["bundle_version"], "1.0.0");
+    assert_eq!(last["status"], "failed");
+    assert_eq!(last["rolled_back_to"], "0.9.0");
+    let list = app.get("/api/v1/devices").await.expect(StatusCode::OK);
+    assert_eq!(list[0]["last_deployment"], *last);
+}

@@ -86,7 +86,7 @@ impl ServerEvent {
 
     /// `device`: the device's new row.
     pub fn device(summary: DeviceSummary) -> ServerEvent {
-        ServerEvent::Device(DeviceEvent::Changed(summary))
+        ServerEvent::Device(DeviceEvent::Changed(Box::new(summary)))
     }
 
     /// `device`: the device was deleted.
@@ -169,7 +169,7 @@ impl HeartbeatEvent {
 /// `{"device_id": …, "deleted": true}`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeviceEvent {
-    Changed(DeviceSummary),
+    Changed(Box<DeviceSummary>),
     Deleted { device_id: String },
 }
 
@@ -203,7 +203,7 @@ impl<'de> Deserialize<'de> for DeviceEvent {
             Ok(DeviceEvent::Deleted { device_id })
         } else {
             DeviceSummary::deserialize(v)
-                .map(DeviceEvent::Changed)
+                .map(|d| DeviceEvent::Changed(Box::new(d)))
                 .map_err(D::Error::custom)
         }
     }
@@ -318,6 +318,7 @@ mod tests {
             cpu_pct: Some(12.5),
             memory_mb: Some(512.0),
             config_version: Some(1),
+            last_deployment: None,
         }
     }
 
@@ -421,7 +422,7 @@ mod tests {
             ("device", r#"{"deleted":true,"device_id":"d1"}"#),
             (
                 "device",
-                r#"{"admission":"pending","agent_status":null,"agent_version":null,"config_version":null,"cpu_pct":null,"current_bundle_version":null,"device_id":"d1","device_type":"rpi4","last_heartbeat":null,"memory_mb":null,"status":"never","tags":[]}"#,
+                r#"{"admission":"pending","agent_status":null,"agent_version":null,"config_version":null,"cpu_pct":null,"current_bundle_version":null,"device_id":"d1","device_type":"rpi4","last_deployment":null,"last_heartbeat":null,"memory_mb":null,"status":"never","tags":[]}"#,
             ),
             (
                 "deployment",

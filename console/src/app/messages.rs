@@ -300,9 +300,9 @@ impl App {
                 if let Some(p) = self.device.as_mut().filter(|p| p.id == id)
                     && let Some(d) = p.data.as_mut()
                 {
-                    d.detail.summary = s.clone();
+                    d.detail.summary = (*s).clone();
                 }
-                self.fleet.upsert(s);
+                self.fleet.upsert(*s);
             }
             ServerEvent::Deployment(d) => self.on_deployment_event(d),
             ServerEvent::Bundle(BundleEvent::Deleted { id, version }) => {

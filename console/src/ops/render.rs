@@ -415,6 +415,7 @@ mod tests {
             cpu_pct: Some(12.5),
             memory_mb: Some(812.0),
             config_version: Some(2),
+            last_deployment: None,
         }
     }
 

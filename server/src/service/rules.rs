@@ -4,7 +4,7 @@
 
 use kernex_common::api::{
     Admission, BundleCommand, Command, ConfigUpdate, DeploymentKind, DeviceConfig, HistoryRecord,
-    ResultReport, ResultStatus, TargetStatus,
+    LastDeployment, ResultReport, ResultStatus, TargetStatus,
 };
 
 use crate::store::{DeploymentRecord, DeviceRecord, StoreError, TargetRecord, Ts, new_id};
@@ -131,6 +131,14 @@ pub fn apply_result(
         device.current_bundle_version = Some(v);
         device.version_set_at = Some(now);
     }
+    device.last_deployment = Some(LastDeployment {
+        deployment_id: dep.id.clone(),
+        kind: dep.kind,
+        bundle_version: dep.bundle_version.clone(),
+        status: r.status,
+        rolled_back_to: r.rolled_back_to.clone(),
+        at: now,
+    });
     HistoryRecord {
         id: new_id(),
         device_id: target.device_id.clone(),

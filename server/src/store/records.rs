@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use kernex_common::api::{
     Admission, BundleInfo, Counts, Deployment, DeploymentDevice, DeploymentKind, DeviceDetail,
-    DeviceSummary, OnlineStatus, Phase, TargetStatus,
+    DeviceSummary, LastDeployment, OnlineStatus, Phase, TargetStatus,
 };
 use kernex_common::manifest::Manifest;
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,9 @@ pub struct DeviceRecord {
     pub current_bundle_version: Option<String>,
     #[serde(default)]
     pub version_set_at: Option<Ts>,
+    /// What its newest deployment result said.
+    #[serde(default)]
+    pub last_deployment: Option<LastDeployment>,
 }
 
 /// What a device's heartbeats change: its last report.
@@ -115,6 +118,7 @@ impl Device {
             cpu_pct: l.map(|l| l.cpu_pct),
             memory_mb: l.map(|l| l.memory_mb),
             config_version: l.and_then(|l| l.config_version),
+            last_deployment: r.last_deployment.clone(),
         }
     }
 

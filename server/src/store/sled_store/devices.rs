@@ -454,6 +454,7 @@ fn new_device(reg: &NewRegistration) -> DeviceRecord {
         polling_interval: kernex_common::api::DeviceConfig::DEFAULT_POLLING_INTERVAL,
         current_bundle_version: None,
         version_set_at: None,
+        last_deployment: None,
     }
 }
 
