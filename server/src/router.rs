@@ -94,7 +94,9 @@ pub fn router(state: AppState) -> Router {
                 .extensions()
                 .get::<MatchedPath>()
                 .map_or("unmatched", MatchedPath::as_str);
-            tracing::info_span!("http", method = %req.method(), route)
+            // Debug level: at the default level the span costs nothing per request (the
+            // heartbeat path is hot); handlers' own spans name what failed.
+            tracing::debug_span!("http", method = %req.method(), route)
         }))
         .with_state(state)
 }
@@ -117,11 +119,11 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().to_string();
+    let method = crate::metrics::method_label(req.method());
     let started = Instant::now();
     let resp = next.run(req).await;
     state
         .metrics
-        .observe_request(&route, &method, resp.status().as_u16(), started.elapsed());
+        .observe_request(route, method, resp.status().as_u16(), started.elapsed());
     resp
 }

@@ -26,7 +26,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use kernex_common::api::{Admission, Command, DeviceConfig, HeartbeatRequest, TargetStatus};
+use kernex_common::api::{
+    Admission, Command, ConfigureCommand, DeviceConfig, HeartbeatRequest, TargetStatus,
+};
 use tokio::sync::{mpsc, watch};
 
 use super::rules;
@@ -65,6 +67,9 @@ struct Work {
     /// Config version and polling interval of devices whose config was ever set
     /// (others run the defaults at version 1).
     configs: HashMap<String, (u64, u64)>,
+    /// The configure command of devices behind their config, kept while they stay
+    /// behind (it is re-sent on every beat until the device acknowledges it).
+    configure: HashMap<String, Arc<ConfigureCommand>>,
     next_generation: u64,
 }
 
@@ -78,6 +83,7 @@ impl Work {
                 .into_iter()
                 .map(|c| (c.device_id, (c.version, c.polling_interval)))
                 .collect(),
+            configure: HashMap::new(),
             next_generation: 1,
         }
     }
@@ -118,7 +124,7 @@ impl HeartbeatService {
         report: HeartbeatRequest,
         now: Ts,
     ) -> Result<BeatOutcome> {
-        let (pending, open, (config_version, polling_interval)) = {
+        let (pending, open, (config_version, polling_interval), configure) = {
             let w = self.read();
             (
                 w.pending.contains(device_id),
@@ -127,6 +133,7 @@ impl HeartbeatService {
                     .get(device_id)
                     .copied()
                     .unwrap_or((1, DeviceConfig::DEFAULT_POLLING_INTERVAL)),
+                w.configure.get(device_id).cloned(),
             )
         };
         let mut outcome = BeatOutcome {
@@ -150,15 +157,19 @@ impl HeartbeatService {
                     outcome.delivered = delivered;
                 }
             }
-            if report.config_version.unwrap_or(0) < config_version {
-                let config = if config_version == 1 {
-                    DeviceConfig::defaults(device_id)
-                } else {
-                    self.store.config(device_id).await?
-                };
-                outcome
-                    .commands
-                    .push(Command::Configure(config.to_command()));
+            let behind = report.config_version.unwrap_or(0) < config_version;
+            match configure {
+                Some(cmd) if behind && cmd.config_version == config_version => {
+                    outcome.commands.push(Command::Configure((*cmd).clone()));
+                }
+                _ if behind => {
+                    let cmd = self.configure_command(device_id, config_version).await?;
+                    outcome.commands.push(Command::Configure(cmd));
+                }
+                Some(_) => {
+                    self.write().configure.remove(device_id);
+                }
+                None => {}
             }
         }
         self.writer
@@ -170,6 +181,22 @@ impl HeartbeatService {
             })
             .await;
         Ok(outcome)
+    }
+
+    /// The configure command for a device behind its config (read once, then kept until
+    /// the device catches up).
+    async fn configure_command(&self, device_id: &str, version: u64) -> Result<ConfigureCommand> {
+        if version == 1 {
+            // Defaults: nothing to read, nothing worth keeping.
+            return Ok(DeviceConfig::defaults(device_id).to_command());
+        }
+        let cmd = self.store.config(device_id).await?.to_command();
+        let mut w = self.write();
+        if w.configs.get(device_id).map(|c| c.0) == Some(cmd.config_version) {
+            w.configure
+                .insert(device_id.to_owned(), Arc::new(cmd.clone()));
+        }
+        Ok(cmd)
     }
 
     /// The command for this device's oldest unfinished target, read from the store;
@@ -239,7 +266,9 @@ impl HeartbeatService {
 
     /// A device's config was set.
     pub fn config_changed(&self, config: &DeviceConfig) {
-        self.write().configs.insert(
+        let mut w = self.write();
+        w.configure.remove(&config.device_id);
+        w.configs.insert(
             config.device_id.clone(),
             (config.version, config.polling_interval),
         );
@@ -251,6 +280,7 @@ impl HeartbeatService {
         w.open.remove(device_id);
         w.pending.remove(device_id);
         w.configs.remove(device_id);
+        w.configure.remove(device_id);
     }
 
     /// Wait until every beat answered before this call is in the store.
