@@ -329,3 +329,53 @@ fn beat_report(config_version: Option<u64>) -> kernex_common::api::HeartbeatRequ
         queued_reports: 0,
     }
 }
+
+/// A device behind its config gets the command re-sent from memory; a newer config
+/// replaces it at once, and acknowledging ends it.
+#[tokio::test]
+async fn a_kept_configure_command_follows_every_config_change() {
+    let app = TestApp::new();
+    let dev = app.device().await;
+    let config = format!("/api/v1/devices/{}/config", dev.id);
+    let sent = |hb: &Value| -> Option<Value> {
+        hb["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "configure")
+            .cloned()
+    };
+    app.put(&config, json!({"polling_interval": 30}))
+        .await
+        .expect(StatusCode::OK);
+    for _ in 0..3 {
+        let hb = app
+            .heartbeat(&dev, None, Some(1))
+            .await
+            .expect(StatusCode::OK);
+        assert_eq!(sent(&hb).unwrap()["polling_interval"], 30);
+    }
+    app.put(
+        &config,
+        json!({"polling_interval": 45, "log_level": "warn"}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let hb = app
+        .heartbeat(&dev, None, Some(2))
+        .await
+        .expect(StatusCode::OK);
+    let cmd = sent(&hb).unwrap();
+    assert_eq!(cmd["config_version"], 3);
+    assert_eq!(cmd["polling_interval"], 45);
+    assert_eq!(cmd["log_level"], "warn");
+    let hb = app
+        .heartbeat(&dev, None, Some(3))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(sent(&hb), None);
+    // Deleted and gone from the index: nothing kept for it.
+    app.delete(&format!("/api/v1/devices/{}", dev.id))
+        .await
+        .expect(StatusCode::NO_CONTENT);
+}
