@@ -218,7 +218,13 @@ async fn full_rings() {
     let retention = SledOptions::default().heartbeat_retention as usize;
     let mut sizes = Vec::new();
     for lap in 0..3 {
-        write_beats(&*store, &ids, devices * retention, lap * devices * retention).await;
+        write_beats(
+            &*store,
+            &ids,
+            devices * retention,
+            lap * devices * retention,
+        )
+        .await;
         store.write_beats(Vec::new()).await.expect("write out");
         store.sync().await.expect("sync");
         let size = sled.size_on_disk().expect("size");

@@ -531,3 +531,56 @@ async fn device_summary_carries_its_last_deployment() {
     let list = app.get("/api/v1/devices").await.expect(StatusCode::OK);
     assert_eq!(list[0]["last_deployment"], *last);
 }
+
+/// History is kept in chunks: whatever the count of beats (chunk boundaries, several
+/// laps of the ring, a retention that is not a multiple of the chunk), a read returns
+/// exactly the newest beats, newest first, at most the retention.
+#[tokio::test]
+async fn history_reads_the_newest_beats_across_chunks_and_laps() {
+    use kernex_common::api::HeartbeatRequest;
+    use kernex_server::store::{Beat, SledOptions, SledStore, Store};
+    let app = TestApp::new();
+    let dev = app.device().await;
+    let dir = app.data_dir().join("db");
+    drop(app.router);
+    drop(app.state);
+    let store = open_when_released(|| {
+        SledStore::open(
+            &dir,
+            SledOptions {
+                heartbeat_retention: 37,
+                ..SledOptions::default()
+            },
+        )
+    })
+    .await;
+    let statuses = |hs: Vec<kernex_common::api::HeartbeatRecord>| -> Vec<String> {
+        hs.into_iter().map(|h| h.status).collect()
+    };
+    let expected = |newest: u32, n: u32| -> Vec<String> {
+        (0..n).map(|i| format!("s{}", newest - i)).collect()
+    };
+    for i in 1..=200u32 {
+        let beat = Beat {
+            device_id: dev.id.clone(),
+            at: chrono::Utc::now(),
+            report: HeartbeatRequest {
+                agent_version: "1".into(),
+                cpu_pct: 1.0,
+                memory_mb: 1.0,
+                status: format!("s{i}"),
+                current_bundle_version: None,
+                config_version: None,
+                queued_reports: 0,
+            },
+            polling_interval: 60,
+        };
+        store.write_beats(vec![beat]).await.unwrap();
+        if [1, 15, 16, 17, 37, 48, 100, 111, 112, 200].contains(&i) {
+            let all = statuses(store.heartbeats(&dev.id, 1000).await.unwrap());
+            assert_eq!(all, expected(i, i.min(37)), "after {i} beats");
+            let five = statuses(store.heartbeats(&dev.id, 5).await.unwrap());
+            assert_eq!(five, expected(i, i.min(5)), "limit 5 after {i} beats");
+        }
+    }
+}

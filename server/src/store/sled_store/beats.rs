@@ -5,21 +5,24 @@
 //! so the read-modify-write of a live record needs no transaction: per beat it is one
 //! read and two single-key writes, which take sled's shared lock only.
 //!
-//! **History is a ring per device**: beat number `seq` goes to slot `seq % retention`
-//! (key `device_id ‖ slot`), overwriting the beat `retention` places older. Storage is
-//! bounded without a delete per beat, and the newest `n` are `n` point reads walking
-//! down from the live record's `seq` (each entry carries its `seq`, so a slot still
-//! holding an older ring's beat is told apart). When the retention changes between
-//! runs, a device's ring is rewritten at its next beat (once, at most the old retention
-//! entries).
+//! **History is a ring of chunks per device.** Beats are grouped in chunks of
+//! [`CHUNK`]: chunk `k` holds beats `k·CHUNK + 1 ..= (k+1)·CHUNK`. The beats of the
+//! chunk being filled ride in the device's live record; when it is full it is sealed
+//! into slot `k % slots` (key `device_id ‖ slot`), overwriting the chunk that fell out
+//! of retention, so storage is bounded without a delete, a beat costs one live-record
+//! write plus a sealed chunk every [`CHUNK`] beats, and a device holds about
+//! `retention / CHUNK` keys instead of `retention`. Each sealed chunk carries its number,
+//! so a slot still holding an older chunk is told apart. Reads return at most
+//! `retention` beats. When the retention changes between runs, a device's chunks are
+//! re-slotted at its next beat (once).
 //!
 //! **Live records are group-committed too**: the writer keeps the live records it
 //! changed in memory ([`DirtyLive`]) and writes each once per
 //! [`SledOptions::live_write_every`] (default [`LIVE_WRITE_EVERY`]), so
 //! a device that beats several times in that window costs one live write. Reads look
 //! in memory first. A crash loses at most that window plus sled's own flush interval,
-//! inside the one second SPEC §1.8 allows; the history entries of those beats are
-//! then overwritten by the next ones (their numbers are handed out again).
+//! inside the one second SPEC §1.8 allows (the beats of the chunk being filled are in
+//! the live record, so they are covered by the same window).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,6 +33,9 @@ use kernex_common::api::HeartbeatRecord;
 use serde::{Deserialize, Serialize};
 
 use super::*;
+
+/// Beats per sealed history chunk.
+pub const CHUNK: u64 = 16;
 
 /// How often changed live records are written to the `live` tree.
 pub const LIVE_WRITE_EVERY: Duration = Duration::from_millis(250);
@@ -65,18 +71,26 @@ pub struct StoredLive {
     config_version: Option<u64>,
     queued_reports: u64,
     reported_version: Option<(String, i64)>,
-    /// Number of the newest heartbeat (it sits in slot `seq % ring`).
+    /// Number of the newest heartbeat (the first is 1).
     seq: u64,
-    /// The ring size (retention) its history was written with.
+    /// The retention its history was slotted for.
     ring: u64,
     /// The polling interval when it beat (its online window is 3 × this).
     interval: u64,
+    /// The beats of the chunk being filled, oldest first (`seq % CHUNK` of them).
+    open: Vec<StoredBeat>,
+}
+
+/// A full chunk of history: beats `number·CHUNK + 1 ..= (number+1)·CHUNK`, oldest first.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredChunk {
+    number: u64,
+    beats: Vec<StoredBeat>,
 }
 
 /// The stored form of one history entry.
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredBeat {
-    seq: u64,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredBeat {
     at_ns: i64,
     agent_version: String,
     cpu_pct: f64,
@@ -183,27 +197,36 @@ impl SledStore {
             if let Some(o) = &old
                 && o.ring != ring
             {
-                self.resize_ring(id, o.seq, o.ring, ring)?;
+                self.reslot(id, o, ring)?;
             }
-            let seq = old.as_ref().map_or(0, |o| o.seq) + 1;
             let old_expiry = old.as_ref().map(|o| online::expiry(o.at_ns, o.interval));
             let r = &beat.report;
             let at_ns = to_ns(beat.at);
+            let (seq, mut open, reported) = match old {
+                Some(o) => (o.seq + 1, o.open, o.reported_version),
+                None => (1, Vec::new(), None),
+            };
             let reported_version = match &r.current_bundle_version {
                 Some(v) => Some((v.clone(), at_ns)),
-                None => old.and_then(|o| o.reported_version),
+                None => reported,
             };
-            let entry = StoredBeat {
-                seq,
+            open.push(StoredBeat {
                 at_ns,
                 agent_version: r.agent_version.clone(),
                 cpu_pct: r.cpu_pct,
                 memory_mb: r.memory_mb,
                 status: r.status.clone(),
                 current_bundle_version: r.current_bundle_version.clone(),
-            };
-            self.heartbeats
-                .insert(slot_key(id, seq % ring), encode(&entry)?)?;
+            });
+            if seq % CHUNK == 0 {
+                let number = seq / CHUNK - 1;
+                let chunk = StoredChunk {
+                    number,
+                    beats: std::mem::take(&mut open),
+                };
+                self.heartbeats
+                    .insert(chunk_key(id, number % slots(ring)), encode(&chunk)?)?;
+            }
             let live = StoredLive {
                 at_ns,
                 agent_version: r.agent_version.clone(),
@@ -216,6 +239,7 @@ impl SledStore {
                 seq,
                 ring,
                 interval: beat.polling_interval,
+                open,
             };
             self.dirty.lock().1.insert(id.to_owned(), live);
             self.online
@@ -224,58 +248,71 @@ impl SledStore {
         self.write_dirty(beats.is_empty())
     }
 
-    /// Rewrite a device's history from a ring of `from` slots into one of `to`, keeping
-    /// the newest `to` beats.
-    fn resize_ring(&self, device_id: &str, seq: u64, from: u64, to: u64) -> Result<()> {
-        let kept = self.ring_entries(device_id, seq, from, to as usize)?;
+    /// Move a device's sealed chunks from the slots of one retention to those of
+    /// another, keeping the ones the new retention still needs.
+    fn reslot(&self, device_id: &str, live: &StoredLive, ring: u64) -> Result<()> {
+        let wanted = ring.saturating_sub(live.open.len() as u64);
+        let kept = self.sealed_chunks(device_id, live, wanted.div_ceil(CHUNK))?;
         for key in self.heartbeats.scan_prefix(prefix(device_id)).keys() {
             self.heartbeats.remove(key?)?;
         }
-        for entry in kept {
-            self.heartbeats
-                .insert(slot_key(device_id, entry.seq % to), encode(&entry)?)?;
+        for chunk in kept {
+            self.heartbeats.insert(
+                chunk_key(device_id, chunk.number % slots(ring)),
+                encode(&chunk)?,
+            )?;
         }
         Ok(())
     }
 
-    /// The newest `limit` entries of a ring of `ring` slots whose newest beat is `seq`.
-    fn ring_entries(
+    /// Up to `count` of the device's newest sealed chunks, newest first.
+    fn sealed_chunks(
         &self,
         device_id: &str,
-        seq: u64,
-        ring: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredBeat>> {
-        let oldest = seq.saturating_sub(ring) + 1;
+        live: &StoredLive,
+        count: u64,
+    ) -> Result<Vec<StoredChunk>> {
         let mut out = Vec::new();
-        let mut s = seq;
-        while s >= oldest.max(1) && out.len() < limit {
-            if let Some(bytes) = self.heartbeats.get(slot_key(device_id, s % ring))? {
-                let entry: StoredBeat = decode(&bytes)?;
-                if entry.seq == s {
-                    out.push(entry);
-                }
+        let mut number = (live.seq - live.open.len() as u64) / CHUNK;
+        while number > 0 && (out.len() as u64) < count {
+            number -= 1;
+            let Some(bytes) = self
+                .heartbeats
+                .get(chunk_key(device_id, number % slots(live.ring)))?
+            else {
+                break;
+            };
+            let chunk: StoredChunk = decode(&bytes)?;
+            if chunk.number != number {
+                break;
             }
-            s -= 1;
+            out.push(chunk);
         }
         Ok(out)
     }
 
-    /// Newest first, at most `limit`.
+    /// Newest first, at most `limit` and at most the retention.
     pub(super) fn heartbeats(&self, device_id: &str, limit: usize) -> Result<Vec<HeartbeatRecord>> {
         let Some(live) = self.stored_live(device_id)? else {
             return Ok(Vec::new());
         };
-        let entries = self.ring_entries(device_id, live.seq, live.ring, limit)?;
-        Ok(entries
-            .into_iter()
+        let cap = limit.min(usize::try_from(live.ring).unwrap_or(usize::MAX));
+        let sealed_needed = cap.saturating_sub(live.open.len()) as u64;
+        let chunks = self.sealed_chunks(device_id, &live, sealed_needed.div_ceil(CHUNK))?;
+        let newest_first = live
+            .open
+            .iter()
+            .rev()
+            .chain(chunks.iter().flat_map(|c| c.beats.iter().rev()));
+        Ok(newest_first
+            .take(cap)
             .map(|b| HeartbeatRecord {
                 timestamp: from_ns(b.at_ns),
-                agent_version: b.agent_version,
+                agent_version: b.agent_version.clone(),
                 cpu_pct: b.cpu_pct,
                 memory_mb: b.memory_mb,
-                status: b.status,
-                current_bundle_version: b.current_bundle_version,
+                status: b.status.clone(),
+                current_bundle_version: b.current_bundle_version.clone(),
             })
             .collect())
     }
@@ -308,8 +345,14 @@ impl SledStore {
     }
 }
 
+/// Chunk slots per device for a retention: enough for `retention` beats besides the
+/// chunk being filled.
+fn slots(retention: u64) -> u64 {
+    retention.div_ceil(CHUNK) + 1
+}
+
 /// `device_id ‖ slot (u32 BE)`.
-fn slot_key(device_id: &str, slot: u64) -> Vec<u8> {
+fn chunk_key(device_id: &str, slot: u64) -> Vec<u8> {
     let mut k = prefix(device_id);
     k.extend_from_slice(&u32::try_from(slot).unwrap_or(u32::MAX).to_be_bytes());
     k
