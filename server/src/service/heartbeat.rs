@@ -36,8 +36,10 @@ use crate::store::{Beat, DeploymentRecord, Result, Store, Ts, WorkSnapshot};
 
 /// Most beats one store write takes.
 pub const BATCH: usize = 1024;
-/// Beats waiting for the writer before devices wait for it (backpressure).
-const QUEUE: usize = 16 * 1024;
+/// Beats waiting for the writer before devices wait for it (backpressure): a few
+/// seconds of a 1M-device fleet's beats, so a long store transaction (a deployment to
+/// 100,000 devices is one) delays the writer, not the devices' replies.
+const QUEUE: usize = 64 * 1024;
 /// How often the writer lets the store write out what it holds while beats are few.
 const IDLE_WRITE: std::time::Duration = std::time::Duration::from_millis(250);
 
