@@ -190,6 +190,10 @@ pub struct DeploymentRecord {
     pub updated_at: Ts,
     pub completed_at: Option<Ts>,
     pub counts: Counts,
+    /// Set while its targets are still being made deliverable (a big deployment is
+    /// indexed in chunks after its record commits); a start-up finishes the job.
+    #[serde(default)]
+    pub indexing: bool,
 }
 
 impl DeploymentRecord {

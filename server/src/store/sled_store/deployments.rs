@@ -8,13 +8,25 @@ use kernex_common::api::{
 };
 
 use super::counters::tx_deployment;
+
+/// Targets one creation step writes (one short transaction each).
+const CREATE_CHUNK: usize = 256;
 use super::*;
 use crate::service::rules::{self, ResultDecision};
 
 impl SledStore {
-    /// Create a deployment of `bundle` to `target_ids`. Every target must exist and be
-    /// accepted *inside* the transaction, so a device deleted or rejected concurrently
-    /// can never end up as a target nobody will ever report for.
+    /// Create a deployment of `bundle` to `target_ids`, in short transactions so that a
+    /// deployment to 100,000 devices never holds the store's lock for long:
+    /// 1. targets are written in chunks, each checking its devices are still accepted
+    ///    (one that is not is left out);
+    /// 2. the deployment record commits with the counts of what was written, marked
+    ///    `indexing`;
+    /// 3. the targets become deliverable (`device_open`) in chunks, each again checking
+    ///    the device (one rejected or deleted meanwhile is cancelled, so no target is
+    ///    left that nobody will ever report); then the mark is cleared.
+    ///
+    /// A crash in step 3 is finished at the next start ([`SledStore::finish_indexing`]);
+    /// a crash before step 2 leaves target records no deployment names (never read).
     pub(super) fn create_deployment(
         &self,
         kind: DeploymentKind,
@@ -22,8 +34,37 @@ impl SledStore {
         target_ids: &[String],
         now: Ts,
     ) -> Result<DeploymentRecord> {
-        let dep = DeploymentRecord {
-            id: new_id(),
+        if !self.bundles.contains_key(bundle.id.as_bytes())? {
+            return Err(StoreError::Invalid(format!(
+                "bundle {} no longer exists",
+                bundle.version
+            )));
+        }
+        // Every named device must exist and be accepted now (a 400 names the first
+        // that is not); concurrent changes are handled chunk by chunk below.
+        for device_id in target_ids {
+            match get::<DeviceRecord>(&self.devices, device_id)? {
+                Some(d) if d.admission == Admission::Accepted => {}
+                Some(_) => {
+                    return Err(StoreError::Invalid(format!(
+                        "device {device_id} is not accepted"
+                    )));
+                }
+                None => return Err(StoreError::Invalid(format!("no device {device_id:?}"))),
+            }
+        }
+        let id = new_id();
+        let mut written = Vec::with_capacity(target_ids.len());
+        for chunk in target_ids.chunks(CREATE_CHUNK) {
+            written.extend(self.write_targets(&id, bundle, chunk, now)?);
+        }
+        if written.is_empty() {
+            return Err(StoreError::Invalid(
+                "none of the target devices is accepted any more".into(),
+            ));
+        }
+        let mut dep = DeploymentRecord {
+            id,
             kind,
             bundle_id: bundle.id.clone(),
             bundle_version: bundle.version.clone(),
@@ -34,74 +75,178 @@ impl SledStore {
             updated_at: now,
             completed_at: None,
             counts: kernex_common::api::Counts {
-                pending: target_ids.len() as u64,
+                pending: written.len() as u64,
                 ..Default::default()
             },
+            indexing: true,
         };
+        (
+            &self.deployments,
+            &self.bundle_open,
+            &self.bundles,
+            &self.counters,
+        )
+            .transaction(|(deployments, bundle_open, bundles, counters)| {
+                if bundles.get(bundle.id.as_bytes())?.is_none() {
+                    return abort(StoreError::Invalid(format!(
+                        "bundle {} no longer exists",
+                        bundle.version
+                    )));
+                }
+                tx_put(deployments, &dep.id, &dep)?;
+                tx_deployment(counters, None, dep.status)?;
+                let n = tx_get::<u64>(bundle_open, &bundle.id)?.unwrap_or(0);
+                tx_put(bundle_open, &bundle.id, &(n + 1))?;
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        for chunk in written.chunks(CREATE_CHUNK) {
+            if let Some(changed) = self.index_targets(&dep.id, chunk, now)? {
+                dep = changed;
+            }
+        }
+        self.finish_indexing_mark(&dep.id)
+    }
+
+    /// Step 1 of a creation: the target records of one chunk; the devices written.
+    fn write_targets(
+        &self,
+        deployment_id: &str,
+        bundle: &BundleRecord,
+        device_ids: &[String],
+        now: Ts,
+    ) -> Result<Vec<String>> {
+        (&self.targets, &self.device_bundles, &self.devices)
+            .transaction(|(targets, device_bundles, devices)| {
+                let mut written = Vec::with_capacity(device_ids.len());
+                for device_id in device_ids {
+                    if !tx_get::<DeviceRecord>(devices, device_id)?
+                        .is_some_and(|d| d.admission == Admission::Accepted)
+                    {
+                        continue;
+                    }
+                    let t = TargetRecord {
+                        device_id: device_id.clone(),
+                        status: TargetStatus::Pending,
+                        phase: None,
+                        progress_pct: None,
+                        error_message: None,
+                        log_tail: None,
+                        updated_at: now,
+                        report_id: None,
+                    };
+                    tx_put(targets, key2(deployment_id, device_id), &t)?;
+                    device_bundles.insert(key2(device_id, &bundle.id), &[])?;
+                    written.push(device_id.clone());
+                }
+                Ok(written)
+            })
+            .map_err(tx_err)
+    }
+
+    /// Step 3 of a creation: make one chunk of pending targets deliverable, or cancel
+    /// those whose device is no longer accepted. The deployment when it changed.
+    fn index_targets(
+        &self,
+        deployment_id: &str,
+        device_ids: &[String],
+        now: Ts,
+    ) -> Result<Option<DeploymentRecord>> {
         (
             &self.deployments,
             &self.targets,
             &self.device_open,
             &self.bundle_open,
-            &self.device_bundles,
-            &self.bundles,
             &self.devices,
             &self.counters,
         )
             .transaction(
-                |(
-                    deployments,
-                    targets,
-                    device_open,
-                    bundle_open,
-                    device_bundles,
-                    bundles,
-                    devices,
-                    counters,
-                )| {
-                    if bundles.get(bundle.id.as_bytes())?.is_none() {
-                        return abort(StoreError::Invalid(format!(
-                            "bundle {} no longer exists",
-                            bundle.version
-                        )));
-                    }
-                    tx_put(deployments, &dep.id, &dep)?;
-                    tx_deployment(counters, None, dep.status)?;
-                    for device_id in target_ids {
-                        match tx_get::<DeviceRecord>(devices, device_id)? {
-                            Some(d) if d.admission == Admission::Accepted => {}
-                            Some(_) => {
-                                return abort(StoreError::Invalid(format!(
-                                    "device {device_id} is not accepted"
-                                )));
-                            }
-                            None => {
-                                return abort(StoreError::Invalid(format!(
-                                    "no device {device_id:?}"
-                                )));
-                            }
-                        }
-                        let t = TargetRecord {
-                            device_id: device_id.clone(),
-                            status: TargetStatus::Pending,
-                            phase: None,
-                            progress_pct: None,
-                            error_message: None,
-                            log_tail: None,
-                            updated_at: now,
-                            report_id: None,
+                |(deployments, targets, device_open, bundle_open, devices, counters)| {
+                    let Some(mut dep) = tx_get::<DeploymentRecord>(deployments, deployment_id)?
+                    else {
+                        return Ok(None);
+                    };
+                    let before = dep.status;
+                    let mut changed = false;
+                    for device_id in device_ids {
+                        let key = key2(deployment_id, device_id);
+                        let Some(mut t) = tx_get::<TargetRecord>(targets, &key)? else {
+                            continue;
                         };
-                        tx_put(targets, key2(&dep.id, device_id), &t)?;
-                        device_open.insert(key2(device_id, &dep.id), &[])?;
-                        device_bundles.insert(key2(device_id, &bundle.id), &[])?;
+                        if t.status != TargetStatus::Pending {
+                            continue;
+                        }
+                        let accepted = tx_get::<DeviceRecord>(devices, device_id)?
+                            .is_some_and(|d| d.admission == Admission::Accepted);
+                        if accepted {
+                            device_open.insert(key2(device_id, deployment_id), &[])?;
+                        } else if rules::cancel_target(
+                            &mut dep,
+                            &mut t,
+                            "device was rejected or deleted",
+                            now,
+                        ) {
+                            tx_put(targets, &key, &t)?;
+                            changed = true;
+                        }
                     }
-                    let n = tx_get::<u64>(bundle_open, &bundle.id)?.unwrap_or(0);
-                    tx_put(bundle_open, &bundle.id, &(n + 1))?;
-                    Ok(())
+                    if !changed {
+                        return Ok(None);
+                    }
+                    if dep.status.is_final() {
+                        tx_release_bundle(bundle_open, &dep.bundle_id)?;
+                    }
+                    tx_put(deployments, deployment_id, &dep)?;
+                    tx_deployment(counters, Some(before), dep.status)?;
+                    Ok(Some(dep))
                 },
             )
-            .map_err(tx_err)?;
-        Ok(dep)
+            .map_err(tx_err)
+    }
+
+    /// Clear a deployment's `indexing` mark; the record as stored.
+    fn finish_indexing_mark(&self, deployment_id: &str) -> Result<DeploymentRecord> {
+        self.deployments
+            .transaction(|deployments| {
+                let Some(mut dep) = tx_get::<DeploymentRecord>(deployments, deployment_id)? else {
+                    return abort(StoreError::NotFound(format!(
+                        "no deployment {deployment_id:?}"
+                    )));
+                };
+                dep.indexing = false;
+                tx_put(deployments, deployment_id, &dep)?;
+                Ok(dep)
+            })
+            .map_err(tx_err)
+    }
+
+    /// At start: finish step 3 for deployments a crash interrupted while indexing.
+    pub(super) fn finish_indexing(&self, now: Ts) -> Result<()> {
+        let unfinished: Vec<DeploymentRecord> = self
+            .deployments
+            .iter()
+            .values()
+            .map(|v| dec::<DeploymentRecord>(&v?))
+            .filter(|d| !d.as_ref().is_ok_and(|d| !d.indexing))
+            .collect::<Result<_>>()?;
+        for dep in unfinished {
+            let all = TargetFilter {
+                status: Some(TargetStatus::Pending),
+                after: None,
+                limit: usize::MAX,
+            };
+            let pending: Vec<String> = self
+                .deployment_targets(&dep.id, &all)?
+                .into_iter()
+                .map(|t| t.device_id)
+                .collect();
+            for chunk in pending.chunks(CREATE_CHUNK) {
+                self.index_targets(&dep.id, chunk, now)?;
+            }
+            self.finish_indexing_mark(&dep.id)?;
+            tracing::warn!(deployment.id = %dep.id, "finished indexing a deployment interrupted by a crash");
+        }
+        Ok(())
     }
 
     pub(super) fn deployment(&self, id: &str) -> Result<DeploymentRecord> {
@@ -439,4 +584,136 @@ fn tx_release_bundle(open: &TransactionalTree, bundle_id: &str) -> TxResult<()> 
         n => tx_put(open, bundle_id, &(n - 1))?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use kernex_common::manifest::{Manifest, ScriptSpec};
+    use serde_json::json;
+
+    use super::*;
+
+    fn device(store: &SledStore, i: usize, now: Ts) -> String {
+        let reg = NewRegistration {
+            public_key_pem: String::new(),
+            fingerprint: format!("fp-{i}"),
+            device_type: "t".into(),
+            hardware_metadata: json!({}),
+            signature_hash: format!("sig-{i}"),
+            replay_until: now,
+            admission: Admission::Accepted,
+            token_hash: format!("tok-{i}"),
+            now,
+        };
+        store.register(&reg).unwrap().device.id().to_owned()
+    }
+
+    fn bundle(now: Ts) -> BundleRecord {
+        BundleRecord {
+            id: new_id(),
+            name: "app".into(),
+            version: "1.0.0".into(),
+            checksum_sha256: "0".repeat(64),
+            size_bytes: 1,
+            manifest: Manifest {
+                name: "app".into(),
+                version: "1.0.0".into(),
+                description: None,
+                deploy: ScriptSpec {
+                    script: "deploy.sh".into(),
+                    timeout_s: None,
+                },
+                rollback: None,
+                health: None,
+            },
+            created_at: now,
+        }
+    }
+
+    /// A crash after a deployment's record committed but before all its targets were
+    /// made deliverable is finished at the next start: every target is delivered, the
+    /// deployment can complete.
+    #[test]
+    fn a_start_finishes_indexing_a_deployment_a_crash_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = chrono::Utc::now();
+        let (ids, dep_id) = {
+            let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+            let ids: Vec<String> = (0..600).map(|i| device(&store, i, now)).collect();
+            let b = bundle(now);
+            store.insert_bundle(&b).unwrap();
+            // Steps 1 and 2 of a creation, then the "crash": one chunk indexed only.
+            let dep_id = new_id();
+            let written = store.write_targets(&dep_id, &b, &ids, now).unwrap();
+            assert_eq!(written.len(), 600);
+            let dep = DeploymentRecord {
+                id: dep_id.clone(),
+                kind: DeploymentKind::Deploy,
+                bundle_id: b.id.clone(),
+                bundle_version: b.version.clone(),
+                checksum_sha256: b.checksum_sha256.clone(),
+                size_bytes: 1,
+                status: TargetStatus::Pending,
+                created_at: now,
+                updated_at: now,
+                completed_at: None,
+                counts: kernex_common::api::Counts {
+                    pending: 600,
+                    ..Default::default()
+                },
+                indexing: true,
+            };
+            store
+                .deployments
+                .insert(dep_id.as_bytes(), serde_json::to_vec(&dep).unwrap())
+                .unwrap();
+            store.index_targets(&dep_id, &ids[..100], now).unwrap();
+            assert!(store.open_targets(&ids[599]).unwrap().is_empty());
+            store.flush_blocking().unwrap();
+            (ids, dep_id)
+        };
+        let store = loop {
+            match SledStore::open(dir.path(), SledOptions::default()) {
+                Ok(s) => break s,
+                Err(e) if e.is_locked() => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        for id in [&ids[0], &ids[100], &ids[599]] {
+            let open = store.open_targets(id).unwrap();
+            assert_eq!(open.len(), 1, "{id}");
+            assert_eq!(open[0].0.id, dep_id);
+        }
+        assert!(!store.deployment(&dep_id).unwrap().indexing);
+    }
+
+    /// A creation leaves out a device rejected before its chunk was written, and a
+    /// creation whose every device went away is refused.
+    #[test]
+    fn creation_checks_devices_chunk_by_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        let now = chrono::Utc::now();
+        let ids: Vec<String> = (0..3).map(|i| device(&store, i, now)).collect();
+        let b = bundle(now);
+        store.insert_bundle(&b).unwrap();
+        store
+            .set_admission(&ids[1], Admission::Rejected, now)
+            .unwrap();
+        // The up-front check names the rejected device.
+        let err = store
+            .create_deployment(DeploymentKind::Deploy, &b, &ids, now)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+        // Past that check (as if it was rejected meanwhile), its chunk leaves it out.
+        let written = store.write_targets("d", &b, &ids, now).unwrap();
+        assert_eq!(written, [ids[0].clone(), ids[2].clone()]);
+        let dep = store
+            .create_deployment(DeploymentKind::Deploy, &b, &[ids[0].clone()], now)
+            .unwrap();
+        assert_eq!(dep.counts.pending, 1);
+        assert!(!dep.indexing);
+    }
 }

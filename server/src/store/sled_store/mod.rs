@@ -165,6 +165,7 @@ impl SledStore {
         };
         store.rebuild_counters_if_missing()?;
         store.rebuild_online()?;
+        store.finish_indexing(chrono::Utc::now())?;
         Ok(store)
     }
 
