@@ -51,6 +51,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// Open the store in the data dir, clean up what a crash may have left, and make sure an
@@ -58,18 +60,28 @@ pub enum StartError {
 ///
 /// Needs a tokio runtime: it starts the heartbeat writer.
 pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
+    let enrollment_token = settings.enrollment_token.clone().filter(|t| !t.is_empty());
+    if settings.require_enrollment && enrollment_token.is_none() {
+        return Err(StartError::Settings(
+            "--require-enrollment needs an enrollment token (KERNEX_ENROLLMENT_TOKEN)".into(),
+        ));
+    }
     let options = SledOptions {
         heartbeat_retention: settings.heartbeat_retention.max(1),
         ..SledOptions::default()
     };
     let store = open_store(&settings.data_dir, options)?;
     let bundle_dir = settings.data_dir.join("bundles");
-    std::fs::create_dir_all(&bundle_dir)?;
+    create_private_dir(&bundle_dir)?;
     clean_bundle_dir(&store, &bundle_dir)?;
     bootstrap_admin(&store, settings)?;
     let limits = Limits {
-        enrollment_token: settings.enrollment_token.clone().filter(|t| !t.is_empty()),
+        enrollment_token,
         max_bundle_size: settings.max_bundle_size,
+        require_enrollment: settings.require_enrollment,
+        max_pending: settings.max_pending,
+        metrics_token: settings.metrics_token.clone().filter(|t| !t.is_empty()),
+        connections: settings.connections,
     };
     let work = store.work_snapshot_blocking()?;
     Ok(AppState::new(Arc::new(store), work, limits, bundle_dir))
@@ -77,7 +89,7 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
 
 /// Open the sled store, telling a held lock apart from other failures.
 pub fn open_store(data_dir: &Path, options: SledOptions) -> Result<SledStore, StartError> {
-    std::fs::create_dir_all(data_dir)?;
+    create_private_dir(data_dir)?;
     SledStore::open(&data_dir.join("db"), options).map_err(|e| {
         if e.is_locked() {
             StartError::Locked(data_dir.to_path_buf())
@@ -85,6 +97,27 @@ pub fn open_store(data_dir: &Path, options: SledOptions) -> Result<SledStore, St
             StartError::Store(e)
         }
     })
+}
+
+/// Create a directory (and missing parents) only its owner may enter (0700, SPEC §1.9).
+/// An existing one keeps its mode; a group- or world-readable one is worth a warning.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Ok(meta) = std::fs::metadata(dir) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %dir.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "directory is readable by other users; chmod 700 it");
+            }
+            return Ok(());
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
 }
 
 /// Remove half-uploaded files and archives whose record never got written (a crash

@@ -16,6 +16,14 @@ use crate::store::{Store, WorkSnapshot};
 pub struct Limits {
     pub enrollment_token: Option<String>,
     pub max_bundle_size: u64,
+    /// Registrations without the enrollment token are refused (SPEC §1.9).
+    pub require_enrollment: bool,
+    /// Most devices pending at once.
+    pub max_pending: u64,
+    /// Bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<String>,
+    /// Timeouts and the connection cap.
+    pub connections: crate::settings::ConnLimits,
 }
 
 /// Cheap to clone: an `Arc` around everything.
