@@ -15,6 +15,7 @@
 pub mod auth; // bearer tokens, the Caller extractor
 pub mod error; // ApiError and rejection mapping
 pub mod events; // live event broadcast
+pub mod listen; // accept loop: connection cap, header and stall timeouts
 pub mod metrics; // Prometheus registry
 pub mod router; // every route
 pub mod routes; // handlers
@@ -177,7 +178,8 @@ pub fn write_secret(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 /// Serve plain HTTP on `listener` until `shutdown` resolves, then drain in-flight
-/// requests and flush the store.
+/// requests and flush the store. Connections get the limits of SPEC §1.9 (see
+/// [`listen`]).
 pub async fn serve(
     state: AppState,
     listener: tokio::net::TcpListener,
@@ -188,13 +190,13 @@ pub async fn serve(
         shutdown.await;
         stopping.cancel();
     };
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = state.limits.connections;
+    listen::run(listener, None, router(state.clone()), limits, shutdown).await?;
     close(&state).await
 }
 
-/// Serve HTTPS (rustls) with the PEM certificate chain and key given.
+/// Serve HTTPS (rustls) with the PEM certificate chain and key given, with the same
+/// connection limits as [`serve`] (the TLS handshake counts against the header timeout).
 pub async fn serve_tls(
     state: AppState,
     listener: std::net::TcpListener,
@@ -204,19 +206,26 @@ pub async fn serve_tls(
 ) -> std::io::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
+    // HTTP/1.1 only: hyper's HTTP/2 server has no header timer.
+    let mut tls = (*config.get_inner()).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let stopping = state.shutdown.clone();
-    tokio::spawn(async move {
+    let shutdown = async move {
         shutdown.await;
         stopping.cancel();
-        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-    });
+    };
     listener.set_nonblocking(true)?;
-    axum_server::from_tcp_rustls(listener, config)?
-        .handle(handle)
-        .serve(router(state.clone()).into_make_service())
-        .await?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let limits = state.limits.connections;
+    listen::run(
+        listener,
+        Some(acceptor),
+        router(state.clone()),
+        limits,
+        shutdown,
+    )
+    .await?;
     close(&state).await
 }
 
