@@ -23,7 +23,11 @@ use crate::manifest::{Manifest, ManifestError, normalize_entry_path};
 /// Name of the manifest at the archive root.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
-/// Caps applied while walking an archive.
+/// Largest extension header (PAX `x`/`g`, GNU long name `L` / long link `K`) accepted:
+/// each is read whole, so it is capped before a byte of it is read (SPEC §1.9).
+pub const MAX_EXTENSION_HEADER: u64 = 64 * 1024;
+
+/// Caps applied while walking an archive. Extension headers count as entries.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Most entries (files, dirs, links) an archive may hold.
@@ -74,6 +78,10 @@ pub enum BundleError {
     TooManyEntries(u64),
     #[error("archive unpacks to more than {0} bytes")]
     TooLarge(u64),
+    #[error(
+        "archive has an extension header (PAX or GNU long name) of {size} bytes; at most {max} are accepted"
+    )]
+    ExtensionTooLarge { size: u64, max: u64 },
     #[error("manifest.json is larger than {0} bytes")]
     ManifestTooLarge(u64),
     #[error("I/O error: {0}")]
@@ -190,17 +198,47 @@ where
     let mut entries = 0u64;
     let mut unpacked = 0u64;
 
-    for entry in archive.entries().map_err(corrupt)? {
+    let mut headers = 0u64;
+    let mut pending = Extensions::default();
+
+    // Raw iteration: the crate would read every extension header (PAX `x`, GNU `L`/`K`)
+    // whole into memory before handing out the entry it describes; here each one is
+    // counted and its size checked from its header first, then read, capped.
+    for entry in archive.entries().map_err(corrupt)?.raw(true) {
         let mut entry = entry.map_err(corrupt)?;
         let etype = entry.header().entry_type();
-        if matches!(etype, EntryType::XGlobalHeader | EntryType::XHeader) {
+        if is_extension(etype) {
+            headers += 1;
+            if entries + headers > limits.max_entries {
+                return Err(BundleError::TooManyEntries(limits.max_entries));
+            }
+            let size = entry.size();
+            if size > MAX_EXTENSION_HEADER {
+                return Err(BundleError::ExtensionTooLarge {
+                    size,
+                    max: MAX_EXTENSION_HEADER,
+                });
+            }
+            let mut data = Vec::with_capacity(size as usize);
+            (&mut entry)
+                .take(MAX_EXTENSION_HEADER)
+                .read_to_end(&mut data)
+                .map_err(corrupt)?;
+            pending.absorb(etype, data)?;
             continue;
         }
+        let ext = std::mem::take(&mut pending);
         entries += 1;
-        if entries > limits.max_entries {
+        if entries + headers > limits.max_entries {
             return Err(BundleError::TooManyEntries(limits.max_entries));
         }
-        let raw_path = entry.path_bytes();
+        let header_size = entry.size();
+        // A PAX `size` record overrides the header; the caps use the larger claim.
+        let size = ext.size.unwrap_or(header_size);
+        let raw_path = match ext.path {
+            Some(p) => p,
+            None => entry.path_bytes().into_owned(),
+        };
         let raw = std::str::from_utf8(&raw_path)
             .map_err(|_| unsafe_entry(&String::from_utf8_lossy(&raw_path), "name is not UTF-8"))?
             .to_owned();
@@ -231,10 +269,9 @@ where
         }
 
         let checked = match etype {
+            EntryType::Directory if size != header_size => return Err(size_mismatch()),
             EntryType::Directory => Checked::Dir,
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                // `Entry::size` honours a PAX `size` record; the raw header field can lie.
-                let size = entry.size();
+            EntryType::Regular | EntryType::Continuous => {
                 unpacked = unpacked.saturating_add(size);
                 if unpacked > limits.max_unpacked_bytes {
                     return Err(BundleError::TooLarge(limits.max_unpacked_bytes));
@@ -244,9 +281,16 @@ where
                 }
             }
             EntryType::Symlink | EntryType::Link => {
-                let target_bytes = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| unsafe_entry(&raw, "link without a target"))?;
+                if size != header_size {
+                    return Err(size_mismatch());
+                }
+                let target_bytes = match ext.link {
+                    Some(l) => l,
+                    None => entry
+                        .link_name_bytes()
+                        .ok_or_else(|| unsafe_entry(&raw, "link without a target"))?
+                        .into_owned(),
+                };
                 let target = std::str::from_utf8(&target_bytes)
                     .map_err(|_| unsafe_entry(&raw, "link target is not UTF-8"))?
                     .to_owned();
@@ -280,6 +324,9 @@ where
                 continue;
             }
             EntryType::Char | EntryType::Block => return Err(unsafe_entry(&raw, "device node")),
+            EntryType::GNUSparse => {
+                return Err(unsafe_entry(&raw, "sparse files are not supported"));
+            }
             EntryType::Fifo => return Err(unsafe_entry(&raw, "fifo")),
             _ => return Err(unsafe_entry(&raw, "unsupported entry type")),
         };
@@ -294,9 +341,17 @@ where
                 kinds.insert(path.clone(), Kind::File);
                 if path == MANIFEST_FILE {
                     let cap = limits.max_manifest_bytes;
-                    if entry.size() > cap {
+                    if size > cap {
                         return Err(BundleError::ManifestTooLarge(cap));
                     }
+                }
+                // Only now, so the caps above name the problem a lying header tried to
+                // hide; reads below go by the header's size, so the two must agree.
+                if size != header_size {
+                    return Err(size_mismatch());
+                }
+                if path == MANIFEST_FILE {
+                    let cap = limits.max_manifest_bytes;
                     // Read at most one byte past the cap, whatever the headers claim.
                     let mut buf = Vec::new();
                     (&mut entry)
@@ -314,6 +369,12 @@ where
             }
             Checked::Symlink { .. } | Checked::HardLink { .. } => {}
         }
+    }
+
+    if !pending.is_empty() {
+        return Err(BundleError::Corrupt(
+            "extension header with no entry after it".into(),
+        ));
     }
 
     // A link whose target passes *through* another link (`a -> .`, `b -> a/..`) would
@@ -344,6 +405,82 @@ where
         entries,
         unpacked_bytes: unpacked,
     })
+}
+
+fn is_extension(t: EntryType) -> bool {
+    t.is_pax_local_extensions()
+        || t.is_pax_global_extensions()
+        || t.is_gnu_longname()
+        || t.is_gnu_longlink()
+}
+
+fn size_mismatch() -> BundleError {
+    BundleError::Corrupt("a PAX size record disagrees with its entry's header".into())
+}
+
+/// What the extension headers before an entry say about it, applied as the crate's own
+/// (non-raw) iteration would: a GNU long name or link wins over a PAX one.
+#[derive(Default)]
+struct Extensions {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+    /// A PAX `size` record.
+    size: Option<u64>,
+    gnu_path: bool,
+    gnu_link: bool,
+    pax: bool,
+}
+
+impl Extensions {
+    fn is_empty(&self) -> bool {
+        !(self.gnu_path || self.gnu_link || self.pax)
+    }
+
+    /// Take in one extension header's data (already capped). A PAX global header is
+    /// counted and capped but otherwise ignored, as the crate does.
+    fn absorb(&mut self, kind: EntryType, data: Vec<u8>) -> Result<(), BundleError> {
+        let twice =
+            || BundleError::Corrupt("two extension headers of one kind describe one entry".into());
+        let without_nul = |mut d: Vec<u8>| {
+            if d.last() == Some(&0) {
+                d.pop();
+            }
+            d
+        };
+        if kind.is_gnu_longname() {
+            if std::mem::replace(&mut self.gnu_path, true) {
+                return Err(twice());
+            }
+            self.path = Some(without_nul(data));
+        } else if kind.is_gnu_longlink() {
+            if std::mem::replace(&mut self.gnu_link, true) {
+                return Err(twice());
+            }
+            self.link = Some(without_nul(data));
+        } else if kind.is_pax_local_extensions() {
+            if std::mem::replace(&mut self.pax, true) {
+                return Err(twice());
+            }
+            for record in tar::PaxExtensions::new(&data) {
+                let record =
+                    record.map_err(|e| BundleError::Corrupt(format!("bad PAX record: {e}")))?;
+                match record.key_bytes() {
+                    b"path" if !self.gnu_path => self.path = Some(record.value_bytes().to_vec()),
+                    b"linkpath" if !self.gnu_link => {
+                        self.link = Some(record.value_bytes().to_vec());
+                    }
+                    b"size" => {
+                        let size = record.value().ok().and_then(|v| v.parse().ok());
+                        self.size = Some(size.ok_or_else(|| {
+                            BundleError::Corrupt("PAX size record is not a number".into())
+                        })?);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The proper ancestors of a normalised path: `a/b/c` → `a`, `a/b`.
@@ -550,6 +687,55 @@ pub mod testing {
                 mode: 0o755,
             }
         }
+    }
+
+    /// A valid bundle (manifest and deploy script) whose first entry is preceded by
+    /// an extension header of `kind` (PAX `x`/`g`, GNU `L`/`K`) holding `len` bytes:
+    /// one PAX `comment` record for PAX kinds, a name of that length for GNU ones.
+    /// Streamed into the gzip encoder, so a header of hundreds of MiB costs little.
+    pub fn extension_header_bundle(kind: EntryType, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        let header = |gz: &mut GzEncoder<Vec<u8>>, name: &str, kind: EntryType, size: usize| {
+            let mut h = tar::Header::new_ustar();
+            h.set_path(name)?;
+            h.set_entry_type(kind);
+            h.set_size(size as u64);
+            h.set_mode(0o755);
+            h.set_cksum();
+            gz.write_all(h.as_bytes())
+        };
+        header(&mut gz, "PaxHeaders/manifest.json", kind, len)?;
+        let pax = kind.is_pax_local_extensions() || kind.is_pax_global_extensions();
+        let prefix = if pax {
+            // "<len> comment=...\n": the length counts its own digits.
+            format!("{len} comment=")
+        } else {
+            String::new()
+        };
+        let body = len.saturating_sub(prefix.len() + usize::from(pax));
+        gz.write_all(prefix.as_bytes())?;
+        let chunk = [b'a'; 64 * 1024];
+        let mut left = body;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            gz.write_all(&chunk[..n])?;
+            left -= n;
+        }
+        if pax {
+            gz.write_all(b"\n")?;
+        }
+        gz.write_all(&vec![0u8; (512 - len % 512) % 512])?;
+        let manifest = br#"{"name":"hostile","version":"1.0.0","deploy":{"script":"deploy.sh"}}"#;
+        for (name, data) in [
+            ("manifest.json", &manifest[..]),
+            ("deploy.sh", &b"#!/bin/sh\nexit 0\n"[..]),
+        ] {
+            header(&mut gz, name, EntryType::Regular, data.len())?;
+            gz.write_all(data)?;
+            gz.write_all(&vec![0u8; (512 - data.len() % 512) % 512])?;
+        }
+        gz.write_all(&[0u8; 1024])?;
+        gz.finish()
     }
 
     /// A tar.gz of `entries`, names written straight into old-style headers (at most

@@ -56,6 +56,8 @@ async fn seed(store: &Arc<dyn Store>, n: usize) -> Vec<String> {
         signature_hash: format!("sig-{i}"),
         replay_until: now,
         admission: Admission::Accepted,
+        refusal: None,
+        max_pending: None,
         token_hash: format!("tok-{i}"),
         now,
     });

@@ -3,6 +3,7 @@
 //! the path, which gives the spec's order 401 → 404 → 403.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
@@ -61,23 +62,29 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <token>'"))?;
+        let token = bearer(&parts.headers)?;
         match state.store.principal(&hash_token(token)).await? {
             Some(Principal::Operator { name }) => Ok(Caller::Operator { name }),
             Some(Principal::Device { device_id }) => Ok(Caller::Device { device_id }),
             None => Err(ApiError::unauthorized("invalid or revoked token")),
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is matched
+/// case-insensitively (RFC 9110 §11.1), so `bearer` works too.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <token>'"))
 }
 
 /// Hex SHA-256 of a token: what the store keeps. Tokens are 256 random bits, so a plain

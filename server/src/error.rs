@@ -67,6 +67,7 @@ impl ApiError {
             StatusCode::CONFLICT => "conflict",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             StatusCode::RANGE_NOT_SATISFIABLE => "range_not_satisfiable",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             s if s.is_client_error() => "bad_request",
             _ => "internal",
         }
@@ -97,6 +98,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(m) => ApiError::bad_request(m),
             StoreError::Forbidden(m) => ApiError::forbidden(m),
             StoreError::Unauthorized(m) => ApiError::unauthorized(m),
+            StoreError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
             e @ (StoreError::Locked | StoreError::Backend(_) | StoreError::Codec(_)) => {
                 ApiError::internal(e)
             }

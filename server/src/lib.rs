@@ -15,6 +15,7 @@
 pub mod auth; // bearer tokens, the Caller extractor
 pub mod error; // ApiError and rejection mapping
 pub mod events; // live event broadcast
+pub mod listen; // accept loop: connection cap, header and stall timeouts
 pub mod metrics; // Prometheus registry
 pub mod router; // every route
 pub mod routes; // handlers
@@ -51,6 +52,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// Open the store in the data dir, clean up what a crash may have left, and make sure an
@@ -58,18 +61,28 @@ pub enum StartError {
 ///
 /// Needs a tokio runtime: it starts the heartbeat writer.
 pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
+    let enrollment_token = settings.enrollment_token.clone().filter(|t| !t.is_empty());
+    if settings.require_enrollment && enrollment_token.is_none() {
+        return Err(StartError::Settings(
+            "--require-enrollment needs an enrollment token (KERNEX_ENROLLMENT_TOKEN)".into(),
+        ));
+    }
     let options = SledOptions {
         heartbeat_retention: settings.heartbeat_retention.max(1),
         ..SledOptions::default()
     };
     let store = open_store(&settings.data_dir, options)?;
     let bundle_dir = settings.data_dir.join("bundles");
-    std::fs::create_dir_all(&bundle_dir)?;
+    create_private_dir(&bundle_dir)?;
     clean_bundle_dir(&store, &bundle_dir)?;
     bootstrap_admin(&store, settings)?;
     let limits = Limits {
-        enrollment_token: settings.enrollment_token.clone().filter(|t| !t.is_empty()),
+        enrollment_token,
         max_bundle_size: settings.max_bundle_size,
+        require_enrollment: settings.require_enrollment,
+        max_pending: settings.max_pending,
+        metrics_token: settings.metrics_token.clone().filter(|t| !t.is_empty()),
+        connections: settings.connections,
     };
     let work = store.work_snapshot_blocking()?;
     Ok(AppState::new(Arc::new(store), work, limits, bundle_dir))
@@ -77,7 +90,7 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
 
 /// Open the sled store, telling a held lock apart from other failures.
 pub fn open_store(data_dir: &Path, options: SledOptions) -> Result<SledStore, StartError> {
-    std::fs::create_dir_all(data_dir)?;
+    create_private_dir(data_dir)?;
     SledStore::open(&data_dir.join("db"), options).map_err(|e| {
         if e.is_locked() {
             StartError::Locked(data_dir.to_path_buf())
@@ -85,6 +98,27 @@ pub fn open_store(data_dir: &Path, options: SledOptions) -> Result<SledStore, St
             StartError::Store(e)
         }
     })
+}
+
+/// Create a directory (and missing parents) only its owner may enter (0700, SPEC §1.9).
+/// An existing one keeps its mode; a group- or world-readable one is worth a warning.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Ok(meta) = std::fs::metadata(dir) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %dir.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "directory is readable by other users; chmod 700 it");
+            }
+            return Ok(());
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
 }
 
 /// Remove half-uploaded files and archives whose record never got written (a crash
@@ -144,7 +178,8 @@ pub fn write_secret(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 /// Serve plain HTTP on `listener` until `shutdown` resolves, then drain in-flight
-/// requests and flush the store.
+/// requests and flush the store. Connections get the limits of SPEC §1.9 (see
+/// [`listen`]).
 pub async fn serve(
     state: AppState,
     listener: tokio::net::TcpListener,
@@ -155,13 +190,13 @@ pub async fn serve(
         shutdown.await;
         stopping.cancel();
     };
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = state.limits.connections;
+    listen::run(listener, None, router(state.clone()), limits, shutdown).await?;
     close(&state).await
 }
 
-/// Serve HTTPS (rustls) with the PEM certificate chain and key given.
+/// Serve HTTPS (rustls) with the PEM certificate chain and key given, with the same
+/// connection limits as [`serve`] (the TLS handshake counts against the header timeout).
 pub async fn serve_tls(
     state: AppState,
     listener: std::net::TcpListener,
@@ -171,19 +206,26 @@ pub async fn serve_tls(
 ) -> std::io::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
+    // HTTP/1.1 only: hyper's HTTP/2 server has no header timer.
+    let mut tls = (*config.get_inner()).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let stopping = state.shutdown.clone();
-    tokio::spawn(async move {
+    let shutdown = async move {
         shutdown.await;
         stopping.cancel();
-        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-    });
+    };
     listener.set_nonblocking(true)?;
-    axum_server::from_tcp_rustls(listener, config)?
-        .handle(handle)
-        .serve(router(state.clone()).into_make_service())
-        .await?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let limits = state.limits.connections;
+    listen::run(
+        listener,
+        Some(acceptor),
+        router(state.clone()),
+        limits,
+        shutdown,
+    )
+    .await?;
     close(&state).await
 }
 

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,6 +12,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
+use crate::listen::BodyStall;
 use crate::routes::{bundles, config, deployments, devices, events, health, tokens};
 use crate::state::AppState;
 
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), budget))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("a handler panicked").into_response()
@@ -110,6 +112,51 @@ async fn method_not_allowed() -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this endpoint",
     )
+}
+
+/// Requests long by nature, left out of the per-request budget: the endless event
+/// stream and bundle transfers. The minimum transfer rate ([`crate::listen`]) bounds
+/// them instead.
+fn is_long_running(method: &Method, route: &str) -> bool {
+    matches!(
+        (method.as_str(), route),
+        ("GET", "/api/v1/events")
+            | ("POST", "/api/v1/bundles")
+            | ("GET", "/api/v1/bundles/{bundle_id}")
+    )
+}
+
+/// SPEC §1.9: an ordinary request that outlasts its budget gets 503 (its handler is
+/// dropped, never left stuck); one whose body stopped arriving gets 408.
+async fn budget(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let stall = req.extensions().get::<BodyStall>().cloned();
+    let long = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| is_long_running(req.method(), p.as_str()));
+    let limit = state.limits.connections.request_timeout;
+    let resp = if long {
+        next.run(req).await
+    } else {
+        match tokio::time::timeout(limit, next.run(req)).await {
+            Ok(resp) => resp,
+            Err(_) => {
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the request took longer than its {limit:?} budget"),
+                )
+                .into_response();
+            }
+        }
+    };
+    if stall.is_some_and(|s| s.stalled()) {
+        return ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body stopped arriving (too slow)",
+        )
+        .into_response();
+    }
+    resp
 }
 
 /// Count requests and time them by matched route (never by raw path: ids would explode

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -20,6 +21,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
@@ -51,12 +54,43 @@ pub struct ServeArgs {
     /// Where the store, bundles and admin.token live [default: the platform data dir].
     #[arg(long, env = "KERNEX_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Operator token to accept (stored hashed as the token named "admin").
+    /// Operator token to accept (stored hashed as the token named "admin"). Prefer the
+    /// environment variable: a flag's value shows in `ps`.
     #[arg(long, env = "KERNEX_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Token that admits registering devices as accepted (without it they are pending).
+    /// Prefer the environment variable: a flag's value shows in `ps`.
     #[arg(long, env = "KERNEX_ENROLLMENT_TOKEN", hide_env_values = true)]
     pub enrollment_token: Option<String>,
+    /// Refuse (401) registrations that do not present the enrollment token: no device is
+    /// ever pending. Needs --enrollment-token.
+    #[arg(long, env = "KERNEX_REQUIRE_ENROLLMENT")]
+    pub require_enrollment: bool,
+    /// Most devices waiting for an operator's accept; new pending registrations beyond
+    /// it get 503.
+    #[arg(long, env = "KERNEX_MAX_PENDING", default_value_t = 10_000)]
+    pub max_pending: u64,
+    /// Bearer token that GET /metrics requires (open without it). Prefer the environment
+    /// variable: a flag's value shows in `ps`.
+    #[arg(long, env = "KERNEX_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Most open client connections; further ones wait in the listen backlog.
+    #[arg(long, env = "KERNEX_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (and a TLS handshake).
+    #[arg(long, env = "KERNEX_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration, hide = true)]
+    pub header_timeout: Duration,
+    /// Budget of an ordinary request (not the event stream, bundle uploads or
+    /// downloads): past it the answer is 503.
+    #[arg(long, env = "KERNEX_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration, hide = true)]
+    pub request_timeout: Duration,
+    /// Window of the minimum transfer rate: a request body or response that moves
+    /// less than --min-transfer-rate × this while it is under way is cut off.
+    #[arg(long, env = "KERNEX_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration, hide = true)]
+    pub stall_timeout: Duration,
+    /// Minimum transfer rate of bodies in flight, bytes per second (K/M suffix).
+    #[arg(long, env = "KERNEX_MIN_TRANSFER_RATE", default_value = "1K", value_parser = parse_size, hide = true)]
+    pub min_transfer_rate: u64,
     /// Largest bundle accepted, in bytes, with optional K/M/G suffix.
     #[arg(long, env = "KERNEX_MAX_BUNDLE_SIZE", default_value = "2G", value_parser = parse_size)]
     pub max_bundle_size: u64,
@@ -82,6 +116,10 @@ impl std::fmt::Debug for ServeArgs {
             .field("data_dir", &self.data_dir)
             .field("admin_token", &mask(&self.admin_token))
             .field("enrollment_token", &mask(&self.enrollment_token))
+            .field("require_enrollment", &self.require_enrollment)
+            .field("max_pending", &self.max_pending)
+            .field("metrics_token", &mask(&self.metrics_token))
+            .field("max_connections", &self.max_connections)
             .field("max_bundle_size", &self.max_bundle_size)
             .field("heartbeat_retention", &self.heartbeat_retention)
             .field("log_level", &self.log_level)
@@ -98,6 +136,36 @@ pub struct ServerSettings {
     pub enrollment_token: Option<String>,
     pub max_bundle_size: u64,
     pub heartbeat_retention: u64,
+    pub require_enrollment: bool,
+    pub max_pending: u64,
+    pub metrics_token: Option<String>,
+    pub connections: ConnLimits,
+}
+
+/// Connection and request limits (SPEC §1.9), applied by [`crate::serve`] and the router.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    /// Request headers (and a TLS handshake) must arrive within this.
+    pub header_timeout: Duration,
+    /// Budget of an ordinary request (SPEC §1.9: 503 past it).
+    pub request_timeout: Duration,
+    /// A body in flight (request or response) must move `min_rate` bytes/s, averaged
+    /// over windows of this length.
+    pub stall_timeout: Duration,
+    pub min_rate: u64,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(30),
+            min_rate: 1024,
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -111,6 +179,10 @@ impl std::fmt::Debug for ServerSettings {
             )
             .field("max_bundle_size", &self.max_bundle_size)
             .field("heartbeat_retention", &self.heartbeat_retention)
+            .field("require_enrollment", &self.require_enrollment)
+            .field("max_pending", &self.max_pending)
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -124,6 +196,10 @@ impl ServerSettings {
             enrollment_token: None,
             max_bundle_size: 2 * 1024 * 1024 * 1024,
             heartbeat_retention: 1000,
+            require_enrollment: false,
+            max_pending: 10_000,
+            metrics_token: None,
+            connections: ConnLimits::default(),
         }
     }
 }
@@ -136,6 +212,16 @@ impl ServeArgs {
             enrollment_token: self.enrollment_token.clone(),
             max_bundle_size: self.max_bundle_size,
             heartbeat_retention: self.heartbeat_retention,
+            require_enrollment: self.require_enrollment,
+            max_pending: self.max_pending,
+            metrics_token: self.metrics_token.clone(),
+            connections: ConnLimits {
+                max_connections: self.max_connections.max(1),
+                header_timeout: self.header_timeout,
+                request_timeout: self.request_timeout,
+                stall_timeout: self.stall_timeout,
+                min_rate: self.min_transfer_rate,
+            },
         }
     }
 }
@@ -171,6 +257,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// `30s`, `500ms`, `2m`, `45` (seconds) → a duration.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        u => Err(format!("unknown duration unit {u:?} (use ms, s or m)")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +284,15 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("12X").is_err());
         assert!(parse_size("G").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("s").is_err());
     }
 }

@@ -12,10 +12,32 @@ use crate::service::heartbeat::HeartbeatService;
 use crate::store::{Store, WorkSnapshot};
 
 /// Settings the handlers need at run time.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Limits {
     pub enrollment_token: Option<String>,
     pub max_bundle_size: u64,
+    /// Registrations without the enrollment token are refused (SPEC §1.9).
+    pub require_enrollment: bool,
+    /// Most devices pending at once.
+    pub max_pending: u64,
+    /// Bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<String>,
+    /// Timeouts and the connection cap.
+    pub connections: crate::settings::ConnLimits,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mask = |s: &Option<String>| s.as_ref().map(|_| "***");
+        f.debug_struct("Limits")
+            .field("enrollment_token", &mask(&self.enrollment_token))
+            .field("max_bundle_size", &self.max_bundle_size)
+            .field("require_enrollment", &self.require_enrollment)
+            .field("max_pending", &self.max_pending)
+            .field("metrics_token", &mask(&self.metrics_token))
+            .field("connections", &self.connections)
+            .finish()
+    }
 }
 
 /// Cheap to clone: an `Arc` around everything.

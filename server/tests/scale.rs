@@ -26,6 +26,8 @@ async fn seeded_devices(app: &TestApp, n: usize) -> Vec<String> {
             signature_hash: format!("sig-{i}"),
             replay_until: now,
             admission: Admission::Accepted,
+            refusal: None,
+            max_pending: None,
             token_hash: format!("tok-{i}"),
             now,
         };

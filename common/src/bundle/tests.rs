@@ -354,3 +354,130 @@ fn pax_size_cannot_sneak_past_the_caps() {
         Err(BundleError::TooLarge(1000))
     ));
 }
+
+/// SPEC §1.9: extension headers are capped from their header, before their data is read
+/// (the crate would read them whole: a 96 KB upload once cost the server 130 MB).
+#[test]
+fn refuses_extension_headers_over_64_kib() {
+    use super::testing::extension_header_bundle;
+    for kind in [
+        EntryType::XHeader,
+        EntryType::XGlobalHeader,
+        EntryType::GNULongName,
+        EntryType::GNULongLink,
+    ] {
+        let bytes = extension_header_bundle(kind, 100 * 1024).unwrap();
+        match check_bytes(&bytes) {
+            Err(BundleError::ExtensionTooLarge { size, max }) => {
+                assert_eq!((size, max), (100 * 1024, MAX_EXTENSION_HEADER), "{kind:?}");
+            }
+            other => panic!("{kind:?}: expected ExtensionTooLarge, got {other:?}"),
+        }
+        let dest = tempfile::tempdir().unwrap();
+        assert!(
+            matches!(
+                unpack(bytes.as_slice(), dest.path(), &Limits::default()),
+                Err(BundleError::ExtensionTooLarge { .. })
+            ),
+            "the agent's unpack refuses it too"
+        );
+        assert_eq!(fs::read_dir(dest.path()).unwrap().count(), 0);
+    }
+    // A 1 GiB header is refused as fast as a small one: nothing of it is read.
+    let bytes = extension_header_bundle(EntryType::XHeader, 1 << 30).unwrap();
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        check_bytes(&bytes),
+        Err(BundleError::ExtensionTooLarge { .. })
+    ));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
+
+#[test]
+fn extension_headers_under_the_cap_still_work() {
+    use super::testing::extension_header_bundle;
+    // A PAX comment of 60 KiB is harmless and ignored; a global header too.
+    for kind in [EntryType::XHeader, EntryType::XGlobalHeader] {
+        let bytes = extension_header_bundle(kind, 60 * 1024).unwrap();
+        let inspection = check_bytes(&bytes).unwrap();
+        assert_eq!(inspection.manifest.name, "hostile");
+    }
+}
+
+#[test]
+fn extension_headers_count_against_the_entry_cap() {
+    use super::testing::extension_header_bundle;
+    let bytes = extension_header_bundle(EntryType::XHeader, 100).unwrap();
+    // Two real entries plus one extension header.
+    let limits = |max_entries| Limits {
+        max_entries,
+        ..Limits::default()
+    };
+    assert!(inspect(bytes.as_slice(), &limits(3)).is_ok());
+    assert!(matches!(
+        inspect(bytes.as_slice(), &limits(2)),
+        Err(BundleError::TooManyEntries(2))
+    ));
+    // A stream of nothing but extension headers hits the cap too.
+    let entries: Vec<Raw<'_>> = (0..10)
+        .map(|_| of(EntryType::XGlobalHeader, "g", None))
+        .collect();
+    assert!(matches!(
+        inspect(archive(&entries).as_slice(), &limits(5)),
+        Err(BundleError::TooManyEntries(5))
+    ));
+}
+
+/// Raw iteration applies long names and PAX paths itself; the entry checks must see the
+/// name they give, not the header's short one.
+#[test]
+fn long_names_and_pax_paths_are_checked() {
+    let long = format!("{}/deploy.sh", "d".repeat(150));
+    let manifest = format!(r#"{{"name":"app","version":"1.0.0","deploy":{{"script":"{long}"}}}}"#);
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("manifest.json"), &manifest).unwrap();
+    fs::create_dir(src.path().join("d".repeat(150))).unwrap();
+    fs::write(src.path().join(&long), "#!/bin/sh\nexit 0\n").unwrap();
+    let mut bytes = Vec::new();
+    pack(src.path(), &mut bytes).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    unpack(bytes.as_slice(), dest.path(), &Limits::default()).unwrap();
+    assert!(dest.path().join(&long).is_file(), "GNU long name applied");
+
+    // A PAX path record that climbs out is refused, whatever the header's name says.
+    let record = "22 path=../../evil.sh\n";
+    assert_eq!(record.len(), 22);
+    let mut e = good_entries();
+    e.push(Raw {
+        name: "PaxHeaders/x",
+        kind: EntryType::XHeader,
+        data: record.as_bytes(),
+        link: None,
+        mode: 0o644,
+    });
+    e.push(file("harmless.sh", b"x"));
+    assert!(unsafe_reason(&e).contains("'..'"));
+
+    // A GNU long link naming an absolute target is refused.
+    let mut e = good_entries();
+    e.push(Raw {
+        name: "././@LongLink",
+        kind: EntryType::GNULongLink,
+        data: b"/etc/passwd\0",
+        link: None,
+        mode: 0o644,
+    });
+    e.push(of(EntryType::Symlink, "innocent", Some("ok")));
+    assert!(unsafe_reason(&e).contains("absolute"));
+
+    // An extension header with nothing after it.
+    let mut e = good_entries();
+    e.push(Raw {
+        name: "PaxHeaders/x",
+        kind: EntryType::XHeader,
+        data: b"12 path=abc\n",
+        link: None,
+        mode: 0o644,
+    });
+    assert!(matches!(check(&e), Err(BundleError::Corrupt(_))));
+}

@@ -96,11 +96,18 @@ pub async fn register(
         )));
     }
 
+    // The enrollment token is judged only now, after the signature and the window, and
+    // the store burns the signature before it acts on the verdict: one captured body
+    // gives one guess (SPEC §1.9).
     let presented = headers.get(ENROLLMENT_HEADER).and_then(|v| v.to_str().ok());
-    let admission = match (&state.limits.enrollment_token, presented) {
-        (Some(expected), Some(given)) if secret_eq(expected, given) => Admission::Accepted,
-        (Some(_), Some(_)) => return Err(ApiError::unauthorized("wrong enrollment token")),
-        _ => Admission::Pending,
+    let (admission, refusal) = match (&state.limits.enrollment_token, presented) {
+        (Some(expected), Some(given)) if secret_eq(expected, given) => (Admission::Accepted, None),
+        (Some(_), Some(_)) => (Admission::Pending, Some("wrong enrollment token")),
+        (_, None) if state.limits.require_enrollment => (
+            Admission::Pending,
+            Some("this server admits only registrations that present the enrollment token"),
+        ),
+        _ => (Admission::Pending, None),
     };
 
     let token = mint_token("kxd_");
@@ -113,6 +120,8 @@ pub async fn register(
         // Remembered for as long as the timestamp would still be accepted, plus margin.
         replay_until: now.max(req.timestamp) + window + chrono::Duration::seconds(60),
         admission,
+        refusal: refusal.map(str::to_owned),
+        max_pending: Some(state.limits.max_pending),
         token_hash: hash_token(&token),
         now,
     };

@@ -2,10 +2,12 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use kernex_common::api::Health;
 
+use crate::auth::{bearer, secret_eq};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -20,8 +22,17 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiE
     }))
 }
 
-/// `GET /metrics` — Prometheus text format.
-pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+/// `GET /metrics` — Prometheus text format; with `--metrics-token`, only for a caller
+/// that presents it as a bearer token.
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(expected) = &state.limits.metrics_token
+        && !secret_eq(expected, bearer(&headers)?)
+    {
+        return Err(ApiError::unauthorized("wrong metrics token"));
+    }
     // Counters kept on writes: the same cost at any fleet size (SPEC §1.9).
     let counts = state.store.fleet_counts(chrono::Utc::now()).await?;
     let text = state.metrics.render(&counts);

@@ -14,6 +14,9 @@ pub enum StoreError {
     Forbidden(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// A limit is reached (e.g. too many pending devices); answered as 503.
+    #[error("{0}")]
+    Unavailable(String),
     /// The data dir (or database) is held by another process.
     #[error("the store is in use by another process")]
     Locked,

@@ -47,6 +47,11 @@ pub struct NewRegistration {
     /// Admission the registration presented: `Accepted` with the enrollment token,
     /// else `Pending` ([`crate::service::rules::admit`] decides what is stored).
     pub admission: Admission,
+    /// Refuse it (401 with this message, e.g. a wrong enrollment token) *after* the
+    /// signature is burned, in the same transaction: one signed body, one answer.
+    pub refusal: Option<String>,
+    /// Refuse a new pending device (`Unavailable`) when this many are pending already.
+    pub max_pending: Option<u64>,
     pub token_hash: String,
     pub now: Ts,
 }
@@ -148,7 +153,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // ------------------------------------------------------------------ devices
 
     /// Store a verified registration: a new device for a new key, or a fresh token for the
-    /// device that owns it. Refuses a replayed signature and rejected keys.
+    /// device that owns it. Refuses a replayed signature; otherwise the signature is
+    /// remembered (durably) whatever the outcome, so refusals after it (the
+    /// registration's own `refusal`, a rejected key, the pending cap) burn the body too.
     async fn register(&self, reg: &NewRegistration) -> Result<RegisterOutcome>;
     async fn device(&self, device_id: &str) -> Result<Device>;
     async fn device_exists(&self, device_id: &str) -> Result<bool>;

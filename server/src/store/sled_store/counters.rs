@@ -34,6 +34,13 @@ fn read_i64(bytes: &[u8]) -> i64 {
     bytes.try_into().map(i64::from_be_bytes).unwrap_or_default()
 }
 
+/// How many devices have this admission, read inside a transaction.
+pub(super) fn tx_admission_count(tree: &TransactionalTree, a: Admission) -> TxResult<u64> {
+    Ok(tree
+        .get(admission_key(a))?
+        .map_or(0, |v| u64::try_from(read_i64(&v)).unwrap_or(0)))
+}
+
 /// A device moved from one admission to another (`None`: it did not exist / no more).
 pub(super) fn tx_admission(
     tree: &TransactionalTree,

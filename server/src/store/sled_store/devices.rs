@@ -5,7 +5,7 @@ use std::ops::Bound;
 
 use kernex_common::api::{Admission, TargetStatus};
 
-use super::counters::tx_admission;
+use super::counters::{tx_admission, tx_admission_count};
 use super::deployments::{OpenTrees, tx_cancel_target};
 use super::*;
 use crate::service::rules;
@@ -14,7 +14,7 @@ impl SledStore {
     /// Store a verified registration (SPEC §1.2). The replay check, the admission rule
     /// and the token swap commit together.
     pub(super) fn register(&self, reg: &NewRegistration) -> Result<RegisterOutcome> {
-        let (record, created) = (
+        let outcome = (
             &self.devices,
             &self.device_keys,
             &self.tokens,
@@ -42,6 +42,10 @@ impl SledStore {
                     }
                     tx_put(registrations, &reg.signature_hash, &reg.replay_until)?;
                     expiry.insert(expiry_key(reg.replay_until, &reg.signature_hash), &[])?;
+                    // From here a refusal commits: the signature stays burned.
+                    if let Some(why) = &reg.refusal {
+                        return Ok(Err(StoreError::Unauthorized(why.clone())));
+                    }
 
                     let existing = match keys.get(reg.fingerprint.as_bytes())? {
                         Some(id) => tx_get::<DeviceRecord>(devices, &id)?,
@@ -49,10 +53,20 @@ impl SledStore {
                     };
                     let admission = match rules::admit(existing.as_ref(), reg.admission) {
                         Ok(a) => a,
-                        Err(e) => return abort(e),
+                        Err(e) => return Ok(Err(e)),
                     };
                     let before = existing.as_ref().map(|d| d.admission);
                     let created = existing.is_none();
+                    if let Some(max) = reg.max_pending
+                        && created
+                        && admission == Admission::Pending
+                        && tx_admission_count(counters, Admission::Pending)? >= max
+                    {
+                        return Ok(Err(StoreError::Unavailable(format!(
+                            "{max} devices are already waiting for an operator's accept \
+                             (--max-pending); register with the enrollment token or try later"
+                        ))));
+                    }
                     let mut device = match existing {
                         Some(d) => {
                             if let Some(old) = device_tokens.get(d.device_id.as_bytes())? {
@@ -80,15 +94,16 @@ impl SledStore {
                     device_tokens.insert(device.device_id.as_bytes(), reg.token_hash.as_bytes())?;
                     tx_pending(pending, &device.device_id, admission)?;
                     tx_admission(counters, before, Some(admission))?;
-                    Ok((device, created))
+                    Ok(Ok((device, created)))
                 },
             )
             .map_err(tx_err)?;
+        self.prune_registrations(reg.now)?;
+        let (record, created) = outcome?;
         if !created {
             // The device's earlier token was revoked.
             self.token_cache.invalidate();
         }
-        self.prune_registrations(reg.now)?;
         let live = self.live_record(&record.device_id)?;
         Ok(RegisterOutcome {
             device: Device { record, live },
