@@ -604,6 +604,8 @@ mod tests {
             signature_hash: format!("sig-{i}"),
             replay_until: now,
             admission: Admission::Accepted,
+            refusal: None,
+            max_pending: None,
             token_hash: format!("tok-{i}"),
             now,
         };
