@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -11,10 +12,31 @@ use crate::client::Client;
 use crate::identity::DeviceFile;
 use crate::paths::Paths;
 use crate::queue::Queue;
-use crate::state::{AgentState, InProgress, LastError, LocalRecord, StateStore};
+use crate::state::{
+    AgentState, ErrorSource, FailedDeployment, HEARTBEAT_SAVE_EVERY, InProgress, LastError,
+    LocalRecord, StateStore,
+};
+use kernex_common::api::ResultStatus;
+
+/// Exit codes of `kernex-agent status` (with or without `--json`), in the spirit of
+/// `systemctl status`: zero only when nothing needs a technician.
+pub mod exit {
+    /// Registered, admitted, daemon running, server answering, nothing stuck or failed.
+    pub const OK: u8 = 0;
+    /// Registered but unhealthy: see `problems`.
+    pub const UNHEALTHY: u8 = 1;
+    /// Cannot tell: usage error, the state dir does not exist or cannot be read.
+    pub const UNKNOWN: u8 = 2;
+    /// Not registered with a server yet, or not admitted (pending, rejected).
+    pub const NOT_REGISTERED: u8 = 3;
+}
+
+/// A queued report older than this (and than two polling intervals) is stuck: reports
+/// are sent at once and again after every good heartbeat.
+pub const STUCK_AFTER: Duration = Duration::from_secs(300);
 
 /// `kernex-agent status --json`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct StatusReport {
     pub device_id: Option<String>,
     pub admission: Option<String>,
@@ -23,6 +45,8 @@ pub struct StatusReport {
     pub reachable: Option<bool>,
     pub probe_error: Option<String>,
     pub daemon_running: bool,
+    /// As saved by the daemon: it lags the daemon's own by up to
+    /// [`HEARTBEAT_SAVE_EVERY`] while nothing else changes.
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     pub current_bundle_version: Option<String>,
     pub previous_bundle_version: Option<String>,
@@ -34,13 +58,70 @@ pub struct StatusReport {
     pub oldest_queued_at: Option<DateTime<Utc>>,
     pub rejected_reports: usize,
     pub last_deployment: Option<LocalRecord>,
+    /// The newest failed deployment with its scripts' output (kept after later ones).
+    pub last_failure: Option<FailedDeployment>,
     pub in_progress: Option<InProgress>,
     pub last_error: Option<LastError>,
     pub kept_bundles: Vec<String>,
     pub agent_version: String,
     pub state_dir: String,
-    /// Files that could not be read (their fields above fall back to defaults).
-    pub problems: Vec<String>,
+    /// The process exit code: see [`exit`].
+    pub exit_code: u8,
+    /// What is wrong, each with the next step; empty when healthy.
+    pub problems: Vec<Problem>,
+}
+
+/// Something a technician should act on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    pub message: String,
+    pub next_step: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    NoStateDir,
+    Unreadable,
+    NotRegistered,
+    NotAdmitted,
+    DaemonNotRunning,
+    ServerUnreachable,
+    HeartbeatFailing,
+    HeartbeatStale,
+    ConfigRefused,
+    ReportsStuck,
+    ReportsRejected,
+    DeploymentFailed,
+}
+
+impl ProblemKind {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ProblemKind::NoStateDir | ProblemKind::Unreadable => exit::UNKNOWN,
+            ProblemKind::NotRegistered | ProblemKind::NotAdmitted => exit::NOT_REGISTERED,
+            _ => exit::UNHEALTHY,
+        }
+    }
+}
+
+/// The exit code for a list of problems: "cannot tell" before "not registered" before
+/// "unhealthy".
+pub fn exit_code(problems: &[Problem]) -> u8 {
+    let codes: Vec<u8> = problems.iter().map(|p| p.kind.exit_code()).collect();
+    [exit::UNKNOWN, exit::NOT_REGISTERED, exit::UNHEALTHY]
+        .into_iter()
+        .find(|c| codes.contains(c))
+        .unwrap_or(exit::OK)
+}
+
+fn problem(kind: ProblemKind, message: String, next_step: String) -> Problem {
+    Problem {
+        kind,
+        message,
+        next_step,
+    }
 }
 
 /// Gather the report. `client` is `None` with `--offline`.
@@ -49,15 +130,46 @@ pub async fn gather(
     server: &str,
     client: Option<&Client>,
 ) -> anyhow::Result<StatusReport> {
+    let state_dir = paths
+        .root
+        .canonicalize()
+        .unwrap_or_else(|_| paths.root.clone())
+        .display()
+        .to_string();
+    if !paths.root.is_dir() {
+        // A typo'd --state-dir must not read as "a device that never ran".
+        let problems = vec![problem(
+            ProblemKind::NoStateDir,
+            format!("the state dir {state_dir} does not exist"),
+            "check --state-dir / KERNEX_STATE_DIR (the daemon creates the dir on its first \
+             `kernex-agent run`)"
+                .into(),
+        )];
+        return Ok(StatusReport {
+            server: server.to_owned(),
+            agent_version: crate::AGENT_VERSION.to_owned(),
+            state_dir,
+            exit_code: exit_code(&problems),
+            problems,
+            ..Default::default()
+        });
+    }
     // Whatever cannot be read is said, and the rest is still shown: a technician
     // without read access to one file (or with a damaged one) still learns something.
     let mut problems = Vec::new();
+    let unreadable = |path: &std::path::Path, e: std::io::Error| {
+        problem(
+            ProblemKind::Unreadable,
+            format!("cannot read {}: {e}", path.display()),
+            "run status as the agent's user (or with sudo): the state dir is private".into(),
+        )
+    };
     let device = DeviceFile::load(&paths.device()).unwrap_or_else(|e| {
-        problems.push(format!("{}: {e}", paths.device().display()));
+        problems.push(unreadable(&paths.device(), e));
         None
     });
     let state = StateStore::read(&paths.state()).unwrap_or_else(|e| {
-        problems.push(format!("{}: {e}", paths.state().display()));
+        problems.push(unreadable(&paths.state(), e));
         AgentState::default()
     });
     let queue = Queue::new(paths.queue());
@@ -69,7 +181,7 @@ pub async fn gather(
         },
     };
     let rejected = queue.rejected_len();
-    Ok(StatusReport {
+    let mut report = StatusReport {
         device_id: device.as_ref().map(|d| d.device_id.clone()),
         admission: state
             .admission
@@ -89,18 +201,168 @@ pub async fn gather(
         oldest_queued_at: queue.oldest(),
         rejected_reports: rejected,
         last_deployment: state.history.front().cloned(),
+        last_failure: state.last_failure.clone(),
         in_progress: state.in_progress.clone(),
         last_error: state.last_error.clone(),
         kept_bundles: state.bundles.iter().map(|b| b.version.clone()).collect(),
         agent_version: crate::AGENT_VERSION.to_owned(),
-        state_dir: paths
-            .root
-            .canonicalize()
-            .unwrap_or_else(|_| paths.root.clone())
-            .display()
-            .to_string(),
-        problems,
-    })
+        state_dir,
+        exit_code: exit::OK,
+        problems: Vec::new(),
+    };
+    problems.extend(diagnose(&report, Utc::now()));
+    report.exit_code = exit_code(&problems);
+    report.problems = problems;
+    Ok(report)
+}
+
+/// What is wrong with the device, judged from the report's facts at `now`.
+pub fn diagnose(r: &StatusReport, now: DateTime<Utc>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let logs = format!("{}/logs/", r.state_dir);
+    let age = |t: DateTime<Utc>| (now - t).to_std().unwrap_or_default();
+    let interval = Duration::from_secs(r.polling_interval.max(1));
+    match (&r.device_id, r.admission.as_deref()) {
+        (None, _) => out.push(problem(
+            ProblemKind::NotRegistered,
+            format!("this device is not registered with {}", r.server),
+            "start the daemon (`kernex-agent run`, with KERNEX_ENROLLMENT_TOKEN set to be \
+             admitted at once) and check that the server URL is right"
+                .into(),
+        )),
+        (Some(_), Some("pending")) => out.push(problem(
+            ProblemKind::NotAdmitted,
+            "this device waits for an operator to accept it (pending)".into(),
+            format!(
+                "ask an operator to accept it: `kernex-console accept {}` or `a` in the console",
+                r.device_id.as_deref().unwrap_or_default()
+            ),
+        )),
+        (Some(_), Some("rejected")) => out.push(problem(
+            ProblemKind::NotAdmitted,
+            "an operator rejected this device: it gets no commands".into(),
+            "ask the operators why; they can accept it again in the console".into(),
+        )),
+        _ => {}
+    }
+    if !r.daemon_running {
+        let mut message = "the daemon (`kernex-agent run`) is not running".to_owned();
+        if let Some(p) = &r.in_progress {
+            let _ = write!(
+                message,
+                "; deployment {} was in progress and is reported as interrupted on the next start",
+                p.deployment_id
+            );
+        }
+        out.push(problem(
+            ProblemKind::DaemonNotRunning,
+            message,
+            format!(
+                "start it (`kernex-agent run` or your service manager); why it stopped is in {logs}"
+            ),
+        ));
+    }
+    if r.reachable == Some(false) {
+        out.push(problem(
+            ProblemKind::ServerUnreachable,
+            format!(
+                "the server {} does not answer: {}",
+                r.server,
+                r.probe_error
+                    .as_deref()
+                    .map(|e| e.trim_start_matches("server unreachable: "))
+                    .unwrap_or("no answer")
+            ),
+            format!(
+                "check the network and the URL (--server / KERNEX_SERVER): `curl {}/healthz`",
+                r.server.trim_end_matches('/')
+            ),
+        ));
+    }
+    if let Some(e) = r
+        .last_error
+        .as_ref()
+        .filter(|e| e.source == ErrorSource::Heartbeat)
+    {
+        out.push(problem(
+            ProblemKind::HeartbeatFailing,
+            format!(
+                "heartbeats are failing since {}: {}",
+                stamp(e.at),
+                e.message
+            ),
+            format!(
+                "the daemon retries with backoff (up to 60 s); fix what the error says, see {logs}"
+            ),
+        ));
+    }
+    let stale_after = HEARTBEAT_SAVE_EVERY + 3 * interval;
+    if r.daemon_running
+        && r.admission.as_deref() == Some("accepted")
+        && r.last_heartbeat_at.is_none_or(|t| age(t) > stale_after)
+    {
+        out.push(problem(
+            ProblemKind::HeartbeatStale,
+            format!(
+                "the daemon runs but no heartbeat was answered for over {} s (last: {})",
+                stale_after.as_secs(),
+                r.last_heartbeat_at
+                    .map(stamp)
+                    .unwrap_or_else(|| "never".into())
+            ),
+            format!("see {logs}; restarting the daemon is safe"),
+        ));
+    }
+    if let Some(e) = r
+        .last_error
+        .as_ref()
+        .filter(|e| e.source == ErrorSource::Config)
+    {
+        out.push(problem(
+            ProblemKind::ConfigRefused,
+            e.message.clone(),
+            "send a valid configuration (`kernex-console config set`)".into(),
+        ));
+    }
+    let stuck_after = STUCK_AFTER.max(2 * interval);
+    if let Some(t) = r.oldest_queued_at.filter(|t| age(*t) > stuck_after) {
+        out.push(problem(
+            ProblemKind::ReportsStuck,
+            format!(
+                "{} result report(s) not delivered; the oldest since {} (stuck: older than {} s)",
+                r.queued_reports,
+                stamp(t),
+                stuck_after.as_secs()
+            ),
+            "`kernex-agent flush` sends them now and says why not".into(),
+        ));
+    }
+    if r.rejected_reports > 0 {
+        out.push(problem(
+            ProblemKind::ReportsRejected,
+            format!(
+                "{} result report(s) the server refused are in {}/queue/rejected/",
+                r.rejected_reports, r.state_dir
+            ),
+            format!(
+                "the reason is in each `.reason` file and in {logs}; remove the files once handled"
+            ),
+        ));
+    }
+    if let Some(d) = r
+        .last_deployment
+        .as_ref()
+        .filter(|d| d.status == ResultStatus::Failed)
+    {
+        out.push(problem(
+            ProblemKind::DeploymentFailed,
+            format!("the last deployment failed: {}", outcome(d)),
+            "read its log tail (`kernex-agent status`, \"last failure\"); deploy a fixed \
+             bundle or roll back from the console"
+                .into(),
+        ));
+    }
+    out
 }
 
 /// Is a daemon holding `agent.lock`? (A shared probe lock, released at once.)
@@ -117,11 +379,15 @@ fn daemon_running(paths: &Paths) -> bool {
     }
 }
 
+fn stamp(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
 fn ago(t: DateTime<Utc>) -> String {
     let secs = (Utc::now() - t).num_seconds();
-    let when = t.format("%Y-%m-%d %H:%M:%S UTC");
+    let when = stamp(t);
     match secs {
-        s if s < 0 => format!("{when}"),
+        s if s < 0 => when,
         s if s < 120 => format!("{when} ({s} s ago)"),
         s if s < 7200 => format!("{when} ({} min ago)", s / 60),
         s if s < 172_800 => format!("{when} ({} h ago)", s / 3600),
@@ -142,8 +408,27 @@ fn outcome(r: &LocalRecord) -> String {
     s
 }
 
+/// The first line of the record's error, without the "; rolled back to X" the agent
+/// appends (the outcome says that already).
+fn error_line(r: &LocalRecord) -> Option<String> {
+    let first = r.error_message.as_deref()?.lines().next()?.trim();
+    let first = match &r.rolled_back_to {
+        Some(v) => first
+            .strip_suffix(&format!("; rolled back to {v}"))
+            .unwrap_or(first),
+        None => first,
+    };
+    (!first.is_empty()).then(|| first.to_owned())
+}
+
+/// Lines of the log tail `status` prints (the whole tail is in `--json`).
+const TAIL_LINES: usize = 20;
+
 /// The human-readable status.
 pub fn render(r: &StatusReport) -> String {
+    if r.problems.iter().any(|p| p.kind == ProblemKind::NoStateDir) {
+        return render_problems(r);
+    }
     let mut out = String::new();
     let none = "—".to_owned();
     let mut line = |k: &str, v: String| {
@@ -154,7 +439,7 @@ pub fn render(r: &StatusReport) -> String {
         match (&r.device_id, &r.admission) {
             (Some(id), Some(a)) => format!("{id} ({a})"),
             (Some(id), None) => id.clone(),
-            (None, _) => "not registered yet".into(),
+            (None, _) => "not registered".into(),
         },
     );
     line(
@@ -181,7 +466,13 @@ pub fn render(r: &StatusReport) -> String {
     line(
         "last heartbeat",
         r.last_heartbeat_at
-            .map(ago)
+            .map(|t| {
+                format!(
+                    "{} (saved at least every {} min)",
+                    ago(t),
+                    HEARTBEAT_SAVE_EVERY.as_secs() / 60
+                )
+            })
             .unwrap_or_else(|| "never".into()),
     );
     line(
@@ -249,8 +540,8 @@ pub fn render(r: &StatusReport) -> String {
                     d.deployment_id
                 ),
             );
-            if let Some(e) = &d.error_message {
-                line("", e.clone());
+            if let Some(e) = error_line(d) {
+                line("", e);
             }
         }
         None => line("last deployment", none.clone()),
@@ -260,29 +551,89 @@ pub fn render(r: &StatusReport) -> String {
         r.last_error
             .as_ref()
             .map(|e| format!("{} — {}", e.message, ago(e.at)))
-            .unwrap_or(none),
+            .unwrap_or_else(|| none.clone()),
     );
     line("agent version", r.agent_version.clone());
     line("state dir", r.state_dir.clone());
+    if let Some(f) = &r.last_failure {
+        let d = &f.record;
+        line(
+            "last failure",
+            format!(
+                "{} — {} ({})",
+                outcome(d),
+                ago(d.finished_at),
+                d.deployment_id
+            ),
+        );
+        if let Some(e) = error_line(d) {
+            line("", e);
+        }
+        match f.log_tail.as_deref().filter(|t| !t.trim().is_empty()) {
+            Some(tail) => {
+                let lines: Vec<&str> = tail.lines().collect();
+                let skip = lines.len().saturating_sub(TAIL_LINES);
+                line(
+                    "",
+                    if skip > 0 {
+                        format!("log tail (last {TAIL_LINES} lines; all of it in --json):")
+                    } else {
+                        "log tail:".into()
+                    },
+                );
+                for l in &lines[skip..] {
+                    line("", format!("  {l}"));
+                }
+            }
+            None => line("", "no script output".into()),
+        }
+    }
+    out + &render_problems(r)
+}
+
+/// The health verdict: each problem with its next step, and the exit code.
+fn render_problems(r: &StatusReport) -> String {
+    let mut out = String::new();
+    if r.problems.is_empty() {
+        let _ = writeln!(out, "{:<17}OK", "health");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<17}{} problem{} (exit {})",
+        "health",
+        r.problems.len(),
+        if r.problems.len() == 1 { "" } else { "s" },
+        r.exit_code
+    );
     for p in &r.problems {
-        line("CANNOT READ", p.clone());
+        let _ = writeln!(out, "  ✗ {}", p.message);
+        let _ = writeln!(out, "    next: {}", p.next_step);
     }
     out
 }
 
-/// The human-readable local history, newest first.
+/// The human-readable local history, newest first. Columns are as wide as their widest
+/// value, so long versions do not push the rest out of line.
 pub fn render_history(records: &[LocalRecord]) -> String {
     if records.is_empty() {
         return "no deployments executed yet\n".into();
     }
+    let width = |title: &str, f: &dyn Fn(&LocalRecord) -> usize| {
+        records.iter().map(f).max().unwrap_or(0).max(title.len())
+    };
+    let kind_w = width("KIND", &|r| r.kind.as_str().len());
+    let version_w = width("VERSION", &|r| r.bundle_version.chars().count());
+    let status_w = width("STATUS", &|r| r.status.as_str().len());
     let mut out = format!(
-        "{:<24} {:<9} {:<14} {:<8} {:>8}  {}\n",
-        "FINISHED", "KIND", "VERSION", "STATUS", "SECONDS", "DEPLOYMENT / NOTE"
+        "{:<23}  {:<kind_w$}  {:<version_w$}  {:<status_w$}  {:>7}  {}\n",
+        "FINISHED", "KIND", "VERSION", "STATUS", "SECONDS", "DEPLOYMENT"
     );
+    let indent = 23 + 2;
     for r in records {
         let _ = writeln!(
             out,
-            "{:<24} {:<9} {:<14} {:<8} {:>8.1}  {}",
+            "{:<23}  {:<kind_w$}  {:<version_w$}  {:<status_w$}  {:>7.1}  {}",
             r.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
             r.kind.as_str(),
             r.bundle_version,
@@ -291,12 +642,245 @@ pub fn render_history(records: &[LocalRecord]) -> String {
             r.deployment_id
         );
         if let Some(v) = &r.rolled_back_to {
-            let _ = writeln!(out, "{:>24} rolled back to {v}", "");
+            let _ = writeln!(out, "{:indent$}rolled back to {v}", "");
         }
-        if let Some(e) = &r.error_message {
-            let first = e.lines().next().unwrap_or_default();
-            let _ = writeln!(out, "{:>24} {first}", "");
+        if let Some(e) = error_line(r) {
+            let _ = writeln!(out, "{:indent$}{e}", "");
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kernex_common::api::DeploymentKind;
+
+    fn record(version: &str, status: ResultStatus, rolled_back_to: Option<&str>) -> LocalRecord {
+        LocalRecord {
+            deployment_id: format!("dep-{version}"),
+            kind: DeploymentKind::Deploy,
+            bundle_version: version.into(),
+            status,
+            error_message: rolled_back_to
+                .map(|v| format!("deploy script deploy.sh exited with 1; rolled back to {v}")),
+            rolled_back_to: rolled_back_to.map(str::to_owned),
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            duration_seconds: 1.5,
+            report_id: "r".into(),
+        }
+    }
+
+    /// A registered, accepted device with its daemon running and a fresh heartbeat.
+    fn healthy() -> StatusReport {
+        StatusReport {
+            device_id: Some("dev-1".into()),
+            admission: Some("accepted".into()),
+            server: "http://127.0.0.1:8000".into(),
+            reachable: Some(true),
+            daemon_running: true,
+            last_heartbeat_at: Some(Utc::now()),
+            polling_interval: 60,
+            state_dir: "/var/lib/kernex".into(),
+            ..Default::default()
+        }
+    }
+
+    fn kinds(r: &StatusReport) -> Vec<ProblemKind> {
+        diagnose(r, Utc::now()).iter().map(|p| p.kind).collect()
+    }
+
+    fn code(r: &StatusReport) -> u8 {
+        exit_code(&diagnose(r, Utc::now()))
+    }
+
+    #[test]
+    fn a_healthy_device_exits_0() {
+        assert_eq!(kinds(&healthy()), vec![]);
+        assert_eq!(code(&healthy()), exit::OK);
+        // --offline does not count the server as unreachable.
+        let offline = StatusReport {
+            reachable: None,
+            ..healthy()
+        };
+        assert_eq!(code(&offline), exit::OK);
+    }
+
+    #[test]
+    fn each_unhealthy_fact_exits_1_with_a_next_step() {
+        let ago = |s: i64| Some(Utc::now() - chrono::Duration::seconds(s));
+        let cases = [
+            (
+                StatusReport {
+                    daemon_running: false,
+                    ..healthy()
+                },
+                ProblemKind::DaemonNotRunning,
+            ),
+            (
+                StatusReport {
+                    reachable: Some(false),
+                    probe_error: Some("connection refused".into()),
+                    ..healthy()
+                },
+                ProblemKind::ServerUnreachable,
+            ),
+            (
+                StatusReport {
+                    last_error: Some(LastError {
+                        at: Utc::now(),
+                        message: "server unreachable".into(),
+                        source: ErrorSource::Heartbeat,
+                    }),
+                    ..healthy()
+                },
+                ProblemKind::HeartbeatFailing,
+            ),
+            (
+                StatusReport {
+                    last_heartbeat_at: ago(3600),
+                    ..healthy()
+                },
+                ProblemKind::HeartbeatStale,
+            ),
+            (
+                StatusReport {
+                    queued_reports: 2,
+                    oldest_queued_at: ago(301),
+                    ..healthy()
+                },
+                ProblemKind::ReportsStuck,
+            ),
+            (
+                StatusReport {
+                    rejected_reports: 1,
+                    ..healthy()
+                },
+                ProblemKind::ReportsRejected,
+            ),
+            (
+                StatusReport {
+                    last_deployment: Some(record("1.2.0", ResultStatus::Failed, Some("1.1.0"))),
+                    ..healthy()
+                },
+                ProblemKind::DeploymentFailed,
+            ),
+        ];
+        for (report, kind) in cases {
+            let problems = diagnose(&report, Utc::now());
+            assert_eq!(
+                problems.iter().map(|p| p.kind).collect::<Vec<_>>(),
+                vec![kind]
+            );
+            assert!(!problems[0].next_step.is_empty());
+            assert_eq!(exit_code(&problems), exit::UNHEALTHY, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn young_queued_reports_and_a_recent_beat_are_fine() {
+        let r = StatusReport {
+            queued_reports: 1,
+            oldest_queued_at: Some(Utc::now() - chrono::Duration::seconds(30)),
+            // Saved every 5 min: a 6 min old time is not stale at a 60 s interval.
+            last_heartbeat_at: Some(Utc::now() - chrono::Duration::seconds(360)),
+            ..healthy()
+        };
+        assert_eq!(kinds(&r), vec![]);
+    }
+
+    #[test]
+    fn not_registered_or_not_admitted_exits_3_before_1() {
+        let fresh = StatusReport {
+            device_id: None,
+            admission: None,
+            daemon_running: false,
+            last_heartbeat_at: None,
+            ..healthy()
+        };
+        assert_eq!(
+            kinds(&fresh),
+            vec![ProblemKind::NotRegistered, ProblemKind::DaemonNotRunning]
+        );
+        assert_eq!(code(&fresh), exit::NOT_REGISTERED);
+        let pending = StatusReport {
+            admission: Some("pending".into()),
+            ..healthy()
+        };
+        assert_eq!(kinds(&pending), vec![ProblemKind::NotAdmitted]);
+        assert_eq!(code(&pending), exit::NOT_REGISTERED);
+        assert!(
+            diagnose(&pending, Utc::now())[0]
+                .next_step
+                .contains("accept dev-1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_state_dir_exits_2_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().join("nonexistent/dir"));
+        let r = gather(&paths, "http://127.0.0.1:9", None).await.unwrap();
+        assert_eq!(r.exit_code, exit::UNKNOWN);
+        assert_eq!(r.problems[0].kind, ProblemKind::NoStateDir);
+        let text = render(&r);
+        assert!(text.contains("does not exist"), "{text}");
+        assert!(!text.contains("not registered"), "{text}");
+        assert!(!text.contains("not running"), "{text}");
+    }
+
+    #[test]
+    fn history_aligns_long_versions_and_says_rolled_back_once() {
+        let records = [
+            record(
+                "1.3.0-unhealthy-long-name",
+                ResultStatus::Failed,
+                Some("1.0.0"),
+            ),
+            record("1.0.0", ResultStatus::Success, None),
+        ];
+        let text = render_history(&records);
+        let lines: Vec<&str> = text.lines().collect();
+        let col = |l: &str| l.find("dep-").unwrap();
+        assert_eq!(col(lines[1]), col(lines[4]), "{text}");
+        assert_eq!(lines[0].find("DEPLOYMENT"), Some(col(lines[1])), "{text}");
+        assert_eq!(text.matches("rolled back to").count(), 1, "{text}");
+        assert!(
+            text.contains("deploy script deploy.sh exited with 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_shows_the_last_failure_with_its_log_tail() {
+        let failed = record("1.2.0", ResultStatus::Failed, Some("1.1.0"));
+        let tail: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        let r = StatusReport {
+            last_deployment: Some(failed.clone()),
+            last_failure: Some(FailedDeployment {
+                record: failed,
+                log_tail: Some(tail),
+            }),
+            ..healthy()
+        };
+        let r = StatusReport {
+            problems: diagnose(&r, Utc::now()),
+            exit_code: exit::UNHEALTHY,
+            ..r
+        };
+        let text = render(&r);
+        assert!(text.contains("line 30"), "{text}");
+        assert!(!text.contains("line 10\n"), "{text}");
+        assert!(
+            text.contains("health           1 problem (exit 1)"),
+            "{text}"
+        );
+        assert!(text.contains("next: "), "{text}");
+        assert_eq!(
+            text.matches("rolled back to 1.1.0").count(),
+            3,
+            "once per outcome line and once in the problem: {text}"
+        );
+    }
 }
