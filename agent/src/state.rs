@@ -226,10 +226,20 @@ impl AgentState {
         self.bundles.iter().find(|b| b.version == version)
     }
 
+    /// Record an error. The same error again keeps its first time ("failing since"),
+    /// so a long outage does not rewrite `state.json` on every retry.
     pub fn set_error(&mut self, source: ErrorSource, message: impl Into<String>) {
+        let message = message.into();
+        if self
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.source == source && e.message == message)
+        {
+            return;
+        }
         self.last_error = Some(LastError {
             at: Utc::now(),
-            message: message.into(),
+            message,
             source,
         });
     }
@@ -459,7 +469,13 @@ mod tests {
         let mut s = AgentState::default();
         s.set_error(ErrorSource::Heartbeat, "server unreachable");
         s.clear_error(&[ErrorSource::Deployment]);
-        assert!(s.last_error.is_some());
+        let since = s.last_error.as_ref().unwrap().at;
+        s.set_error(ErrorSource::Heartbeat, "server unreachable");
+        assert_eq!(
+            s.last_error.as_ref().unwrap().at,
+            since,
+            "a repeat keeps its time"
+        );
         s.clear_error(&[ErrorSource::Heartbeat, ErrorSource::Other]);
         assert!(s.last_error.is_none());
         // An error written by an older agent (no source) clears like a heartbeat's.
