@@ -161,7 +161,13 @@ pub async fn gather(
         problem(
             ProblemKind::Unreadable,
             format!("cannot read {}: {e}", path.display()),
-            "run status as the agent's user (or with sudo): the state dir is private".into(),
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                "run status as the agent's user (or with sudo): the state dir is private"
+            } else {
+                "the daemon moves a damaged file aside on its next start (and registers \
+                 again if it was device.json); see its logs/"
+            }
+            .into(),
         )
     };
     let device = DeviceFile::load(&paths.device()).unwrap_or_else(|e| {
@@ -828,6 +834,21 @@ mod tests {
         assert!(text.contains("does not exist"), "{text}");
         assert!(!text.contains("not registered"), "{text}");
         assert!(!text.contains("not running"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_state_file_exits_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        std::fs::write(paths.state(), "{truncated").unwrap();
+        let r = gather(&paths, "http://127.0.0.1:9", None).await.unwrap();
+        assert_eq!(r.exit_code, exit::UNKNOWN);
+        assert_eq!(r.problems[0].kind, ProblemKind::Unreadable);
+        assert!(
+            r.problems[0]
+                .next_step
+                .contains("moves a damaged file aside")
+        );
     }
 
     #[test]
