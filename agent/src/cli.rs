@@ -15,9 +15,21 @@ use crate::context::Ctx;
 use crate::identity::{DeviceFile, Identity};
 use crate::paths::Paths;
 use crate::queue::{self, Queue};
-use crate::runner::{RegisterOptions, Runner};
+use crate::runner::{CycleError, RegisterOptions, Runner};
 use crate::state::StateStore;
 use crate::{executor, logging, status};
+
+/// Exit codes of `status`, shown in its `--help` (the README repeats them).
+const STATUS_HELP: &str = "\
+Exit codes (the same with --json, whose `problems` lists each reason and next step):
+  0  healthy: registered and accepted, daemon running, server answering, nothing stuck
+  1  unhealthy: daemon not running, server unreachable (not checked with --offline),
+     heartbeats failing or none answered for 5 min + 3 polling intervals, a result
+     report queued for over 5 min (or 2 polling intervals), reports the server refused,
+     a configuration refused, or the last deployment failed
+  2  cannot tell: usage error, or the state dir does not exist or cannot be read
+  3  not registered with a server yet, or not admitted (pending or rejected)
+The human output ends with each problem and the next step to take.";
 
 /// Server used when neither `--server` nor an earlier registration names one.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8000";
@@ -44,7 +56,9 @@ pub struct Cli {
 pub enum Cmd {
     /// Run the daemon: register, heartbeat, execute commands, deliver results.
     Run(RunArgs),
-    /// What this device is, runs and owes the server (works offline).
+    /// What this device is, runs and owes the server (works offline); exits non-zero
+    /// when something needs a technician.
+    #[command(after_help = STATUS_HELP)]
     Status {
         /// Machine-readable output.
         #[arg(long)]
@@ -210,10 +224,14 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         Some(log),
     );
     if args.once {
-        return Ok(if runner.once().await {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
+        // Logs go to files; a one-shot run says why it failed where it was started.
+        return Ok(match runner.once().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kernex-agent: run --once failed: {e}");
+                eprintln!("  next: {}", once_next_step(&e, &server));
+                ExitCode::from(1)
+            }
         });
     }
     let (first_rx, second_rx) = signals.context("signal handlers were not set up")?;
@@ -228,6 +246,21 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         )
         .await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What to try after a failed `run --once`.
+fn once_next_step(e: &CycleError, server: &str) -> String {
+    match e {
+        CycleError::Unreachable(_) => {
+            format!("check the network and the server URL (--server / KERNEX_SERVER, now {server})")
+        }
+        CycleError::Refused(_) => "the server refused: check the enrollment token \
+             (KERNEX_ENROLLMENT_TOKEN) or ask an operator whether this device was removed"
+            .into(),
+        CycleError::Local(_) => "a local problem: check the state dir's permissions and \
+             free space; details are in its logs/"
+            .into(),
+    }
 }
 
 /// The first SIGTERM/SIGINT resolves the first receiver (stop after the running
@@ -276,12 +309,26 @@ async fn status_cmd(cli: &Cli, json: bool, offline: bool) -> anyhow::Result<Exit
     } else {
         emit(&status::render(&report));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(report.exit_code))
+}
+
+/// The state dir of a command that only reads it: one that does not exist is a typo
+/// (or the wrong user), not an empty device.
+fn existing_paths(cli: &Cli) -> anyhow::Result<Paths> {
+    let paths = paths(cli)?;
+    if !paths.root.is_dir() {
+        bail!(
+            "the state dir {} does not exist: check --state-dir / KERNEX_STATE_DIR \
+             (the daemon creates it on its first `kernex-agent run`)",
+            paths.root.display()
+        );
+    }
+    Ok(paths)
 }
 
 async fn flush_cmd(cli: &Cli) -> anyhow::Result<ExitCode> {
     logging::init_cli();
-    let paths = paths(cli)?;
+    let paths = existing_paths(cli)?;
     let queue = Queue::new(paths.queue());
     let waiting = queue.len();
     if waiting == 0 {
@@ -325,7 +372,7 @@ async fn flush_cmd(cli: &Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn history_cmd(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
-    let paths = paths(cli)?;
+    let paths = existing_paths(cli)?;
     let state = StateStore::read(&paths.state())?;
     let records: Vec<_> = state.history.into_iter().collect();
     if json {

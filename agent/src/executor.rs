@@ -21,7 +21,9 @@ use crate::download::{Download, DownloadError};
 use crate::identity::DeviceFile;
 use crate::queue::{Outcome, QueuedReport};
 use crate::script::{self, ScriptRun, ScriptSpec};
-use crate::state::{AgentState, InProgress, KeptBundle, LocalRecord};
+use crate::state::{
+    AgentState, ErrorSource, FailedDeployment, InProgress, KeptBundle, LocalRecord,
+};
 
 /// What happened to a command.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,7 +87,7 @@ pub async fn run_command(
             tracing::warn!(deployment.id = %cmd.deployment_id, reason = %why, "deployment attempt stopped; it resumes when the server sends it again");
             ctx.state.update(|s| {
                 s.in_progress = None;
-                s.set_error(why.clone());
+                s.set_error(ErrorSource::Deployment, why.clone());
             })?;
             Ok(Ran::Retry(why))
         }
@@ -133,14 +135,7 @@ pub fn finish(ctx: &Ctx, report: QueuedReport) -> std::io::Result<()> {
 fn apply(s: &mut AgentState, q: &QueuedReport) {
     s.current_bundle_version = q.outcome.current_bundle_version.clone();
     s.previous_bundle_version = q.outcome.previous_bundle_version.clone();
-    if q.report.status == ResultStatus::Failed {
-        s.set_error(format!(
-            "deployment {} failed: {}",
-            q.deployment_id,
-            q.report.error_message.as_deref().unwrap_or("no message")
-        ));
-    }
-    s.finish(LocalRecord {
+    let record = LocalRecord {
         deployment_id: q.deployment_id.clone(),
         kind: q.kind,
         bundle_version: q.bundle_version.clone(),
@@ -151,7 +146,24 @@ fn apply(s: &mut AgentState, q: &QueuedReport) {
         finished_at: q.queued_at,
         duration_seconds: q.report.duration_seconds.unwrap_or_default(),
         report_id: q.report.report_id.clone(),
-    });
+    };
+    if q.report.status == ResultStatus::Failed {
+        s.set_error(
+            ErrorSource::Deployment,
+            format!(
+                "deployment {} failed: {}",
+                q.deployment_id,
+                q.report.error_message.as_deref().unwrap_or("no message")
+            ),
+        );
+        s.last_failure = Some(FailedDeployment {
+            record: record.clone(),
+            log_tail: q.report.log_tail.clone(),
+        });
+    } else {
+        s.clear_error(&[ErrorSource::Deployment]);
+    }
+    s.finish(record);
 }
 
 /// Output of every script of one deployment, cut to the newest 8 KiB.

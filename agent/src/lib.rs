@@ -21,6 +21,7 @@ pub mod crashpoint; // named abort points for crash-safety tests
 pub mod download; // streamed, resumable, checksummed bundle download
 pub mod executor; // the deploy / rollback pipeline and crash recovery
 pub mod fsutil; // durable file writes (write, fsync, rename, fsync dir)
+pub mod health; // status's verdict: problems, next steps, exit codes
 pub mod identity; // device key and registration
 pub mod logging; // rolling log files, stderr on a terminal, live level changes
 pub mod paths; // the state directory layout

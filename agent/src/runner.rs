@@ -20,7 +20,7 @@ use crate::executor::{self, Ran};
 use crate::identity::{DeviceFile, Identity, RegisterError};
 use crate::logging::LogControl;
 use crate::queue;
-use crate::state::{AgentState, AppliedConfig};
+use crate::state::{AgentState, AppliedConfig, ErrorSource};
 use crate::sysmetrics::Sampler;
 
 /// Longest wait between attempts while the server is unreachable.
@@ -164,11 +164,13 @@ impl Runner {
         {
             Ok(reply) => {
                 let admission = reply.admission;
+                // Kept in memory and written only with a change or every few minutes
+                // (flash wear); a recovered connection clears its old error.
                 self.ctx
                     .state
-                    .update(|s| {
-                        s.last_heartbeat_at = Some(chrono::Utc::now());
+                    .heartbeat(chrono::Utc::now(), |s| {
                         s.admission = Some(admission);
+                        s.clear_error(&[ErrorSource::Heartbeat, ErrorSource::Other]);
                     })
                     .map_err(|e| CycleError::Local(e.into()))?;
                 if admission == Admission::Pending && !self.told_pending {
@@ -201,7 +203,10 @@ impl Runner {
         match AppliedConfig::from_command(c) {
             Ok(cfg) => {
                 let level_changed = cfg.log_level != current.log_level;
-                if let Err(e) = self.ctx.state.update(|s| s.config = cfg.clone()) {
+                if let Err(e) = self.ctx.state.update(|s| {
+                    s.config = cfg.clone();
+                    s.clear_error(&[ErrorSource::Config]);
+                }) {
                     tracing::error!(error = %e, "could not save the new configuration; not applied");
                     return;
                 }
@@ -220,7 +225,10 @@ impl Runner {
             Err(e) => {
                 tracing::error!(version = c.config_version, error = %e, "configuration refused");
                 let _ = self.ctx.state.update(|s| {
-                    s.set_error(format!("configuration {} refused: {e}", c.config_version))
+                    s.set_error(
+                        ErrorSource::Config,
+                        format!("configuration {} refused: {e}", c.config_version),
+                    )
                 });
             }
         }
@@ -288,19 +296,21 @@ impl Runner {
             CycleError::Unreachable(_) => tracing::warn!(error = %message, "server unreachable"),
             _ => tracing::error!(error = %message, "heartbeat failed"),
         }
-        let _ = self.ctx.state.update(|s| s.set_error(message));
+        let _ = self
+            .ctx
+            .state
+            .update(|s| s.set_error(ErrorSource::Heartbeat, message));
     }
 
-    /// `run --once`: one cycle, commands run to completion. True when the server
-    /// answered the heartbeat.
-    pub async fn once(&mut self) -> bool {
-        match self.cycle(true).await {
-            Ok(()) => true,
-            Err(e) => {
-                self.note_failure(&e);
-                false
-            }
+    /// `run --once`: one cycle, commands run to completion. `Err` (recorded as the last
+    /// error too) when the server did not answer the heartbeat.
+    pub async fn once(&mut self) -> Result<(), CycleError> {
+        let result = self.cycle(true).await;
+        if let Err(e) = &result {
+            self.note_failure(e);
         }
+        let _ = self.ctx.state.save_heartbeat();
+        result
     }
 
     /// The daemon loop, until `shutdown` resolves. A deployment still running then is
@@ -338,6 +348,9 @@ impl Runner {
                 _ = task => {}
                 () = force => tracing::warn!("stopping mid-deployment; it is reported as interrupted on the next start"),
             }
+        }
+        if let Err(e) = self.ctx.state.save_heartbeat() {
+            tracing::warn!(error = %e, "could not save the last heartbeat time");
         }
         tracing::info!("stopped");
     }

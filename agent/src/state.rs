@@ -3,11 +3,18 @@
 //! One [`StateStore`] owns the file inside the daemon. Every change goes through
 //! [`StateStore::update`], which persists the new state (durably) before it becomes
 //! visible, so what the process acts on is always what a restart would read back.
+//!
+//! The one exception is the time of the last good heartbeat: it changes on every beat
+//! and nothing depends on it after a crash, so [`StateStore::heartbeat`] keeps it in
+//! memory and writes it out only with the next real change, or when the copy on disk
+//! is [`HEARTBEAT_SAVE_EVERY`] old, or at shutdown. On flash that is the difference
+//! between a durable rewrite per beat (720 an hour at a 5 s interval) and a dozen.
 
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kernex_common::api::{Admission, ConfigureCommand, DeploymentKind, Phase, ResultStatus};
@@ -21,6 +28,9 @@ use crate::fsutil;
 const EXECUTED_KEPT: usize = 256;
 /// How many local history records `kernex-agent history` keeps.
 const HISTORY_KEPT: usize = 100;
+/// The longest the `last_heartbeat_at` in `state.json` lags behind the daemon's own
+/// (while nothing else changes). `status` allows for it before calling beats stale.
+pub const HEARTBEAT_SAVE_EVERY: Duration = Duration::from_secs(300);
 
 /// The applied device configuration (SPEC §1.3). `version` 0 means "never configured":
 /// the built-in defaults, which equal the server's.
@@ -122,11 +132,41 @@ pub struct LocalRecord {
     pub report_id: String,
 }
 
-/// The last error the daemon hit, with when.
+/// The last error the daemon hit, with when and where.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastError {
     pub at: DateTime<Utc>,
     pub message: String,
+    /// What failed; it decides what clears the error again.
+    #[serde(default)]
+    pub source: ErrorSource,
+}
+
+/// Where an error came from. A heartbeat error clears with the next good heartbeat, a
+/// deployment error with the next finished deployment, a configuration error with the
+/// next configuration applied: `last_error` never outlives its cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorSource {
+    /// Registering or heartbeating (server unreachable, refused token).
+    Heartbeat,
+    /// A deployment that stopped or failed.
+    Deployment,
+    /// A configuration the agent refused.
+    Config,
+    /// Written by an agent that did not record the source: cleared like a heartbeat's.
+    #[default]
+    Other,
+}
+
+/// The newest failed deployment, with the output of its scripts, kept for the
+/// technician (`status`) even after the server has the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedDeployment {
+    #[serde(flatten)]
+    pub record: LocalRecord,
+    /// The last 8 KiB of the scripts' output.
+    pub log_tail: Option<String>,
 }
 
 /// Everything in `state.json`. Unknown or missing fields fall back to defaults so an
@@ -140,6 +180,8 @@ pub struct AgentState {
     pub admission: Option<Admission>,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     pub last_error: Option<LastError>,
+    /// The newest deployment that failed, with its log tail.
+    pub last_failure: Option<FailedDeployment>,
     pub in_progress: Option<InProgress>,
     /// Kept bundles, oldest first.
     pub bundles: Vec<KeptBundle>,
@@ -184,11 +226,33 @@ impl AgentState {
         self.bundles.iter().find(|b| b.version == version)
     }
 
-    pub fn set_error(&mut self, message: impl Into<String>) {
+    /// Record an error. The same error again keeps its first time ("failing since"),
+    /// so a long outage does not rewrite `state.json` on every retry.
+    pub fn set_error(&mut self, source: ErrorSource, message: impl Into<String>) {
+        let message = message.into();
+        if self
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.source == source && e.message == message)
+        {
+            return;
+        }
         self.last_error = Some(LastError {
             at: Utc::now(),
-            message: message.into(),
+            message,
+            source,
         });
+    }
+
+    /// Forget the last error if it came from one of `sources` (its cause is gone).
+    pub fn clear_error(&mut self, sources: &[ErrorSource]) {
+        if self
+            .last_error
+            .as_ref()
+            .is_some_and(|e| sources.contains(&e.source))
+        {
+            self.last_error = None;
+        }
     }
 }
 
@@ -196,7 +260,16 @@ impl AgentState {
 #[derive(Debug)]
 pub struct StateStore {
     path: PathBuf,
-    inner: Mutex<AgentState>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The state as the process sees it: what is on disk plus, possibly, a newer
+    /// `last_heartbeat_at`.
+    state: AgentState,
+    /// `last_heartbeat_at` as written to disk.
+    saved_heartbeat: Option<DateTime<Utc>>,
 }
 
 impl StateStore {
@@ -215,7 +288,10 @@ impl StateStore {
         };
         Ok(StateStore {
             path: path.to_path_buf(),
-            inner: Mutex::new(state),
+            inner: Mutex::new(Inner {
+                saved_heartbeat: state.last_heartbeat_at,
+                state,
+            }),
         })
     }
 
@@ -226,22 +302,59 @@ impl StateStore {
 
     /// A copy of the current state.
     pub fn get(&self) -> AgentState {
-        self.lock().clone()
+        self.lock().state.clone()
     }
 
     /// Change the state and persist it. When the write fails the change is not applied.
+    /// The newest heartbeat time rides along with any write.
     pub fn update<R>(&self, f: impl FnOnce(&mut AgentState) -> R) -> io::Result<R> {
         let mut guard = self.lock();
-        let mut next = guard.clone();
+        let mut next = guard.state.clone();
         let out = f(&mut next);
-        if next != *guard {
-            fsutil::write_json(&self.path, &next, 0o600)?;
-            *guard = next;
+        if next != guard.state {
+            Self::write(&self.path, &mut guard, next)?;
         }
         Ok(out)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, AgentState> {
+    /// A heartbeat was answered at `at`; `f` applies what the reply changes. Written to
+    /// disk when `f` changed something, or when the heartbeat time on disk is older than
+    /// [`HEARTBEAT_SAVE_EVERY`]; otherwise the time stays in memory.
+    pub fn heartbeat(&self, at: DateTime<Utc>, f: impl FnOnce(&mut AgentState)) -> io::Result<()> {
+        let mut guard = self.lock();
+        let mut next = guard.state.clone();
+        f(&mut next);
+        let changed = next != guard.state;
+        next.last_heartbeat_at = Some(at);
+        let due = guard
+            .saved_heartbeat
+            .is_none_or(|saved| (at - saved).to_std().unwrap_or_default() >= HEARTBEAT_SAVE_EVERY);
+        if changed || due {
+            Self::write(&self.path, &mut guard, next)?;
+        } else {
+            guard.state = next;
+        }
+        Ok(())
+    }
+
+    /// Write the heartbeat time kept in memory, if newer than the file's (at shutdown).
+    pub fn save_heartbeat(&self) -> io::Result<()> {
+        let mut guard = self.lock();
+        if guard.state.last_heartbeat_at != guard.saved_heartbeat {
+            let next = guard.state.clone();
+            Self::write(&self.path, &mut guard, next)?;
+        }
+        Ok(())
+    }
+
+    fn write(path: &Path, guard: &mut Inner, next: AgentState) -> io::Result<()> {
+        fsutil::write_json(path, &next, 0o600)?;
+        guard.saved_heartbeat = next.last_heartbeat_at;
+        guard.state = next;
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves a state that was never persisted
         // half-changed (update works on a copy), so the data inside is still good.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -310,6 +423,65 @@ mod tests {
             s.history[0].deployment_id,
             format!("x{}", EXECUTED_KEPT + 9)
         );
+    }
+
+    #[test]
+    fn heartbeats_are_written_only_with_a_change_or_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let store = StateStore::open(&path).unwrap();
+        let on_disk = || StateStore::read(&path).unwrap().last_heartbeat_at;
+        let t0 = Utc::now();
+        store.heartbeat(t0, |_| {}).unwrap();
+        assert_eq!(on_disk(), Some(t0), "the first beat is written");
+        let t1 = t0 + chrono::Duration::seconds(5);
+        store.heartbeat(t1, |_| {}).unwrap();
+        assert_eq!(
+            on_disk(),
+            Some(t0),
+            "a beat that changes nothing stays in memory"
+        );
+        assert_eq!(store.get().last_heartbeat_at, Some(t1));
+        let t2 = t1 + chrono::Duration::seconds(5);
+        store
+            .heartbeat(t2, |s| s.admission = Some(Admission::Accepted))
+            .unwrap();
+        assert_eq!(
+            on_disk(),
+            Some(t2),
+            "a beat that changes something is written"
+        );
+        store
+            .update(|s| s.current_bundle_version = Some("1.0.0".into()))
+            .unwrap();
+        let t3 = t2 + HEARTBEAT_SAVE_EVERY;
+        store.heartbeat(t3, |_| {}).unwrap();
+        assert_eq!(on_disk(), Some(t3), "written once the copy on disk is old");
+        let t4 = t3 + chrono::Duration::seconds(5);
+        store.heartbeat(t4, |_| {}).unwrap();
+        assert_eq!(on_disk(), Some(t3));
+        store.save_heartbeat().unwrap();
+        assert_eq!(on_disk(), Some(t4), "shutdown writes the newest time");
+    }
+
+    #[test]
+    fn errors_clear_only_with_their_cause() {
+        let mut s = AgentState::default();
+        s.set_error(ErrorSource::Heartbeat, "server unreachable");
+        s.clear_error(&[ErrorSource::Deployment]);
+        let since = s.last_error.as_ref().unwrap().at;
+        s.set_error(ErrorSource::Heartbeat, "server unreachable");
+        assert_eq!(
+            s.last_error.as_ref().unwrap().at,
+            since,
+            "a repeat keeps its time"
+        );
+        s.clear_error(&[ErrorSource::Heartbeat, ErrorSource::Other]);
+        assert!(s.last_error.is_none());
+        // An error written by an older agent (no source) clears like a heartbeat's.
+        let old: LastError =
+            serde_json::from_str(r#"{"at":"2026-01-01T00:00:00Z","message":"x"}"#).unwrap();
+        assert_eq!(old.source, ErrorSource::Other);
     }
 
     #[test]

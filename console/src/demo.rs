@@ -152,7 +152,8 @@ async fn start(dir: &Path, args: &DemoArgs, fleet: &mut Fleet) -> DemoResult<Api
     let mut first = Vec::new();
     for i in 0..args.agents {
         let mut cmd = agent_cmd(&bins.agent, dir, i, &url);
-        cmd.args(["run", "--once", "--enrollment-token", ENROLL]);
+        cmd.args(["run", "--once"])
+            .env("KERNEX_ENROLLMENT_TOKEN", ENROLL);
         first.push(async move { cmd.status().await });
     }
     for (i, r) in futures_util::future::join_all(first)
@@ -199,7 +200,8 @@ async fn start(dir: &Path, args: &DemoArgs, fleet: &mut Fleet) -> DemoResult<Api
     }
     for i in 0..args.agents {
         let mut cmd = agent_cmd(&bins.agent, dir, i, &url);
-        cmd.args(["run", "--enrollment-token", ENROLL]);
+        // The token goes in the environment, where `ps` does not show it.
+        cmd.arg("run").env("KERNEX_ENROLLMENT_TOKEN", ENROLL);
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start an agent: {e}"))?;
@@ -376,6 +378,11 @@ async fn binaries() -> DemoResult<Binaries> {
     if let Some(ws) = workspace_dir() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(set_by_cargo_run) {
+                cmd.env_remove(&key);
+            }
+        }
         cmd.current_dir(&ws).args([
             "build",
             "--quiet",
@@ -384,8 +391,13 @@ async fn binaries() -> DemoResult<Binaries> {
             "-p",
             "kernex-agent",
         ]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
+        // The profile this binary was built with is the name of its folder (`debug` is
+        // the `dev` profile), so the nested build reuses the same artifacts.
+        match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some(profile) => {
+                cmd.args(["--profile", profile]);
+            }
         }
         eprintln!("building kernex-server and kernex-agent (first time only takes a while)…");
         match cmd.status().await {
@@ -406,6 +418,34 @@ async fn binaries() -> DemoResult<Binaries> {
     Ok(bins)
 }
 
+/// Variables `cargo run` sets for the program it runs (SPEC of cargo's "environment
+/// variables Cargo sets for crates"). Passed on to the nested `cargo build` they read
+/// as a changed environment: ring's build script watches `CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR` and friends (`rerun-if-env-changed`), so it ran again and ring,
+/// rustls, reqwest, the server and the agent recompiled on every demo start. `CARGO`
+/// itself stays (the toolchain to use), and so do the user's own settings
+/// (`CARGO_HOME`, `CARGO_TARGET_DIR`, `CARGO_BUILD_*`, `RUSTFLAGS`, …), which the outer
+/// build saw too.
+fn set_by_cargo_run(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || key.starts_with("CARGO_CFG_")
+        || key.starts_with("DEP_")
+        || matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "CARGO_MAKEFLAGS"
+                | "CARGO_ENCODED_RUSTFLAGS"
+                | "OUT_DIR"
+        )
+}
+
 /// The workspace this binary was built from, if it is still there.
 fn workspace_dir() -> Option<PathBuf> {
     let ws = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -424,4 +464,35 @@ fn fixtures_dir() -> Option<PathBuf> {
         Some(PathBuf::from("fixtures/bundles")),
     ];
     candidates.into_iter().flatten().find(|p| p.is_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_by_cargo_run;
+
+    #[test]
+    fn the_nested_build_drops_what_cargo_run_set_and_keeps_the_users_settings() {
+        for k in [
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "OUT_DIR",
+        ] {
+            assert!(set_by_cargo_run(k), "{k}");
+        }
+        for k in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "CARGO_PROFILE_RELEASE_LTO",
+            "RUSTFLAGS",
+            "PATH",
+        ] {
+            assert!(!set_by_cargo_run(k), "{k}");
+        }
+    }
 }

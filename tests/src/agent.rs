@@ -143,20 +143,35 @@ impl Agent {
         );
     }
 
-    /// `status --json` plus `extra` flags: the parsed report and how long it took.
+    /// `status --json` plus `extra` flags: the parsed report and how long it took. Any
+    /// verdict is accepted (0 healthy, 1 unhealthy, 3 not registered); the exit code is
+    /// in the report's `exit_code`, checked against the process's own.
     pub async fn status(&self, extra: &[&str]) -> (Value, Duration) {
-        let mut args = vec!["status", "--json"];
-        args.extend_from_slice(extra);
         let started = Instant::now();
-        let out = self.run(&args).await;
+        let (code, report) = self.status_code(extra).await;
         let took = started.elapsed();
         assert!(
-            out.status.success(),
-            "`status` failed: {}\n{}",
-            describe(&out),
+            matches!(code, Some(0 | 1 | 3)),
+            "`status` could not tell ({code:?}): {report}\n{}",
             self.logs()
         );
-        (parse_stdout(&out), took)
+        (report, took)
+    }
+
+    /// `status --json` plus `extra` flags: the exit code and the parsed report (whose
+    /// `exit_code` must match).
+    pub async fn status_code(&self, extra: &[&str]) -> (Option<i32>, Value) {
+        let mut args = vec!["status", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.run(&args).await;
+        let report = parse_stdout(&out);
+        assert_eq!(
+            report["exit_code"].as_i64().map(|c| c as i32),
+            out.status.code(),
+            "`status --json`'s exit_code differs from its exit status: {}",
+            describe(&out)
+        );
+        (out.status.code(), report)
     }
 
     /// `status --json --offline` (no probe of the server).

@@ -1084,6 +1084,7 @@ mod status {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("http://{}", silent.local_addr().unwrap());
         let agent = Agent::new(dir.path(), &url);
+        std::fs::create_dir_all(&agent.state_dir).unwrap();
         let (status, took) = agent.status(&[]).await;
         assert!(status["device_id"].is_null(), "{status}");
         assert_eq!(status["reachable"], false, "{status}");

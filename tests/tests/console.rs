@@ -792,9 +792,9 @@ mod connection {
         // but with another message).
         let cmd = w.command_on(
             &gone,
-            &["config", "set", "dev1", "colour=red", "--token", "t"],
+            &["config", "set", "device1", "colour=red", "--token", "t"],
         );
-        w.finish(&["config", "set", "dev1", "colour=red"], cmd)
+        w.finish(&["config", "set", "device1", "colour=red"], cmd)
             .await
             .fails(2, "unknown key");
         // clap's own usage errors are exit 2 as well.

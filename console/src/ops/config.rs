@@ -8,22 +8,26 @@
 use kernex_common::api::{ConfigUpdate, DeviceConfig};
 use serde_json::Value;
 
-use super::{OpError, OpResult, Report, check_id, connect, output, render};
+use super::{OpError, OpResult, Report, connect, ids, output, render};
 use crate::cli::ConnArgs;
 
 /// The keys `config set` takes: the fields of `PUT /devices/{id}/config`.
 const KEYS: [&str; 5] = DeviceConfig::FIELDS;
 
 pub(crate) async fn get(conn: &ConnArgs, id: &str) -> OpResult<Report> {
-    check_id("device", id)?;
-    let config = connect(conn)?.config(id).await?;
+    ids::check_ref("device", id)?;
+    let api = connect(conn)?;
+    let config = api.config(&ids::device(&api, id).await?).await?;
     Report::new(&config, render::config(&config, chrono::Utc::now()))
 }
 
 pub(crate) async fn set(conn: &ConnArgs, id: &str, pairs: &[String]) -> OpResult<Report> {
-    check_id("device", id)?;
+    ids::check_ref("device", id)?;
     let update = parse_pairs(pairs)?;
-    let config = connect(conn)?.put_config(id, &update).await?;
+    let api = connect(conn)?;
+    let config = api
+        .put_config(&ids::device(&api, id).await?, &update)
+        .await?;
     Report::new(&config, render::config(&config, chrono::Utc::now()))
 }
 

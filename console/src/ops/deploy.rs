@@ -13,7 +13,7 @@ use chrono::Utc;
 use kernex_common::api::{CreateDeployment, Deployment, RollbackRequest, TargetStatus};
 use kernex_common::validate::is_valid_version;
 
-use super::{OpError, OpResult, Report, check_id, check_tag, connect, output, render};
+use super::{OpError, OpResult, Report, check_tag, connect, ids, output, render};
 use crate::api::{Api, ApiError};
 use crate::cli::{ConnArgs, DeployArgs, RollbackArgs, WaitArgs};
 
@@ -35,6 +35,7 @@ pub(crate) async fn deploy(conn: &ConnArgs, args: &DeployArgs) -> OpResult<Repor
         ));
     }
     let api = connect(conn)?;
+    let devices = resolved(&api, &devices).await?;
     let dep = api
         .create_deployment(&CreateDeployment {
             bundle_version: Some(args.version.clone()),
@@ -54,6 +55,7 @@ pub(crate) async fn rollback(conn: &ConnArgs, args: &RollbackArgs) -> OpResult<R
         return Err(OpError::Usage("--devices names no device".into()));
     }
     let api = connect(conn)?;
+    let devices = resolved(&api, &devices).await?;
     let dep = api
         .rollback(&RollbackRequest {
             bundle_version: args.version.clone(),
@@ -71,13 +73,14 @@ pub(crate) async fn deployments(
     limit: u32,
 ) -> OpResult<Report> {
     if let Some(id) = id {
-        check_id("deployment", id)?;
+        ids::check_ref("deployment", id)?;
         if status.is_some() {
             return Err(OpError::Usage(
                 "--status filters the list; it does not apply to one deployment".into(),
             ));
         }
-        let dep = connect(conn)?.deployment(id).await?;
+        let api = connect(conn)?;
+        let dep = api.deployment(&ids::deployment(&api, id).await?).await?;
         return Report::new(&dep, render::deployment(&dep, Utc::now(), output::width()));
     }
     if let Some(s) = status.filter(|s| TargetStatus::parse(s).is_none()) {
@@ -112,7 +115,22 @@ fn check_version(v: &str) -> OpResult<()> {
 
 /// `--devices a,b` (also `a, b` or a trailing comma): checked, without duplicates.
 fn device_ids(list: &[String]) -> OpResult<Vec<String>> {
-    checked_list(list, |id| check_id("device", id))
+    checked_list(list, |id| ids::check_ref("device", id))
+}
+
+/// Typed device ids (full or suffixes, none when only tags were given) → full ids,
+/// without duplicates (two suffixes may name one device).
+async fn resolved(api: &Api, typed: &[String]) -> OpResult<Vec<String>> {
+    if typed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<String> = Vec::new();
+    for id in ids::devices(api, typed).await? {
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    Ok(out)
 }
 
 fn tags(list: &[String]) -> OpResult<Vec<String>> {
@@ -289,11 +307,18 @@ mod tests {
     #[test]
     fn targets_are_trimmed_deduplicated_and_checked() {
         assert_eq!(
-            device_ids(&strings(&["a1", " b2", "", "a1"])).unwrap(),
-            strings(&["a1", "b2"])
+            device_ids(&strings(&["aaaaa1", " bbbbb2", "", "aaaaa1"])).unwrap(),
+            strings(&["aaaaa1", "bbbbb2"])
+        );
+        // A suffix shorter than 6 characters is a usage error too.
+        assert_eq!(
+            device_ids(&strings(&["aaaaa1", "b2"]))
+                .unwrap_err()
+                .exit_code(),
+            2
         );
         assert_eq!(
-            device_ids(&strings(&["ok", "not/ok"]))
+            device_ids(&strings(&["okokok", "not/ok"]))
                 .unwrap_err()
                 .exit_code(),
             2

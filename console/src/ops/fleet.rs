@@ -4,7 +4,7 @@ use chrono::Utc;
 use kernex_common::api::{Admission, DeviceConfig, DeviceDetail, HistoryRecord, OnlineStatus};
 use serde::Serialize;
 
-use super::{OpError, OpResult, Report, check_id, check_tag, connect, output, render};
+use super::{OpError, OpResult, Report, check_tag, connect, ids, output, render};
 use crate::api::DeviceQuery;
 use crate::cli::{ConnArgs, DevicesArgs};
 
@@ -62,8 +62,9 @@ struct DevicePage {
 
 /// `device ID`: the device, its configuration and its last few bundle-history records.
 pub(crate) async fn device(conn: &ConnArgs, id: &str) -> OpResult<Report> {
-    check_id("device", id)?;
+    ids::check_ref("device", id)?;
     let api = connect(conn)?;
+    let id = &ids::device(&api, id).await?;
     let (device, config, history) =
         tokio::try_join!(api.device(id), api.config(id), api.history(id, HISTORY))?;
     let human = render::device_page(&device, &config, &history, Utc::now(), output::width());
@@ -79,8 +80,9 @@ pub(crate) async fn device(conn: &ConnArgs, id: &str) -> OpResult<Report> {
 
 /// `accept ID` / `reject ID`: the device as it is now.
 pub(crate) async fn admit(conn: &ConnArgs, id: &str, accept: bool) -> OpResult<Report> {
-    check_id("device", id)?;
+    ids::check_ref("device", id)?;
     let api = connect(conn)?;
+    let id = &ids::device(&api, id).await?;
     let device = if accept {
         api.accept(id).await?
     } else {
