@@ -67,8 +67,16 @@ impl Default for Keymap {
                 K::Enter,
                 A::Open,
                 "open",
-                "open the selected device / deployment",
-                Scope::Only(&[View::Fleet, View::Deployments]),
+                "open the selected device, deployment, target or history row",
+                Scope::Only(&[View::Fleet, View::Device, View::Deployments]),
+                true,
+            ),
+            b(
+                K::Char('l'),
+                A::Details,
+                "logs",
+                "why it failed: the full error and log of a target or history row",
+                Scope::Only(&[View::Device, View::Deployments]),
                 true,
             ),
             b(

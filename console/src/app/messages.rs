@@ -36,6 +36,10 @@ impl App {
                     }),
                     _ => {
                         self.fleet.retain_current();
+                        // The server's word on every device: nothing is stale any more.
+                        if self.link == Link::Live {
+                            self.fleet.stale_since = None;
+                        }
                         self.loading_devices = false;
                         // Events were lost while this read ran: one more, now.
                         if std::mem::take(&mut self.resync_again) {
@@ -98,18 +102,23 @@ impl App {
             Msg::Deployments(items) => self.deployments.replace(items),
             Msg::Deployment(d) => {
                 self.refreshing.remove(&d.id);
+                let id = d.id.clone();
                 self.deployments.upsert(*d);
+                // Events came for it while it was read: the read may predate them.
+                if self.read_again.remove(&id) {
+                    self.deployments.stale.insert(id);
+                }
             }
             Msg::Bundles(items) => self.bundles.edit(|b| *b = items),
             Msg::Done(Ok(done)) => match done {
                 Done::Created(d) => {
                     let d = *d;
+                    // No status here: it would be stale in seconds (the view follows it).
                     self.say(format!(
-                        "{} {} → {} device(s): {} ({})",
+                        "created {} of {} to {} ({})",
                         d.kind.as_str(),
                         d.bundle_version,
-                        d.target_device_ids.len(),
-                        d.status.as_str(),
+                        super::dialog::devices(d.target_device_ids.len()),
                         d.id
                     ));
                     let id = d.id.clone();
@@ -236,12 +245,14 @@ impl App {
                 if self.link == Link::Live {
                     self.log_event(format!("lost the server: {error}"));
                 }
+                self.went_stale();
                 self.link = Link::Reconnecting { error, attempt };
             }
             LiveEvent::Refused { error } => {
                 if !matches!(self.link, Link::Refused { .. }) {
                     self.log_event(format!("the server refused the token: {error}"));
                 }
+                self.went_stale();
                 self.link = Link::Refused { error };
             }
             LiveEvent::Lagged => {
@@ -249,6 +260,14 @@ impl App {
                 self.resync();
             }
             LiveEvent::Event(ev) => self.on_event(ev),
+        }
+    }
+
+    /// The stream is down: what the fleet shows is the last known state, from now on.
+    fn went_stale(&mut self) {
+        if self.link == Link::Live || !self.fleet.is_empty() {
+            let now = self.now();
+            self.fleet.stale_since.get_or_insert(now);
         }
     }
 
@@ -342,8 +361,11 @@ impl App {
             ..
         } = ev;
         let Some(known) = self.deployments.get_mut(&id) else {
-            // New to us: read it whole (targets and per-device rows), once.
-            if self.refreshing.insert(id.clone()) {
+            // New to us: read it whole (targets and per-device rows), once; events that
+            // arrive meanwhile ask for one more read when it lands.
+            if !self.refreshing.insert(id.clone()) {
+                self.read_again.insert(id);
+            } else {
                 self.ask(Request::Deployment(id.clone()));
                 let v = bundle_version.as_deref().unwrap_or("?");
                 let k = kind.map_or("deploy", DeploymentKind::as_str);
