@@ -356,11 +356,18 @@ fn live_events_update_rows_without_a_refresh() {
 #[test]
 fn silent_devices_go_offline() {
     let mut app = loaded();
-    // D1 was seen 3 s ago at an unknown cadence (60 s assumed): still online.
-    app.tick(now() + chrono::Duration::seconds(100));
+    // D1 was seen 3 s ago at an unknown cadence (60 s assumed): still online. (The
+    // server's keep-alives say the stream is fine: silence is the device's.)
+    let later = |app: &mut App, secs| {
+        let t = now() + chrono::Duration::seconds(secs);
+        app.fixed_now = Some(t);
+        app.on_msg(Msg::Live(LiveEvent::Alive));
+        app.tick(t);
+    };
+    later(&mut app, 100);
     app.prepare();
     assert_eq!(app.fleet.get(D1).unwrap().status.as_str(), "online");
-    app.tick(now() + chrono::Duration::seconds(200));
+    later(&mut app, 200);
     app.prepare();
     assert_eq!(app.fleet.get(D1).unwrap().status.as_str(), "offline");
 }

@@ -240,6 +240,26 @@ fn a_lost_server_leaves_devices_stale_never_offline() {
     assert_eq!(app.fleet.get(D1).unwrap().status.as_str(), "offline");
 }
 
+/// A hung server keeps the connection open and says nothing, not even its keep-alive:
+/// that silence is the server's, not the devices'.
+#[test]
+fn a_silent_stream_makes_the_fleet_stale_not_offline() {
+    let mut app = after_failure();
+    let later = now() + chrono::Duration::minutes(5);
+    app.fixed_now = Some(later);
+    app.tick(later);
+    let s = snap(&mut app);
+    assert!(s.contains("◌ server silent — stale since 12:00:00"), "{s}");
+    assert!(s.contains("stale") && !s.contains("offline  1.1.0"), "{s}");
+    assert_eq!(app.fleet.get(D1).unwrap().status.as_str(), "online");
+    // It speaks again (the stream never broke): current again, and silent devices are
+    // now told apart from a silent server.
+    app.on_msg(Msg::Live(LiveEvent::Alive));
+    assert!(app.fleet.stale_since.is_none());
+    app.tick(later);
+    assert_eq!(app.fleet.get(D1).unwrap().status.as_str(), "offline");
+}
+
 #[test]
 fn the_device_view_says_stale_too() {
     let mut app = device_open();

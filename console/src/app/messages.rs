@@ -234,6 +234,7 @@ impl App {
     pub(super) fn on_live(&mut self, ev: LiveEvent) {
         match ev {
             LiveEvent::Connected => {
+                self.heard();
                 let again = self.link != Link::Connecting;
                 self.link = Link::Live;
                 if again {
@@ -255,19 +256,37 @@ impl App {
                 self.went_stale();
                 self.link = Link::Refused { error };
             }
+            LiveEvent::Alive => self.heard(),
             LiveEvent::Lagged => {
                 self.log_event("fell behind the event stream: re-reading".into());
                 self.resync();
             }
-            LiveEvent::Event(ev) => self.on_event(ev),
+            LiveEvent::Event(ev) => {
+                self.heard();
+                self.on_event(ev);
+            }
         }
     }
 
-    /// The stream is down: what the fleet shows is the last known state, from now on.
+    /// The stream is down: what the fleet shows is the last known state, as of the last
+    /// time the server was heard from.
     fn went_stale(&mut self) {
         if self.link == Link::Live || !self.fleet.is_empty() {
-            let now = self.now();
-            self.fleet.stale_since.get_or_insert(now);
+            let since = self.heard_at.unwrap_or_else(|| self.now());
+            self.fleet.stale_since.get_or_insert(since);
+        }
+        // A lost connection now: it takes a re-read to be current again.
+        self.silent_stale = false;
+    }
+
+    /// The server said something (an event, a keep-alive). A fleet that went stale only
+    /// because the stream fell silent is current again (nothing was missed: a gap would
+    /// have come as a lag); one stale from a lost connection waits for its re-read.
+    fn heard(&mut self) {
+        self.heard_at = Some(self.now());
+        if self.silent_stale && self.link == Link::Live && !self.loading_devices {
+            self.fleet.stale_since = None;
+            self.silent_stale = false;
         }
     }
 

@@ -35,6 +35,9 @@ const EVENT_LOG: usize = 200;
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// How long a flash message stays in the status line.
 const FLASH_FOR: Duration = Duration::from_secs(8);
+/// The server sends a keep-alive every 15 s: longer without a word and what the console
+/// shows is stale, though the stream has not failed (yet).
+const SILENCE: chrono::TimeDelta = chrono::TimeDelta::seconds(20);
 
 impl From<LiveEvent> for Msg {
     fn from(e: LiveEvent) -> Msg {
@@ -100,6 +103,10 @@ pub struct App {
     pub previous: View,
     pub mode: Mode,
     pub link: Link,
+    /// When the server last said anything on the live stream (keep-alives included).
+    pub heard_at: Option<DateTime<Utc>>,
+    /// The fleet went stale because the stream fell silent (not because it failed).
+    silent_stale: bool,
     pub fleet: Fleet,
     pub loading_devices: bool,
     resync_again: bool,
@@ -133,6 +140,8 @@ impl App {
             previous: View::Fleet,
             mode: Mode::Normal,
             link: Link::Connecting,
+            heard_at: None,
+            silent_stale: false,
             fleet: Fleet::default(),
             loading_devices: false,
             resync_again: false,
@@ -201,7 +210,19 @@ impl App {
         {
             self.flash = None;
         }
-        self.fleet.age_out(now);
+        // A live stream that says nothing: the rows are stale, not the devices offline.
+        if let Some(heard) = self.heard_at
+            && self.link == Link::Live
+            && now - heard > SILENCE
+            && self.fleet.stale_since.is_none()
+        {
+            self.fleet.stale_since = Some(heard);
+            self.silent_stale = true;
+        }
+        // Devices are aged against the last word from the server, not the wall clock: a
+        // device is silent only if the server was heard since its beat was due.
+        self.fleet
+            .age_out(self.heard_at.map_or(now, |h| h.min(now)));
         // A stale deployment skipped by the rate limit gets its read now.
         self.refresh_shown_deployment();
     }

@@ -136,10 +136,16 @@ fn link_spans(app: &App) -> (Span<'static>, Span<'static>) {
             "● live".into(),
             Style::new().fg(Color::Green).bold(),
         ),
-        (Link::Live, Some(t)) => both(
+        (Link::Live, Some(t)) if app.loading_devices => both(
             format!("● live — re-reading, stale since {t}"),
             "● live — re-reading".into(),
             Style::new().fg(Color::Green).bold(),
+        ),
+        // Connected, but the server has gone quiet (not even a keep-alive).
+        (Link::Live, Some(t)) => both(
+            format!("◌ server silent — stale since {t}"),
+            format!("◌ stale since {t}"),
+            warn,
         ),
         (Link::Reconnecting { .. }, Some(t)) => both(
             format!("◌ reconnecting — stale since {t}"),
