@@ -203,6 +203,20 @@ fn the_filter_matches_result_words() {
     assert_eq!(app.fleet.filter, "success");
 }
 
+#[test]
+fn sorting_by_last_deploy_puts_failures_first() {
+    let mut app = after_failure();
+    keys(&mut app, "ss");
+    app.prepare();
+    assert_eq!(app.fleet.sort.name(), "last deploy");
+    let ids: Vec<_> = app
+        .fleet
+        .window(0, 10)
+        .map(|d| d.device_id.clone())
+        .collect();
+    assert_eq!(ids, [D1, D3, D4, D5, D2]);
+}
+
 // ------------------------------------------------------------------ honest state
 
 #[test]

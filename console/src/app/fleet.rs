@@ -16,6 +16,8 @@ pub enum SortKey {
     #[default]
     Id,
     Status,
+    /// Failed last deployments first.
+    LastDeploy,
     Version,
     Cpu,
     LastSeen,
@@ -25,7 +27,8 @@ impl SortKey {
     pub fn next(self) -> SortKey {
         match self {
             SortKey::Id => SortKey::Status,
-            SortKey::Status => SortKey::Version,
+            SortKey::Status => SortKey::LastDeploy,
+            SortKey::LastDeploy => SortKey::Version,
             SortKey::Version => SortKey::Cpu,
             SortKey::Cpu => SortKey::LastSeen,
             SortKey::LastSeen => SortKey::Id,
@@ -36,6 +39,7 @@ impl SortKey {
         match self {
             SortKey::Id => "id",
             SortKey::Status => "status",
+            SortKey::LastDeploy => "last deploy",
             SortKey::Version => "version",
             SortKey::Cpu => "cpu",
             SortKey::LastSeen => "last seen",
@@ -400,6 +404,11 @@ impl Fleet {
                     .cmp(&status_rank(&rows[*b].summary))
                     .then_with(|| by_id(a, b))
             }),
+            SortKey::LastDeploy => self.visible.sort_unstable_by(|a, b| {
+                result_rank(&rows[*a].summary)
+                    .cmp(&result_rank(&rows[*b].summary))
+                    .then_with(|| by_id(a, b))
+            }),
             SortKey::Version => self.visible.sort_unstable_by(|a, b| {
                 rows[*a]
                     .summary
@@ -440,6 +449,15 @@ fn status_rank(d: &DeviceSummary) -> u8 {
         (_, OnlineStatus::Offline) => 1,
         (_, OnlineStatus::Never) => 2,
         _ => 3,
+    }
+}
+
+/// Failed last deployments first, then devices never deployed to, then successes.
+fn result_rank(d: &DeviceSummary) -> u8 {
+    match d.last_deployment.as_ref().map(|l| l.status) {
+        Some(kernex_common::api::ResultStatus::Failed) => 0,
+        None => 1,
+        Some(_) => 2,
     }
 }
 
