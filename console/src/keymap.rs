@@ -139,7 +139,7 @@ impl Default for Keymap {
                 K::Char('/'),
                 A::Filter,
                 "filter",
-                "filter the list (id, type, version, tag, status)",
+                "filter the list (id, type, version, tag, status, failed/success)",
                 Scope::Only(LISTS),
                 true,
             ),
