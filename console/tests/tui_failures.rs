@@ -365,3 +365,12 @@ fn fix_the_marked_field_goes_once_the_field_is_edited() {
     keys(&mut app, "30");
     assert!(!snap(&mut app).contains("fix the marked field"));
 }
+
+#[test]
+fn tags_are_not_squeezed_while_other_columns_have_room() {
+    let mut app = after_failure();
+    for width in [100, 120, 140] {
+        let s = screen(&mut app, width, 30);
+        assert!(s.contains("demo,site:berlin,canary"), "at {width}: {s}");
+    }
+}

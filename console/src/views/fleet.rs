@@ -251,31 +251,51 @@ fn columns<'a>(app: &'a App, shown: &[&DeviceSummary], area_w: u16) -> Cells<'a>
     ]
 }
 
-/// TAGS counts as this wide (at most) when deciding what to drop; it grows back into
-/// whatever room is left.
+/// TAGS is worth more than admission, agent, memory and CPU up to this width...
+const TAGS_FULL: usize = 32;
+/// ...and more than the type down to this one; it grows back into what is left.
 const TAGS_AT_LEAST: usize = 10;
+/// Columns dropped (highest first) before TAGS is cut short: admission, agent, memory,
+/// CPU. Below it (type) only go once TAGS is at its least.
+const BEFORE_TAGS: u8 = 4;
 
-/// Drop columns (highest `drop` first) until they fit `avail` cells beside the lead
-/// column, then give TAGS the room left, up to what it holds.
+/// Drop columns until they fit `avail` cells beside the lead column, then give TAGS the
+/// room left, up to what it holds.
 fn fit(cols: &mut Cells<'_>, avail: usize) {
     let tags = |cols: &Cells<'_>| cols.iter().position(|(c, _)| c.header == "TAGS");
-    let want_tags = tags(cols).map_or(0, |i| cols[i].0.width);
-    if let Some(i) = tags(cols) {
-        cols[i].0.width = want_tags.min(TAGS_AT_LEAST);
-    }
-    let used = |cols: &Cells<'_>| 4 + cols.iter().map(|(c, _)| c.width + 1).sum::<usize>() - 1;
-    while used(cols) > avail {
-        let Some(i) = (0..cols.len())
-            .filter(|&i| cols[i].0.drop > 0)
-            .max_by_key(|&i| cols[i].0.drop)
-        else {
-            break;
-        };
-        let _ = cols.remove(i);
+    let want = tags(cols).map_or(0, |i| cols[i].0.width);
+    let set_tags = |cols: &mut Cells<'_>, w: usize| {
+        if let Some(i) = tags(cols) {
+            cols[i].0.width = w;
+        }
+    };
+    set_tags(cols, want.min(TAGS_FULL));
+    drop_until_fits(cols, avail, BEFORE_TAGS);
+    if used(cols) > avail {
+        set_tags(cols, want.min(TAGS_AT_LEAST));
+        drop_until_fits(cols, avail, 1);
     }
     let spare = avail.saturating_sub(used(cols));
     if let Some(i) = tags(cols) {
         let c = &mut cols[i].0;
-        c.width = (c.width + spare).min(want_tags.max(c.width));
+        c.width = (c.width + spare).min(want.max(c.width));
+    }
+}
+
+/// Cells the columns take, with the lead column and the gaps.
+fn used(cols: &Cells<'_>) -> usize {
+    4 + cols.iter().map(|(c, _)| c.width + 1).sum::<usize>() - 1
+}
+
+/// Drop the highest-ranked droppable column (rank ≥ `least`) until the rest fit.
+fn drop_until_fits(cols: &mut Cells<'_>, avail: usize, least: u8) {
+    while used(cols) > avail {
+        let Some(i) = (0..cols.len())
+            .filter(|&i| cols[i].0.drop >= least)
+            .max_by_key(|&i| cols[i].0.drop)
+        else {
+            return;
+        };
+        let _ = cols.remove(i);
     }
 }
