@@ -1,6 +1,6 @@
 //! The real `kernex-console` TUI in a real pseudo-terminal (80×24) against the real
 //! `kernex-server` and a real agent: it draws the live fleet, shows a lost server as
-//! "reconnecting" and recovers by itself when the server comes back on the same address,
+//! "reconnecting" with the fleet stale (not offline) and recovers by itself when the server comes back on the same address,
 //! quits on `q` with exit 0 and leaves the alternate screen, and writes its log to the
 //! log file, never to the screen; a deploy started from its keys that fails on the
 //! device is drilled into with `l`, showing the script's own output.
@@ -183,10 +183,16 @@ async fn the_tui_follows_the_fleet_survives_a_server_restart_and_quits_cleanly()
     server.kill().unwrap();
     tui.wait_for("◌ reconnecting");
     assert!(!tui.screen().contains("● live"));
+    // What it shows is the last known state, said to be so: never "offline".
+    tui.wait_for("stale since");
+    tui.wait_for("1 online when last heard");
+    assert!(!tui.screen().contains("offline"), "{}", tui.screen());
     // It comes back on the same address: the console reconnects by itself.
     let server = ServerProcess::start_on(&data, ADMIN, ENROLL, &addr).unwrap();
     tui.wait_for("● live");
     tui.wait_for("reconnected: re-reading the fleet");
+    // Re-read: the server's word again, nothing stale.
+    tui.wait_for("1 online sort:");
 
     tui.press("q");
     assert_eq!(tui.wait_exit(), 0, "{}", tui.screen());
