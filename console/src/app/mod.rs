@@ -234,6 +234,10 @@ impl App {
         self.deployments.scroll.clamp(n);
         let n = self.bundles.visible().len();
         self.bundles.scroll.clamp(n);
+        if let Some(p) = self.device.as_mut() {
+            let n = p.data.as_ref().map_or(0, |d| d.history.len());
+            p.history.clamp(n);
+        }
     }
 
     /// Re-read everything (start, reconnect, lagged, `R`). While a re-read of the device

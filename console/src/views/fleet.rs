@@ -207,35 +207,10 @@ fn columns<'a>(app: &'a App, shown: &[&DeviceSummary], area_w: u16) -> Cells<'a>
                 }),
                 0,
             ),
-            Box::new(|d: &DeviceSummary| {
-                let style = match &d.last_deployment {
-                    Some(l) if l.status == ResultStatus::Failed => {
-                        Style::new().fg(Color::Red).bold()
-                    }
-                    Some(_) => Style::new().fg(Color::Green),
-                    None => Style::new(),
-                };
-                Cell::from(Span::styled(last_deploy(d.last_deployment.as_ref()), style))
-            }),
+            Box::new(last_deploy_cell),
         ),
-        (
-            col("CPU", 5, 4),
-            Box::new(|d: &DeviceSummary| {
-                Cell::from(
-                    d.cpu_pct
-                        .map_or_else(|| "    -".into(), |c| format!("{c:>4.0}%")),
-                )
-            }),
-        ),
-        (
-            col("MEM", 6, 5),
-            Box::new(|d: &DeviceSummary| {
-                Cell::from(
-                    d.memory_mb
-                        .map_or_else(|| "     -".into(), |m| format!("{m:>5.0}M")),
-                )
-            }),
-        ),
+        (col("CPU", 5, 4), Box::new(cpu_cell)),
+        (col("MEM", 6, 5), Box::new(mem_cell)),
         (
             col("SEEN", 4, 0),
             Box::new(move |d: &DeviceSummary| Cell::from(ago(d.last_heartbeat, now))),
@@ -249,6 +224,29 @@ fn columns<'a>(app: &'a App, shown: &[&DeviceSummary], area_w: u16) -> Cells<'a>
             Box::new(move |d: &DeviceSummary| Cell::from(agent(d))),
         ),
     ]
+}
+
+fn last_deploy_cell(d: &DeviceSummary) -> Cell<'static> {
+    let style = match &d.last_deployment {
+        Some(l) if l.status == ResultStatus::Failed => Style::new().fg(Color::Red).bold(),
+        Some(_) => Style::new().fg(Color::Green),
+        None => Style::new(),
+    };
+    Cell::from(Span::styled(last_deploy(d.last_deployment.as_ref()), style))
+}
+
+fn cpu_cell(d: &DeviceSummary) -> Cell<'static> {
+    Cell::from(
+        d.cpu_pct
+            .map_or_else(|| "    -".into(), |c| format!("{c:>4.0}%")),
+    )
+}
+
+fn mem_cell(d: &DeviceSummary) -> Cell<'static> {
+    Cell::from(
+        d.memory_mb
+            .map_or_else(|| "     -".into(), |m| format!("{m:>5.0}M")),
+    )
 }
 
 /// TAGS is worth more than admission, agent, memory and CPU up to this width...
