@@ -75,8 +75,8 @@ impl Default for Keymap {
                 K::Char('l'),
                 A::Details,
                 "logs",
-                "why it failed: the full error and log of a target or history row",
-                Scope::Only(&[View::Device, View::Deployments]),
+                "why it failed: the full error and log of a target, a history row or a device's last deploy",
+                Scope::Only(&[View::Fleet, View::Device, View::Deployments]),
                 true,
             ),
             b(

@@ -374,3 +374,30 @@ fn tags_are_not_squeezed_while_other_columns_have_room() {
         assert!(s.contains("demo,site:berlin,canary"), "at {width}: {s}");
     }
 }
+
+#[test]
+fn l_in_the_fleet_opens_the_devices_last_deploy() {
+    let mut app = loaded();
+    app.on_msg(Msg::DevicePage {
+        generation: 1,
+        page: fleet_after_rollout(),
+        last: true,
+    });
+    // A list read leaves targets out: `l` reads the deployment, the panel fills in.
+    let mut listed = failed_deployment();
+    listed.devices.clear();
+    app.on_msg(Msg::Deployments(vec![listed, deployment()]));
+    app.take_requests();
+    keys(&mut app, "l");
+    assert_eq!(
+        app.take_requests(),
+        vec![Request::Deployment(FAILED_DEP.into())]
+    );
+    assert!(snap(&mut app).contains("reading it from the server…"));
+    app.on_msg(Msg::Deployment(Box::new(failed_deployment())));
+    let s = snap(&mut app);
+    assert!(
+        s.contains("rolled back to 1.1.0") && s.contains("error: migration 0042 failed"),
+        "{s}"
+    );
+}

@@ -110,9 +110,32 @@ impl App {
         })
     }
 
+    /// The selected Fleet row's last deployment, read whole if its targets are not
+    /// known here yet (the panel fills in when it arrives).
+    fn last_deploy_subject(&mut self) -> Option<Subject> {
+        let d = self.fleet.selected()?;
+        let last = d.last_deployment.as_ref()?;
+        let (deployment, device) = (last.deployment_id.clone(), d.device_id.clone());
+        let known = self
+            .deployments
+            .items
+            .iter()
+            .any(|x| x.id == deployment && !x.devices.is_empty());
+        if !known && self.refreshing.insert(deployment.clone()) {
+            self.ask(super::Request::Deployment(deployment.clone()));
+        }
+        Some(Subject::Target { deployment, device })
+    }
+
+    /// Is this deployment being read from the server?
+    pub fn reading_deployment(&self, id: &str) -> bool {
+        self.refreshing.contains(id)
+    }
+
     /// `l` / Enter: the drill-down for what is selected, if anything.
     pub(super) fn open_details(&mut self) {
         let subject = match self.view {
+            super::View::Fleet => self.last_deploy_subject(),
             super::View::Deployments => self.target_subject(),
             super::View::Device => self.history_subject(),
             _ => None,

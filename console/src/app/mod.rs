@@ -479,6 +479,10 @@ impl App {
                 _ => true,
             },
             Action::Details => match self.view {
+                View::Fleet => self
+                    .fleet
+                    .selected()
+                    .is_some_and(|d| d.last_deployment.is_some()),
                 View::Deployments => self
                     .deployments
                     .selected()

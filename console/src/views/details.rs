@@ -9,7 +9,7 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget};
 
 use super::text::{clean, ellipsize, wrap};
 use crate::app::App;
-use crate::app::details::{Details, Report};
+use crate::app::details::{Details, Report, Subject};
 
 pub struct DetailsView<'a>(pub &'a App, pub &'a Details);
 
@@ -28,7 +28,12 @@ impl Widget for DetailsView<'_> {
         let lines = match &report {
             Some(r) => report_lines(r, inner.width as usize),
             None => vec![Line::styled(
-                "no longer known here (R re-reads everything)",
+                match &details.subject {
+                    Subject::Target { deployment, .. } if app.reading_deployment(deployment) => {
+                        "reading it from the server…"
+                    }
+                    _ => "no longer known here (R re-reads everything)",
+                },
                 Style::new().fg(Color::DarkGray),
             )],
         };
