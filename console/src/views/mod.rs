@@ -57,8 +57,9 @@ pub fn draw(f: &mut Frame, app: &App) {
     StatusLine(app).render(status, buf);
     footer::Footer(app).render(footer, buf);
     match &app.mode {
-        Mode::Help(pager) => help::Help(app, pager).render(body, buf),
-        Mode::Details(d) => details::DetailsView(app, d).render(body, buf),
+        // Panels of text take the events pane's rows too: every line counts at 80×24.
+        Mode::Help(pager) => help::Help(app, pager).render(body.union(events), buf),
+        Mode::Details(d) => details::DetailsView(app, d).render(body.union(events), buf),
         Mode::Dialog(d) => dialogs::DialogView(d).render(body, buf),
         _ => {}
     }
