@@ -37,8 +37,10 @@ pub enum Action {
     PageDown,
     Top,
     Bottom,
-    /// Enter: open the selected device (Fleet) or its deployment's details.
+    /// Enter: open the selected device (Fleet), deployment, target or history row.
     Open,
+    /// `l`: the full error and log of the selected target or history row.
+    Details,
     Filter,
     Command,
     /// Space: mark or unmark the selected device as a target.

@@ -14,6 +14,11 @@ use crate::api::{Api, ApiError};
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A stream that stayed open this long counts as having worked.
 const HEALTHY: Duration = Duration::from_secs(30);
+/// The server writes a keep-alive comment every 15 s: a stream silent this long is dead
+/// even if no error says so (a hung server, a network path that dropped silently).
+const SILENT_FOR: Duration = Duration::from_secs(40);
+/// `Alive` is sent at most this often.
+const ALIVE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum LiveEvent {
@@ -29,6 +34,9 @@ pub enum LiveEvent {
     Refused { error: String },
     /// The server dropped events for us: re-read everything.
     Lagged,
+    /// Bytes arrived (a keep-alive or an event): the server is there. Sent at most once a
+    /// second; it is what lets the app tell a silent device from a silent server.
+    Alive,
     /// Any other event, read once here (never a `Lagged` one: that is the variant above).
     Event(ServerEvent),
 }
@@ -44,9 +52,28 @@ pub async fn follow<T: From<LiveEvent> + Send + 'static>(api: Api, tx: mpsc::Sen
                 }
                 let opened = tokio::time::Instant::now();
                 let mut heard = false;
-                let mut stream = resp.bytes_stream().eventsource();
+                // Keep-alive comments never come out of the event parser: see the bytes.
+                let (alive, mut said) = (tx.clone(), None::<tokio::time::Instant>);
+                let bytes = resp.bytes_stream().inspect(move |_| {
+                    if said.is_none_or(|t| t.elapsed() >= ALIVE_EVERY) {
+                        said = Some(tokio::time::Instant::now());
+                        let _ = alive.try_send(LiveEvent::Alive.into());
+                    }
+                });
+                let mut stream = bytes.eventsource();
                 let mut error = "the server closed the event stream".to_owned();
-                while let Some(item) = stream.next().await {
+                loop {
+                    let item = match tokio::time::timeout(SILENT_FOR, stream.next()).await {
+                        Ok(Some(item)) => item,
+                        Ok(None) => break,
+                        Err(_) => {
+                            error = format!(
+                                "nothing from the server for {} s (not even a keep-alive)",
+                                SILENT_FOR.as_secs()
+                            );
+                            break;
+                        }
+                    };
                     let ev = match item {
                         Ok(ev) => ev,
                         Err(e) => {

@@ -1,8 +1,9 @@
 //! The real `kernex-console` TUI in a real pseudo-terminal (80×24) against the real
 //! `kernex-server` and a real agent: it draws the live fleet, shows a lost server as
-//! "reconnecting" and recovers by itself when the server comes back on the same address,
+//! "reconnecting" with the fleet stale (not offline) and recovers by itself when the server comes back on the same address,
 //! quits on `q` with exit 0 and leaves the alternate screen, and writes its log to the
-//! log file, never to the screen.
+//! log file, never to the screen; a deploy started from its keys that fails on the
+//! device is drilled into with `l`, showing the script's own output.
 //!
 //! Waits poll the terminal output for a fact with a generous deadline; nothing sleeps
 //! for a guessed time.
@@ -15,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kernex_tests::agent::Agent;
+use kernex_tests::agent::{Agent, fixture_bundle};
 use kernex_tests::{ServerProcess, bin};
 use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
 use rustix::termios::{Winsize, tcsetwinsize};
@@ -182,10 +183,16 @@ async fn the_tui_follows_the_fleet_survives_a_server_restart_and_quits_cleanly()
     server.kill().unwrap();
     tui.wait_for("◌ reconnecting");
     assert!(!tui.screen().contains("● live"));
+    // What it shows is the last known state, said to be so: never "offline".
+    tui.wait_for("stale since");
+    tui.wait_for("1 online when last heard");
+    assert!(!tui.screen().contains("offline"), "{}", tui.screen());
     // It comes back on the same address: the console reconnects by itself.
     let server = ServerProcess::start_on(&data, ADMIN, ENROLL, &addr).unwrap();
     tui.wait_for("● live");
     tui.wait_for("reconnected: re-reading the fleet");
+    // Re-read: the server's word again, nothing stale.
+    tui.wait_for("1 online sort:");
 
     tui.press("q");
     assert_eq!(tui.wait_exit(), 0, "{}", tui.screen());
@@ -203,6 +210,81 @@ async fn the_tui_follows_the_fleet_survives_a_server_restart_and_quits_cleanly()
         "a log line reached the screen"
     );
     drop(server);
+}
+
+/// Operator calls the test makes around the console (setting up what it shows).
+async fn upload(server: &ServerProcess, archive: Vec<u8>) -> String {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(archive).file_name("bundle.tar.gz"),
+    );
+    let resp = kernex_tests::client()
+        .post(server.url("/api/v1/bundles"))
+        .bearer_auth(ADMIN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "upload: {}", resp.status());
+    let v: serde_json::Value = resp.json().await.unwrap();
+    v["version"].as_str().unwrap().to_owned()
+}
+
+async fn deploy(server: &ServerProcess, version: &str, device: &str) {
+    let resp = kernex_tests::client()
+        .post(server.url("/api/v1/deployments"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"bundle_version": version, "target_device_ids": [device]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "deploy: {}", resp.status());
+}
+
+#[tokio::test]
+async fn l_on_a_failed_target_shows_the_scripts_own_output() {
+    let root = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&root.path().join("server"), ADMIN, ENROLL).unwrap();
+    let agent = Agent::new(root.path(), &server.url("")).enrollment(ENROLL);
+    agent.once_ok().await;
+    let device_id = agent.device_id();
+    // A good version to fall back to, then the broken one, newest.
+    let good = upload(&server, fixture_bundle("hello-1.0.0")).await;
+    deploy(&server, &good, &device_id).await;
+    agent.once_ok().await;
+    let broken = upload(&server, fixture_bundle("hello-1.2.0-broken")).await;
+
+    let mut tui = Tui::start(&server.url(""), &root.path().join("console.log"));
+    tui.wait_for("● live");
+    tui.wait_for(&device_id[device_id.len() - 11..]);
+    // d: the newest bundle (nothing failed yet), the selected device, confirm.
+    tui.press("d");
+    tui.wait_for("Which bundle?");
+    tui.press("\r");
+    tui.wait_for(&format!("Deploy {broken} to"));
+    tui.press("\r");
+    tui.wait_for("are you sure?");
+    tui.press("y");
+    tui.wait_for(&format!("created deploy of {broken} to 1 device"));
+    // The device runs it: the script fails and the agent rolls back.
+    agent.once_ok().await;
+    tui.wait_for("1 failed");
+    tui.press("l");
+    // The script's own output (stdout and stderr), which only its log tail carries.
+    tui.wait_for(&format!("deploying {broken}"));
+    tui.wait_for("error: migration 0042 failed");
+    let screen = tui.screen();
+    assert!(
+        screen.contains(&format!("deploy {broken} on {device_id}"))
+            && screen.contains("rolled back to 1.0.0")
+            && screen.contains("log (the end of what its scripts printed)"),
+        "{screen}"
+    );
+    tui.press("\x1b");
+    // (Esc and q written together would read as Alt-q.)
+    tui.wait_for(" l logs ");
+    tui.press("q");
+    assert_eq!(tui.wait_exit(), 0, "{}", tui.screen());
 }
 
 #[test]

@@ -60,6 +60,8 @@ pub struct BundleChoice {
     pub version: String,
     pub name: String,
     pub size_bytes: u64,
+    /// Devices it is known to have failed on.
+    pub failed: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +80,7 @@ impl PickBundle {
         match (key.code, self.bundles.get(self.selected)) {
             (KeyCode::Enter, Some(b)) => Outcome::Open(Dialog::PickTargets(PickTargets::new(
                 b.version.clone(),
+                b.failed,
                 self.targets.clone(),
             ))),
             _ => Outcome::Stay,
@@ -106,6 +109,8 @@ pub enum TargetOption {
 #[derive(Debug, Clone)]
 pub struct PickTargets {
     pub version: String,
+    /// Devices the bundle is known to have failed on (the confirmation repeats it).
+    pub failed: usize,
     pub options: Vec<TargetOption>,
     pub selected: usize,
     pub tag: String,
@@ -114,7 +119,7 @@ pub struct PickTargets {
 }
 
 impl PickTargets {
-    pub fn new(version: String, choices: TargetChoices) -> PickTargets {
+    pub fn new(version: String, failed: usize, choices: TargetChoices) -> PickTargets {
         let mut options = Vec::new();
         if !choices.marked.is_empty() {
             options.push(TargetOption::Marked(choices.marked.clone()));
@@ -127,6 +132,7 @@ impl PickTargets {
         options.push(TargetOption::Tag);
         PickTargets {
             version,
+            failed,
             options,
             selected: 0,
             tag: String::new(),
@@ -173,7 +179,7 @@ impl PickTargets {
                     target_device_ids: ids.clone(),
                     ..Default::default()
                 },
-                format!("{} marked device(s)", ids.len()),
+                format!("the {}", marked(ids.len())),
                 ids.clone(),
             ),
             Some(TargetOption::Device(id)) => (
@@ -182,7 +188,7 @@ impl PickTargets {
                     target_device_ids: vec![id.clone()],
                     ..Default::default()
                 },
-                format!("device {id}"),
+                format!("1 device, {id}"),
                 vec![id.clone()],
             ),
             Some(TargetOption::Tag) => {
@@ -191,19 +197,37 @@ impl PickTargets {
                     self.error = Some("a tag is 1-64 chars of A-Z a-z 0-9 . _ : -".into());
                     return Outcome::Stay;
                 }
+                // The count is the console's view of the fleet; the server decides.
+                let known = self
+                    .choices
+                    .tag_counts
+                    .iter()
+                    .find(|(t, _)| *t == tag)
+                    .map_or(0, |(_, n)| *n);
+                let what = match known {
+                    0 => format!("every accepted device tagged {tag:?} (none known here)"),
+                    n => format!("the {} tagged {tag:?}", accepted(n)),
+                };
                 (
                     CreateDeployment {
                         bundle_version: Some(self.version.clone()),
                         target_tags: vec![tag.clone()],
                         ..Default::default()
                     },
-                    format!("every accepted device tagged {tag:?}"),
+                    what,
                     Vec::new(),
                 )
             }
             None => return Outcome::Stay,
         };
         let mut body = vec![format!("Deploy {} to {what}?", self.version)];
+        if self.failed > 0 {
+            body.push(format!(
+                "  ✗ {} failed on {} already",
+                self.version,
+                devices(self.failed)
+            ));
+        }
         if ids.len() > 1 {
             body.extend(ids.iter().take(6).map(|id| format!("  {id}")));
         }
@@ -216,6 +240,25 @@ impl PickTargets {
             request: Request::Deploy(req),
         }))
     }
+}
+
+/// "1 device", "3 devices".
+pub fn devices(n: usize) -> String {
+    if n == 1 {
+        "1 device".into()
+    } else {
+        format!("{n} devices")
+    }
+}
+
+/// "1 accepted device", "3 accepted devices".
+fn accepted(n: usize) -> String {
+    format!("{n} accepted {}", if n == 1 { "device" } else { "devices" })
+}
+
+/// "1 marked device", "3 marked devices".
+pub fn marked(n: usize) -> String {
+    format!("{n} marked {}", if n == 1 { "device" } else { "devices" })
 }
 
 // ---------------------------------------------------------------------------- rollback
@@ -305,6 +348,14 @@ impl ConfigForm {
             return Outcome::Stay;
         }
         let level_field = self.field == 3;
+        // Any edit makes the last verdict ("fix the marked field", "nothing changed")
+        // out of date: the next Enter gives a new one.
+        if !matches!(
+            key.code,
+            KeyCode::Up | KeyCode::Down | KeyCode::Tab | KeyCode::BackTab | KeyCode::Enter
+        ) {
+            self.message = None;
+        }
         match key.code {
             KeyCode::Up | KeyCode::BackTab => self.field = self.field.saturating_sub(1),
             KeyCode::Down | KeyCode::Tab => self.field = (self.field + 1).min(4),

@@ -16,6 +16,8 @@ pub enum SortKey {
     #[default]
     Id,
     Status,
+    /// Failed last deployments first.
+    LastDeploy,
     Version,
     Cpu,
     LastSeen,
@@ -25,7 +27,8 @@ impl SortKey {
     pub fn next(self) -> SortKey {
         match self {
             SortKey::Id => SortKey::Status,
-            SortKey::Status => SortKey::Version,
+            SortKey::Status => SortKey::LastDeploy,
+            SortKey::LastDeploy => SortKey::Version,
             SortKey::Version => SortKey::Cpu,
             SortKey::Cpu => SortKey::LastSeen,
             SortKey::LastSeen => SortKey::Id,
@@ -36,6 +39,7 @@ impl SortKey {
         match self {
             SortKey::Id => "id",
             SortKey::Status => "status",
+            SortKey::LastDeploy => "last deploy",
             SortKey::Version => "version",
             SortKey::Cpu => "cpu",
             SortKey::LastSeen => "last seen",
@@ -113,6 +117,10 @@ pub struct Fleet {
     pub generation: u64,
     /// The device to keep selected across a rebuild after rows were removed.
     keep: Option<String>,
+    /// Since when the rows are only the last known state: the console lost the server
+    /// then (it hears no heartbeats, so silence says nothing about the devices). Cleared
+    /// when a full re-read after reconnecting has finished.
+    pub stale_since: Option<DateTime<Utc>>,
 }
 
 impl Fleet {
@@ -332,8 +340,12 @@ impl Fleet {
     }
 
     /// A device that missed three of its beats is offline (the server's rule, with the
-    /// cadence we observe; the server's own word arrives with the next full read).
+    /// cadence we observe; the server's own word arrives with the next full read). Not
+    /// while the rows are stale: the beats stopped reaching us, not the server.
     pub fn age_out(&mut self, now: DateTime<Utc>) {
+        if self.stale_since.is_some() {
+            return;
+        }
         let mut went = 0;
         for row in &mut self.rows {
             if row.summary.status != OnlineStatus::Online {
@@ -392,6 +404,11 @@ impl Fleet {
                     .cmp(&status_rank(&rows[*b].summary))
                     .then_with(|| by_id(a, b))
             }),
+            SortKey::LastDeploy => self.visible.sort_unstable_by(|a, b| {
+                result_rank(&rows[*a].summary)
+                    .cmp(&result_rank(&rows[*b].summary))
+                    .then_with(|| by_id(a, b))
+            }),
             SortKey::Version => self.visible.sort_unstable_by(|a, b| {
                 rows[*a]
                     .summary
@@ -435,6 +452,15 @@ fn status_rank(d: &DeviceSummary) -> u8 {
     }
 }
 
+/// Failed last deployments first, then devices never deployed to, then successes.
+fn result_rank(d: &DeviceSummary) -> u8 {
+    match d.last_deployment.as_ref().map(|l| l.status) {
+        Some(kernex_common::api::ResultStatus::Failed) => 0,
+        None => 1,
+        Some(_) => 2,
+    }
+}
+
 /// Every term must appear in one of the device's text fields.
 fn matches_terms(d: &DeviceSummary, terms: &[String]) -> bool {
     let fields = [
@@ -448,6 +474,11 @@ fn matches_terms(d: &DeviceSummary, terms: &[String]) -> bool {
             .to_lowercase(),
         d.agent_status.clone().unwrap_or_default().to_lowercase(),
         d.tags.join(" ").to_lowercase(),
+        // "failed", "success" and the version of the newest deployment.
+        d.last_deployment
+            .as_ref()
+            .map(|l| format!("{} {}", l.status.as_str(), l.bundle_version.to_lowercase()))
+            .unwrap_or_default(),
     ];
     terms
         .iter()
@@ -478,6 +509,17 @@ mod tests {
             .iter()
             .filter(|r| r.summary.status == OnlineStatus::Online)
             .count()
+    }
+
+    #[test]
+    fn silence_while_the_server_is_lost_ages_nobody_out() {
+        let mut f = Fleet::default();
+        f.upsert_page(dev("a", "online"));
+        let later = DateTime::parse_from_rfc3339("2026-11-25T13:00:00Z").unwrap();
+        f.stale_since = Some(later.with_timezone(&Utc));
+        f.age_out(later.with_timezone(&Utc));
+        assert_eq!(f.online(), 1);
+        assert_eq!(f.get("a").unwrap().status, OnlineStatus::Online);
     }
 
     #[test]

@@ -78,14 +78,21 @@ impl Deployments {
         self.select_id(keep);
     }
 
-    /// Insert or replace one deployment; the selection stays on the same deployment.
-    pub fn upsert(&mut self, d: Deployment) {
+    /// Insert or replace one deployment; the selection stays on the same deployment. A
+    /// read that left the server before live events we already applied must not undo
+    /// them (a failed target back to "installing 0%"): what we know is kept where it is
+    /// newer.
+    pub fn upsert(&mut self, mut d: Deployment) {
         let keep = self.selected().map(|d| d.id.clone());
-        self.index.insert(d.id.clone(), target_index(&d));
         self.stale.remove(&d.id);
         match self.items.iter_mut().find(|x| x.id == d.id) {
-            Some(x) => *x = d,
+            Some(x) => {
+                keep_newer(x, &mut d);
+                self.index.insert(d.id.clone(), target_index(&d));
+                *x = d;
+            }
             None => {
+                self.index.insert(d.id.clone(), target_index(&d));
                 self.items.insert(0, d);
                 self.items.sort_by_key(|d| std::cmp::Reverse(d.created_at));
                 for gone in self
@@ -115,6 +122,32 @@ impl Deployments {
                 index.insert(dev.device_id.clone(), d.devices.len());
                 d.devices.push(dev);
             }
+        }
+    }
+}
+
+/// Keep in `new` (a read) whatever `known` has that is newer: the deployment's state
+/// when it was updated later, and each target updated later or already final.
+fn keep_newer(known: &Deployment, new: &mut Deployment) {
+    if known.updated_at > new.updated_at {
+        new.status = known.status;
+        new.counts = known.counts;
+        new.updated_at = known.updated_at;
+        new.completed_at = known.completed_at;
+    }
+    if known.devices.is_empty() {
+        return;
+    }
+    let by_id: HashMap<&str, &DeploymentDevice> = known
+        .devices
+        .iter()
+        .map(|t| (t.device_id.as_str(), t))
+        .collect();
+    for t in &mut new.devices {
+        if let Some(k) = by_id.get(t.device_id.as_str())
+            && (k.updated_at > t.updated_at || (k.status.is_final() && !t.status.is_final()))
+        {
+            *t = (*k).clone();
         }
     }
 }
@@ -197,6 +230,28 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// A re-read that left the server before a target's failure event arrived must not
+    /// put it back to "installing 0%".
+    #[test]
+    fn a_late_read_does_not_undo_a_failure_seen_live() {
+        let mut list = Deployments::default();
+        let mut read = dep("a", &["d1"]);
+        read.status = TargetStatus::InProgress;
+        read.devices[0].status = TargetStatus::InProgress;
+        read.devices[0].phase = Some(kernex_common::api::Phase::Installing);
+        read.devices[0].progress_pct = Some(0);
+        let mut live = dep("a", &["d1"]);
+        live.status = TargetStatus::Failed;
+        live.updated_at = read.updated_at + chrono::Duration::seconds(1);
+        live.devices[0].status = TargetStatus::Failed;
+        live.devices[0].updated_at = live.updated_at;
+        list.upsert(live);
+        list.upsert(read);
+        let a = &list.items[0];
+        assert_eq!(a.status, TargetStatus::Failed);
+        assert_eq!(a.devices[0].status, TargetStatus::Failed);
     }
 
     /// A list read without targets (`devices=false`) keeps the targets already read and

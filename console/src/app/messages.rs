@@ -36,6 +36,10 @@ impl App {
                     }),
                     _ => {
                         self.fleet.retain_current();
+                        // The server's word on every device: nothing is stale any more.
+                        if self.link == Link::Live {
+                            self.fleet.stale_since = None;
+                        }
                         self.loading_devices = false;
                         // Events were lost while this read ran: one more, now.
                         if std::mem::take(&mut self.resync_again) {
@@ -98,18 +102,23 @@ impl App {
             Msg::Deployments(items) => self.deployments.replace(items),
             Msg::Deployment(d) => {
                 self.refreshing.remove(&d.id);
+                let id = d.id.clone();
                 self.deployments.upsert(*d);
+                // Events came for it while it was read: the read may predate them.
+                if self.read_again.remove(&id) {
+                    self.deployments.stale.insert(id);
+                }
             }
             Msg::Bundles(items) => self.bundles.edit(|b| *b = items),
             Msg::Done(Ok(done)) => match done {
                 Done::Created(d) => {
                     let d = *d;
+                    // No status here: it would be stale in seconds (the view follows it).
                     self.say(format!(
-                        "{} {} → {} device(s): {} ({})",
+                        "created {} of {} to {} ({})",
                         d.kind.as_str(),
                         d.bundle_version,
-                        d.target_device_ids.len(),
-                        d.status.as_str(),
+                        super::dialog::devices(d.target_device_ids.len()),
                         d.id
                     ));
                     let id = d.id.clone();
@@ -225,6 +234,7 @@ impl App {
     pub(super) fn on_live(&mut self, ev: LiveEvent) {
         match ev {
             LiveEvent::Connected => {
+                self.heard();
                 let again = self.link != Link::Connecting;
                 self.link = Link::Live;
                 if again {
@@ -236,19 +246,47 @@ impl App {
                 if self.link == Link::Live {
                     self.log_event(format!("lost the server: {error}"));
                 }
+                self.went_stale();
                 self.link = Link::Reconnecting { error, attempt };
             }
             LiveEvent::Refused { error } => {
                 if !matches!(self.link, Link::Refused { .. }) {
                     self.log_event(format!("the server refused the token: {error}"));
                 }
+                self.went_stale();
                 self.link = Link::Refused { error };
             }
+            LiveEvent::Alive => self.heard(),
             LiveEvent::Lagged => {
                 self.log_event("fell behind the event stream: re-reading".into());
                 self.resync();
             }
-            LiveEvent::Event(ev) => self.on_event(ev),
+            LiveEvent::Event(ev) => {
+                self.heard();
+                self.on_event(ev);
+            }
+        }
+    }
+
+    /// The stream is down: what the fleet shows is the last known state, as of the last
+    /// time the server was heard from.
+    fn went_stale(&mut self) {
+        if self.link == Link::Live || !self.fleet.is_empty() {
+            let since = self.heard_at.unwrap_or_else(|| self.now());
+            self.fleet.stale_since.get_or_insert(since);
+        }
+        // A lost connection now: it takes a re-read to be current again.
+        self.silent_stale = false;
+    }
+
+    /// The server said something (an event, a keep-alive). A fleet that went stale only
+    /// because the stream fell silent is current again (nothing was missed: a gap would
+    /// have come as a lag); one stale from a lost connection waits for its re-read.
+    fn heard(&mut self) {
+        self.heard_at = Some(self.now());
+        if self.silent_stale && self.link == Link::Live && !self.loading_devices {
+            self.fleet.stale_since = None;
+            self.silent_stale = false;
         }
     }
 
@@ -342,8 +380,11 @@ impl App {
             ..
         } = ev;
         let Some(known) = self.deployments.get_mut(&id) else {
-            // New to us: read it whole (targets and per-device rows), once.
-            if self.refreshing.insert(id.clone()) {
+            // New to us: read it whole (targets and per-device rows), once; events that
+            // arrive meanwhile ask for one more read when it lands.
+            if !self.refreshing.insert(id.clone()) {
+                self.read_again.insert(id);
+            } else {
                 self.ask(Request::Deployment(id.clone()));
                 let v = bundle_version.as_deref().unwrap_or("?");
                 let k = kind.map_or("deploy", DeploymentKind::as_str);

@@ -2,10 +2,12 @@
 //! keymap; actions and server messages change state and queue requests; views draw the
 //! state. `run` wires that to a real terminal, the event stream and the API.
 
+pub mod details; // the failure drill-down and the pager it shares with help
 pub mod dialog; // modal steps of deploy / rollback / config / confirm
 pub mod fleet; // the device table's data, for big fleets
 pub mod lists; // deployments and bundles
 mod messages; // server replies and live events
+mod picker; // the deploy flow's start: bundles marked with where they failed
 pub mod request; // requests to the server and their replies
 mod run; // the event loop over a real terminal
 
@@ -21,7 +23,8 @@ use kernex_common::api::{Admission, Deployment, DeviceSummary, ResultStatus};
 use crate::action::{Action, View};
 use crate::keymap::Keymap;
 use crate::live::LiveEvent;
-use dialog::{BundleChoice, ConfigForm, Dialog, Outcome, PickBundle, PickRollback, TargetChoices};
+use details::{Details, Pager};
+use dialog::{ConfigForm, Dialog, Outcome, PickRollback};
 use fleet::Fleet;
 pub use lists::{Bundles, Deployments};
 use request::{DeviceData, Msg, Request};
@@ -32,6 +35,9 @@ const EVENT_LOG: usize = 200;
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// How long a flash message stays in the status line.
 const FLASH_FOR: Duration = Duration::from_secs(8);
+/// The server sends a keep-alive every 15 s: longer without a word and what the console
+/// shows is stale, though the stream has not failed (yet).
+const SILENCE: chrono::TimeDelta = chrono::TimeDelta::seconds(20);
 
 impl From<LiveEvent> for Msg {
     fn from(e: LiveEvent) -> Msg {
@@ -58,9 +64,15 @@ pub enum Link {
 #[derive(Debug, Clone)]
 pub enum Mode {
     Normal,
-    Filter,
+    /// Typing a filter. `fresh`: the old filter is shown selected, and the first key
+    /// typed replaces it (Enter keeps it).
+    Filter {
+        fresh: bool,
+    },
     Command(String),
-    Help,
+    Help(Pager),
+    /// The full error and log of a target or history row.
+    Details(Details),
     Dialog(Dialog),
 }
 
@@ -79,6 +91,8 @@ pub struct DevicePane {
     /// Newest last, for the sparklines.
     pub cpu: VecDeque<f64>,
     pub mem: VecDeque<f64>,
+    /// The selected bundle-history row.
+    pub history: fleet::Scroll,
 }
 
 pub struct App {
@@ -89,11 +103,17 @@ pub struct App {
     pub previous: View,
     pub mode: Mode,
     pub link: Link,
+    /// When the server last said anything on the live stream (keep-alives included).
+    pub heard_at: Option<DateTime<Utc>>,
+    /// The fleet went stale because the stream fell silent (not because it failed).
+    silent_stale: bool,
     pub fleet: Fleet,
     pub loading_devices: bool,
     resync_again: bool,
     /// Deployments being re-read.
     refreshing: std::collections::HashSet<String>,
+    /// Deployments being read for the first time that events arrived for meanwhile.
+    read_again: std::collections::HashSet<String>,
     /// The last per-device re-read of a shown deployment, for the rate limit.
     refreshed_at: Option<(String, Instant)>,
     /// Devices heard from but not yet known, being read one by one.
@@ -120,10 +140,13 @@ impl App {
             previous: View::Fleet,
             mode: Mode::Normal,
             link: Link::Connecting,
+            heard_at: None,
+            silent_stale: false,
             fleet: Fleet::default(),
             loading_devices: false,
             resync_again: false,
             refreshing: Default::default(),
+            read_again: Default::default(),
             refreshed_at: None,
             fetching: Default::default(),
             device: None,
@@ -187,7 +210,19 @@ impl App {
         {
             self.flash = None;
         }
-        self.fleet.age_out(now);
+        // A live stream that says nothing: the rows are stale, not the devices offline.
+        if let Some(heard) = self.heard_at
+            && self.link == Link::Live
+            && now - heard > SILENCE
+            && self.fleet.stale_since.is_none()
+        {
+            self.fleet.stale_since = Some(heard);
+            self.silent_stale = true;
+        }
+        // Devices are aged against the last word from the server, not the wall clock: a
+        // device is silent only if the server was heard since its beat was due.
+        self.fleet
+            .age_out(self.heard_at.map_or(now, |h| h.min(now)));
         // A stale deployment skipped by the rate limit gets its read now.
         self.refresh_shown_deployment();
     }
@@ -199,6 +234,10 @@ impl App {
         self.deployments.scroll.clamp(n);
         let n = self.bundles.visible().len();
         self.bundles.scroll.clamp(n);
+        if let Some(p) = self.device.as_mut() {
+            let n = p.data.as_ref().map_or(0, |d| d.history.len());
+            p.history.clamp(n);
+        }
     }
 
     /// Re-read everything (start, reconnect, lagged, `R`). While a re-read of the device
@@ -243,15 +282,20 @@ impl App {
                     self.update(action);
                 }
             }
-            Mode::Help => {
-                if matches!(
-                    key.code,
-                    KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q')
-                ) {
+            Mode::Help(pager) => {
+                if !pager.on_key(&key, self.page, '?') {
                     self.mode = Mode::Normal;
                 }
             }
-            Mode::Filter => self.filter_key(key),
+            Mode::Details(d) => {
+                if !d.pager.on_key(&key, self.page, 'l') {
+                    self.mode = Mode::Normal;
+                }
+            }
+            Mode::Filter { fresh } => {
+                let fresh = std::mem::take(fresh);
+                self.filter_key(key, fresh);
+            }
             Mode::Command(input) => match key.code {
                 KeyCode::Esc => self.mode = Mode::Normal,
                 KeyCode::Enter => {
@@ -291,7 +335,9 @@ impl App {
         }
     }
 
-    fn filter_key(&mut self, key: KeyEvent) {
+    /// A key typed into the filter. `fresh`: the first key since `/`, which replaces the
+    /// old filter rather than extending it.
+    fn filter_key(&mut self, key: KeyEvent, fresh: bool) {
         let Some(filter) = self.filter_mut() else {
             self.mode = Mode::Normal;
             return;
@@ -302,10 +348,16 @@ impl App {
                 filter.clear();
                 self.mode = Mode::Normal;
             }
+            KeyCode::Backspace if fresh => filter.clear(),
             KeyCode::Backspace => {
                 filter.pop();
             }
-            KeyCode::Char(c) => filter.push(c),
+            KeyCode::Char(c) => {
+                if fresh {
+                    filter.clear();
+                }
+                filter.push(c);
+            }
             KeyCode::Down | KeyCode::Up => {
                 self.mode = Mode::Normal;
                 let a = if key.code == KeyCode::Up {
@@ -337,7 +389,7 @@ impl App {
                 None => self.warn(format!("no device matches {id:?}")),
             },
             ("device" | "dev", None) => self.show(View::Device),
-            ("help" | "h", _) => self.mode = Mode::Help,
+            ("help" | "h", _) => self.mode = Mode::Help(Pager::default()),
             ("refresh", _) => self.update(Action::Refresh),
             ("q" | "quit", _) => self.quit = true,
             _ => self.warn(format!(
@@ -385,6 +437,7 @@ impl App {
                 data: None,
                 cpu: VecDeque::new(),
                 mem: VecDeque::new(),
+                history: Default::default(),
             });
             self.ask(Request::DeviceView(id));
         }
@@ -422,7 +475,20 @@ impl App {
             Action::Open | Action::Mark | Action::Sort => match self.view {
                 View::Fleet => self.fleet.visible_len() > 0,
                 View::Deployments => self.deployments.selected().is_some(),
+                View::Device => self.history_subject().is_some(),
                 _ => true,
+            },
+            Action::Details => match self.view {
+                View::Fleet => self
+                    .fleet
+                    .selected()
+                    .is_some_and(|d| d.last_deployment.is_some()),
+                View::Deployments => self
+                    .deployments
+                    .selected()
+                    .is_some_and(|d| !d.devices.is_empty()),
+                View::Device => self.history_subject().is_some(),
+                _ => false,
             },
             Action::CancelDeployment => self
                 .deployments
@@ -443,7 +509,7 @@ impl App {
     fn act(&mut self, action: Action) {
         match action {
             Action::Quit => self.quit = true,
-            Action::Help => self.mode = Mode::Help,
+            Action::Help => self.mode = Mode::Help(Pager::default()),
             Action::Back => match self.view {
                 View::Device => self.view = self.previous,
                 View::Fleet if !self.fleet.filter.is_empty() => {
@@ -479,15 +545,22 @@ impl App {
                         self.open_device(id);
                     }
                 }
-                View::Deployments => {
-                    self.deployments.expanded = !self.deployments.expanded;
-                    self.deployments.target_scroll = Default::default();
-                }
-                _ => {}
+                // Open, Enter drills into the target under the cursor (it no longer
+                // closes the list: Esc does).
+                View::Deployments if self.deployments.expanded => self.open_details(),
+                View::Deployments => self.expand_deployment(),
+                View::Device => self.open_details(),
+                View::Bundles => {}
             },
+            Action::Details => {
+                if self.view == View::Deployments && !self.deployments.expanded {
+                    self.expand_deployment();
+                }
+                self.open_details();
+            }
             Action::Filter => {
                 if self.view != View::Device {
-                    self.mode = Mode::Filter;
+                    self.mode = Mode::Filter { fresh: true };
                 }
             }
             Action::Command => self.mode = Mode::Command(String::new()),
@@ -586,7 +659,13 @@ impl App {
                 let n = self.bundles.visible().len();
                 (&mut self.bundles.scroll, n)
             }
-            View::Device => return,
+            View::Device => match self.device.as_mut() {
+                Some(p) => {
+                    let n = p.data.as_ref().map_or(0, |d| d.history.len());
+                    (&mut p.history, n)
+                }
+                None => return,
+            },
         };
         match action {
             Action::Up => scroll.up(1),
@@ -596,44 +675,6 @@ impl App {
             Action::Top => scroll.selected = 0,
             _ => scroll.selected = len.saturating_sub(1),
         }
-    }
-
-    fn start_deploy(&mut self) {
-        if self.bundles.items.is_empty() {
-            return self.warn("no bundles on the server yet: push one first");
-        }
-        let selected = match self.view {
-            View::Bundles => None,
-            _ => self.target_device().map(|d| d.device_id),
-        };
-        let tag_counts = self.fleet.tag_counts(50);
-        let targets = TargetChoices {
-            marked: self.fleet.marked.iter().cloned().collect(),
-            selected,
-            tag_counts,
-        };
-        if self.view == View::Bundles {
-            let Some(b) = self.bundles.selected().map(|b| b.version.clone()) else {
-                return self.warn("no bundle selected");
-            };
-            self.mode = Mode::Dialog(Dialog::PickTargets(dialog::PickTargets::new(b, targets)));
-            return;
-        }
-        let bundles = self
-            .bundles
-            .items
-            .iter()
-            .map(|b| BundleChoice {
-                version: b.version.clone(),
-                name: b.name.clone(),
-                size_bytes: b.size_bytes,
-            })
-            .collect();
-        self.mode = Mode::Dialog(Dialog::PickBundle(PickBundle {
-            bundles,
-            selected: 0,
-            targets,
-        }));
     }
 
     fn start_rollback(&mut self) {

@@ -7,8 +7,9 @@ use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Gauge, Row, Table, Widget};
 
+use super::text::ellipsize;
 use super::{list_frame, selected, short_id, target_style};
-use crate::app::{App, first_line, progress};
+use crate::app::{App, progress};
 
 pub struct DeploymentsView<'a>(pub &'a App);
 
@@ -46,6 +47,9 @@ impl Widget for DeploymentsView<'_> {
             Layout::vertical([Constraint::Length(list_h + 1), Constraint::Min(3)]).areas(inner);
         let height = list_area.height.saturating_sub(1) as usize;
         let start = deps.scroll.window(height, visible.len());
+        // The id's end, as wide as its column: a suffix (what commands accept), never a
+        // chunk from its middle.
+        let id_w = (list_area.width as usize).saturating_sub(13 + 8 + 16 + 16 + 11 + 5);
         let rows: Vec<Row> = visible
             .iter()
             .enumerate()
@@ -66,7 +70,7 @@ impl Widget for DeploymentsView<'_> {
                     Cell::from(d.bundle_version.clone()),
                     Cell::from(format!("{} {done}/{total}", bar(done, total, 8))),
                     Cell::from(d.created_at.format("%m-%d %H:%M").to_string()),
-                    Cell::from(short_id(&d.id, 12)),
+                    Cell::from(short_id(&d.id, id_w)),
                 ]);
                 if i == deps.scroll.selected {
                     row.style(selected())
@@ -125,6 +129,9 @@ impl Widget for DeploymentsView<'_> {
         let height = table_area.height.saturating_sub(1) as usize;
         let start = deps.target_scroll.window(height, d.devices.len());
         let cursor = deps.expanded;
+        // The error column gets what the others leave; a cut error ends with "…" and
+        // `l` shows it whole.
+        let error_w = (table_area.width as usize).saturating_sub(13 + 11 + 17 + 3);
         let rows: Vec<Row> = d
             .devices
             .iter()
@@ -151,9 +158,8 @@ impl Widget for DeploymentsView<'_> {
                     Cell::from(
                         t.error_message
                             .as_deref()
-                            .map(first_line)
-                            .unwrap_or("")
-                            .to_owned(),
+                            .map(|e| ellipsize(e, error_w))
+                            .unwrap_or_default(),
                     ),
                 ]);
                 if here { row.style(selected()) } else { row }

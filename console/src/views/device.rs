@@ -7,8 +7,9 @@ use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Sparkline, Table, Widget};
 
-use super::{ago, body_block, status_style};
-use crate::app::{App, first_line};
+use super::text::ellipsize;
+use super::{ago, body_block, selected, status_style};
+use crate::app::App;
 
 pub struct DeviceView<'a>(pub &'a App);
 
@@ -34,7 +35,7 @@ impl Widget for DeviceView<'_> {
         };
         let now = app.now();
         let d = app.fleet.get(&pane.id).unwrap_or(&data.detail.summary);
-        let (status, st) = status_style(d);
+        let (status, st) = status_style(d, app.fleet.stale_since.is_some());
         let label = |s: &'static str| Span::styled(s, Style::new().fg(Color::DarkGray));
         let info = vec![
             Line::from(vec![
@@ -123,10 +124,18 @@ impl Widget for DeviceView<'_> {
 
         let [hist_area, cfg_area] =
             Layout::horizontal([Constraint::Min(40), Constraint::Length(24)]).areas(lower);
+        // Rows under the table's title and header; the error gets what the rest leave.
+        let height = hist_area.height.saturating_sub(2) as usize;
+        let start = pane.history.window(height, data.history.len());
+        let error_w = (hist_area.width as usize).saturating_sub(1 + 5 + 8 + 12 + 14 + 5);
         let rows: Vec<Row> = data
             .history
             .iter()
-            .map(|h| {
+            .enumerate()
+            .skip(start)
+            .take(height)
+            .map(|(i, h)| {
+                let here = i == pane.history.selected;
                 let status = match (&h.status, &h.rolled_back_to) {
                     (kernex_common::api::ResultStatus::Success, _) => {
                         Span::styled("ok", Style::new().fg(Color::Green))
@@ -136,7 +145,8 @@ impl Widget for DeviceView<'_> {
                     }
                     _ => Span::styled("failed", Style::new().fg(Color::Red)),
                 };
-                Row::new(vec![
+                let row = Row::new(vec![
+                    Cell::from(if here { "▶" } else { " " }),
                     Cell::from(if h.deployed_at.date_naive() == now.date_naive() {
                         h.deployed_at.format("%H:%M").to_string()
                     } else {
@@ -148,16 +158,17 @@ impl Widget for DeviceView<'_> {
                     Cell::from(
                         h.error_message
                             .as_deref()
-                            .map(first_line)
-                            .unwrap_or("")
-                            .to_owned(),
+                            .map(|e| ellipsize(e, error_w))
+                            .unwrap_or_default(),
                     ),
-                ])
+                ]);
+                if here { row.style(selected()) } else { row }
             })
             .collect();
         let history = Table::new(
             rows,
             [
+                Constraint::Length(1),
                 Constraint::Length(5),
                 Constraint::Length(8),
                 Constraint::Length(12),
@@ -166,7 +177,7 @@ impl Widget for DeviceView<'_> {
             ],
         )
         .header(
-            Row::new(["WHEN", "KIND", "VERSION", "RESULT", "ERROR"])
+            Row::new(["", "WHEN", "KIND", "VERSION", "RESULT", "ERROR"])
                 .style(Style::new().fg(Color::Yellow).bold()),
         )
         .block(

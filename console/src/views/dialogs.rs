@@ -7,7 +7,7 @@ use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget};
 
-use crate::app::dialog::{CONFIG_FIELDS, Dialog, TargetOption};
+use crate::app::dialog::{CONFIG_FIELDS, Dialog, TargetOption, devices, marked};
 use crate::fmt::bytes;
 
 pub struct DialogView<'a>(pub &'a Dialog);
@@ -44,10 +44,15 @@ impl Widget for DialogView<'_> {
                     let start = p.selected.saturating_sub(room.saturating_sub(1));
                     lines.extend(p.bundles.iter().enumerate().skip(start).take(room).map(
                         |(i, b)| {
+                            // ✗ and how many: a bundle that failed somewhere stands out.
+                            let failed = match b.failed {
+                                0 => String::new(),
+                                n => format!("  ✗ failed on {}", devices(n)),
+                            };
                             pick(
                                 i == p.selected,
                                 format!(
-                                    "{:<16} {:<12} {:>10}",
+                                    "{:<16} {:<12} {:>10}{failed}",
                                     b.version,
                                     b.name,
                                     bytes(b.size_bytes)
@@ -62,10 +67,16 @@ impl Widget for DialogView<'_> {
                         format!("Deploy {} to…", t.version),
                         Style::new().bold(),
                     )];
+                    if t.failed > 0 {
+                        lines.push(Line::styled(
+                            format!("✗ it failed on {} already", devices(t.failed)),
+                            Style::new().fg(Color::Red).bold(),
+                        ));
+                    }
                     for (i, o) in t.options.iter().enumerate() {
                         let text = match o {
                             TargetOption::Marked(ids) => {
-                                format!("the {} marked device(s)", ids.len())
+                                format!("the {}", marked(ids.len()))
                             }
                             TargetOption::Device(id) => format!("device {id}"),
                             TargetOption::Tag => format!(

@@ -23,8 +23,13 @@ impl Widget for Footer<'_> {
                 .filter(|(_, _, action)| app.applies(action))
                 .map(|(k, l, _)| (k, l))
                 .collect(),
-            Mode::Help => vec![("Esc".into(), "close"), ("q".into(), "close")],
-            Mode::Filter => vec![
+            Mode::Help(_) | Mode::Details(_) => vec![
+                ("↑↓".into(), "scroll"),
+                ("PgUp PgDn".into(), "page"),
+                ("Esc".into(), "close"),
+                ("q".into(), "close"),
+            ],
+            Mode::Filter { .. } => vec![
                 ("Enter".into(), "keep filter"),
                 ("Esc".into(), "clear"),
                 ("↑↓".into(), "move"),

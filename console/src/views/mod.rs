@@ -4,11 +4,13 @@
 
 mod bundles; // bundle list
 mod deployments; // deployments with gauges and per-device rows
+mod details; // the failure drill-down
 mod device; // one device: sparklines, history, config
 mod dialogs; // pickers, config form, confirmation
 mod fleet; // the device table
 mod footer; // keys that apply, from the keymap
 mod help; // every binding
+pub mod text; // device text made safe, wrapped and fitted
 
 use chrono::{DateTime, Utc};
 use kernex_common::api::{Admission, DeviceSummary, OnlineStatus, TargetStatus};
@@ -55,7 +57,9 @@ pub fn draw(f: &mut Frame, app: &App) {
     StatusLine(app).render(status, buf);
     footer::Footer(app).render(footer, buf);
     match &app.mode {
-        Mode::Help => help::Help(app).render(body, buf),
+        // Panels of text take the events pane's rows too: every line counts at 80×24.
+        Mode::Help(pager) => help::Help(app, pager).render(body.union(events), buf),
+        Mode::Details(d) => details::DetailsView(app, d).render(body.union(events), buf),
         Mode::Dialog(d) => dialogs::DialogView(d).render(body, buf),
         _ => {}
     }
@@ -85,46 +89,80 @@ impl Widget for Header<'_> {
             spans.push(Span::styled(v.title(), style));
             spans.push(Span::raw("  "));
         }
-        let link = match &app.link {
-            Link::Connecting => Span::styled("◌ connecting", Style::new().fg(Color::Yellow)),
-            Link::Live => Span::styled("● live", Style::new().fg(Color::Green).bold()),
-            Link::Reconnecting { attempt, .. } => Span::styled(
-                format!("◌ reconnecting (try {attempt})"),
-                Style::new().fg(Color::Black).bg(Color::Yellow).bold(),
-            ),
-            Link::Refused { .. } => Span::styled(
-                "✗ token refused",
-                Style::new().fg(Color::White).bg(Color::Red).bold(),
-            ),
-        };
-        let right = Line::from(vec![
-            link,
-            Span::raw(" "),
-            Span::styled(app.server.clone(), Style::new().fg(Color::DarkGray)),
-        ]);
-        let rw = right.width() as u16;
-        Line::from(spans).render(area, buf);
-        if area.width > rw + 40 {
-            right.render(
-                Rect {
-                    x: area.right() - rw - 1,
-                    width: rw + 1,
-                    ..area
-                },
-                buf,
-            );
-        } else {
-            // Narrow: the link state matters more than the URL.
-            let l = Line::from(right.spans[0].clone());
-            let w = l.width() as u16;
-            l.render(
-                Rect {
-                    x: area.right().saturating_sub(w + 1),
-                    width: w + 1,
-                    ..area
-                },
-                buf,
-            );
+        let left = Line::from(spans);
+        let room = (area.width as usize).saturating_sub(left.width() + 1);
+        left.render(area, buf);
+        // The longest telling that fits: link and URL, the link, its short form.
+        let (long, short) = link_spans(app);
+        let url = Span::styled(format!(" {}", app.server), Style::new().fg(Color::DarkGray));
+        let right = [
+            Line::from(vec![long.clone(), url]),
+            Line::from(long),
+            Line::from(short),
+        ]
+        .into_iter()
+        .find(|l| l.width() <= room)
+        .unwrap_or_else(|| Line::from(link_spans(app).1));
+        let w = right.width() as u16;
+        right.render(
+            Rect {
+                x: area.right().saturating_sub(w + 1),
+                width: (w + 1).min(area.width),
+                ..area
+            },
+            buf,
+        );
+    }
+}
+
+/// The link state, long and short. While the server is lost the fleet is stale: say
+/// since when.
+fn link_spans(app: &App) -> (Span<'static>, Span<'static>) {
+    let since = app
+        .fleet
+        .stale_since
+        .map(|t| t.format("%H:%M:%S").to_string());
+    let warn = Style::new().fg(Color::Black).bg(Color::Yellow).bold();
+    let both = |long: String, short: String, style: Style| {
+        (Span::styled(long, style), Span::styled(short, style))
+    };
+    match (&app.link, since) {
+        (Link::Connecting, _) => both(
+            "◌ connecting".into(),
+            "◌ connecting".into(),
+            Style::new().fg(Color::Yellow),
+        ),
+        (Link::Live, None) => both(
+            "● live".into(),
+            "● live".into(),
+            Style::new().fg(Color::Green).bold(),
+        ),
+        (Link::Live, Some(t)) if app.loading_devices => both(
+            format!("● live — re-reading, stale since {t}"),
+            "● live — re-reading".into(),
+            Style::new().fg(Color::Green).bold(),
+        ),
+        // Connected, but the server has gone quiet (not even a keep-alive).
+        (Link::Live, Some(t)) => both(
+            format!("◌ server silent — stale since {t}"),
+            format!("◌ stale since {t}"),
+            warn,
+        ),
+        (Link::Reconnecting { .. }, Some(t)) => both(
+            format!("◌ reconnecting — stale since {t}"),
+            format!("◌ stale since {t}"),
+            warn,
+        ),
+        (Link::Reconnecting { .. }, None) => {
+            both("◌ reconnecting".into(), "◌ reconnecting".into(), warn)
+        }
+        (Link::Refused { .. }, since) => {
+            let style = Style::new().fg(Color::White).bg(Color::Red).bold();
+            let long = match since {
+                Some(t) => format!("✗ token refused — stale since {t}"),
+                None => "✗ token refused".into(),
+            };
+            both(long, "✗ token refused".into(), style)
         }
     }
 }
@@ -142,8 +180,8 @@ impl Widget for EventsPane<'_> {
         block.render(area, buf);
         let mut lines: Vec<Line> = Vec::new();
         match &app.link {
-            Link::Reconnecting { error, .. } => lines.push(Line::styled(
-                format!("server unreachable: {error}; retrying…"),
+            Link::Reconnecting { error, attempt } => lines.push(Line::styled(
+                format!("server unreachable (try {attempt}): {error}; retrying…"),
                 Style::new().fg(Color::Yellow),
             )),
             Link::Refused { error } => lines.push(Line::styled(
@@ -179,20 +217,28 @@ impl Widget for StatusLine<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
         let app = self.0;
         let line = match &app.mode {
-            Mode::Filter => {
+            Mode::Filter { fresh } => {
                 let f = match app.view {
                     View::Fleet => &app.fleet.filter,
                     View::Deployments => &app.deployments.filter,
                     _ => &app.bundles.filter,
                 };
+                // The old filter shows selected: typing replaces it, Enter keeps it.
+                let text = if *fresh {
+                    Span::styled(f.clone(), Style::new().reversed())
+                } else {
+                    Span::raw(f.clone())
+                };
+                let hint = if *fresh && !f.is_empty() {
+                    "   type to replace · Enter keep · Esc clear"
+                } else {
+                    "   Enter keep · Esc clear"
+                };
                 Line::from(vec![
                     Span::styled("/", Style::new().fg(Color::Cyan).bold()),
-                    Span::raw(f.clone()),
+                    text,
                     Span::styled("█", Style::new().fg(Color::Cyan)),
-                    Span::styled(
-                        "   Enter keep · Esc clear",
-                        Style::new().fg(Color::DarkGray),
-                    ),
+                    Span::styled(hint, Style::new().fg(Color::DarkGray)),
                 ])
             }
             Mode::Command(input) => Line::from(vec![
@@ -218,7 +264,12 @@ impl Widget for StatusLine<'_> {
 
 // ---------------------------------------------------------------- shared formatting
 
-pub(crate) fn status_style(d: &DeviceSummary) -> (String, Style) {
+/// A device's STATUS cell. `stale`: the console has lost the server, so what it knows
+/// is the last known state, not the device's: never "offline" for that.
+pub(crate) fn status_style(d: &DeviceSummary, stale: bool) -> (String, Style) {
+    if stale {
+        return ("stale".into(), Style::new().fg(Color::DarkGray));
+    }
     match (d.admission, d.status) {
         (Admission::Pending, _) => ("pending".into(), Style::new().fg(Color::Yellow).bold()),
         (Admission::Rejected, _) => ("rejected".into(), Style::new().fg(Color::DarkGray)),
