@@ -2,8 +2,8 @@
 //! compact binary encoding (postcard: varints and length-prefixed strings).
 //!
 //! Only the beat writer calls [`SledStore::write_beats_blocking`], one batch at a time,
-//! so the read-modify-write of a live record needs no transaction: per beat it is one
-//! read and two single-key writes, which take sled's shared lock only.
+//! so the read-modify-write of a live record needs no transaction: per beat it is at
+//! most one read and plain single-key writes, which take sled's shared lock only.
 //!
 //! **History is a ring of chunks per device.** Beats are grouped in chunks of
 //! [`CHUNK`]: chunk `k` holds beats `k·CHUNK + 1 ..= (k+1)·CHUNK`. The beats of the

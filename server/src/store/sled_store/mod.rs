@@ -5,11 +5,11 @@
 //! | tree | key | value |
 //! | --- | --- | --- |
 //! | `devices` | device_id | [`DeviceRecord`] (JSON; identity, never rewritten by a heartbeat) |
-//! | `live` | device_id | last heartbeat report (postcard, ~60 bytes; see `beats.rs`) |
+//! | `live` | device_id | last heartbeat report and the history chunk being filled (postcard; see `beats.rs`) |
 //! | `device_keys` | public-key fingerprint | device_id |
 //! | `device_tags` | tag ‖ device_id | — |
 //! | `device_pending` | device_id | — (devices waiting for an accept) |
-//! | `heartbeats` | device_id ‖ slot (u32 BE) | heartbeat (postcard, ~45 bytes; a ring per device, see `beats.rs`) |
+//! | `heartbeats` | device_id ‖ slot (u32 BE) | a sealed chunk of 16 heartbeats (postcard, ~45 bytes a beat; a ring per device, see `beats.rs`) |
 //! | `configs` | device_id | config |
 //! | `tokens` | SHA-256(token) | [`Principal`] |
 //! | `operator_tokens` | name | name, hash, created_at |
@@ -29,8 +29,9 @@
 //! | `counters` | name | i64 BE (fleet counts for `/metrics`, kept in the same transactions) |
 //!
 //! Multi-record changes run in sled transactions. sled 0.34 serialises transactions
-//! behind one process-wide lock, so the heartbeat path uses none: beats are two plain
-//! single-key writes each from the one beat writer (`beats.rs`). Durability: writes call
+//! behind one process-wide lock, so the heartbeat path uses none: the one beat writer
+//! (`beats.rs`) does plain single-key writes only (a live record per device at most
+//! every 250 ms, a history chunk every 16 beats). Durability: writes call
 //! [`Flusher::sync`] (group commit: one fsync for every write waiting on it) before
 //! they return; heartbeats ride sled's own flush every 500 ms.
 
