@@ -232,7 +232,16 @@ async fn start(dir: &Path, args: &DemoArgs, fleet: &mut Fleet) -> DemoResult<Api
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("manifest.json").is_file())
         .collect();
-    sources.sort();
+    // Pre-release fixtures (the broken and unhealthy ones) go up first, so the newest
+    // bundle — where the deploy picker starts — is a good one.
+    let pre_release = |p: &PathBuf| {
+        std::fs::read(p.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| m["version"].as_str().map(|v| v.contains('-')))
+            .unwrap_or(false)
+    };
+    sources.sort_by_key(|p| (!pre_release(p), p.clone()));
     let mut first_version = None;
     for src in &sources {
         let (src, out) = (src.clone(), packed.clone());
@@ -245,7 +254,9 @@ async fn start(dir: &Path, args: &DemoArgs, fleet: &mut Fleet) -> DemoResult<Api
         api.push_bundle(&file, |_| {})
             .await
             .map_err(|e| e.to_string())?;
-        first_version.get_or_insert(manifest.version);
+        if !manifest.version.contains('-') {
+            first_version.get_or_insert(manifest.version);
+        }
     }
     // Roll the first version out so devices run something and have history to roll
     // back to once the operator deploys a newer one.
