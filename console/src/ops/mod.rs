@@ -18,7 +18,7 @@ mod bundle; // bundles, bundle pack, bundle push
 mod config; // config get/set and the key=value parser
 mod deploy; // deploy, rollback, deployments, --wait
 mod fleet; // devices, device, accept, reject
-mod ids; // typed ids: full or a unique suffix of 6+ characters
+pub(crate) mod ids; // typed ids: full or a unique suffix of 6+ characters
 mod output; // tables, key/value blocks, value formatting, stdout/stderr
 mod render; // the human text of each kind of data
 
