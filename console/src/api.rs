@@ -432,6 +432,7 @@ async fn check(resp: Response) -> ApiResult<Response> {
             ),
         });
     }
+    let path = resp.url().path().to_owned();
     // An error body is a short JSON object; read no more than that from a server (or
     // proxy) that misbehaves.
     let mut body = Vec::new();
@@ -454,6 +455,11 @@ async fn check(resp: Response) -> ApiResult<Response> {
             String::from_utf8_lossy(&body).chars().take(200).collect(),
         ),
     };
+    let message = if message.trim().is_empty() {
+        empty_reason(status, &path)
+    } else {
+        message
+    };
     let message = match status {
         StatusCode::UNAUTHORIZED => format!("{message} (check --token / KERNEX_TOKEN)"),
         _ => message,
@@ -463,6 +469,20 @@ async fn check(resp: Response) -> ApiResult<Response> {
         code,
         message,
     })
+}
+
+/// What to say when the server (or a proxy in front of it) gave no reason: the path it
+/// did not have, never an empty message.
+fn empty_reason(status: StatusCode, path: &str) -> String {
+    match status {
+        StatusCode::NOT_FOUND => {
+            format!("{path} not found (is --server the Kernex API's base URL?)")
+        }
+        _ => format!(
+            "{} on {path}",
+            status.canonical_reason().unwrap_or("error").to_lowercase()
+        ),
+    }
 }
 
 /// Percent-encode a path segment (ids are URL-safe, but user input may not be).
@@ -558,6 +578,17 @@ mod tests {
             reason: "refused".into(),
         };
         assert!(gone.is_transient());
+    }
+
+    #[test]
+    fn a_reply_without_a_reason_names_the_path() {
+        let m = empty_reason(StatusCode::NOT_FOUND, "/api/v1/devices/abc");
+        assert_eq!(
+            m,
+            "/api/v1/devices/abc not found (is --server the Kernex API's base URL?)"
+        );
+        let m = empty_reason(StatusCode::BAD_GATEWAY, "/health");
+        assert_eq!(m, "bad gateway on /health");
     }
 
     #[test]
