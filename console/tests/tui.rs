@@ -493,7 +493,7 @@ fn ctrl_c_quits_even_inside_a_dialog() {
 fn command_line_opens_a_device_by_suffix_and_rejects_nonsense() {
     let mut app = loaded();
     keys(&mut app, ":");
-    keys(&mut app, "device 9a03");
+    keys(&mut app, "device 8f9a03");
     key(&mut app, KeyCode::Enter);
     assert_eq!(app.view, View::Device);
     assert_eq!(app.device.as_ref().unwrap().id, D3);
