@@ -104,11 +104,13 @@ impl Api {
     /// A client from the command line's connection flags (token from the flag, the
     /// environment, or the local server's `admin.token`).
     pub fn from_conn(conn: &ConnArgs) -> ApiResult<Api> {
-        let token = match conn.token.as_deref().filter(|t| !t.trim().is_empty()) {
-            Some(t) => t.trim().to_owned(),
+        let saved = crate::context::load().map_err(ApiError::Setup)?;
+        let r = crate::context::resolve(conn, saved.as_ref());
+        let token = match r.token {
+            Some(t) => t,
             None => local_admin_token()?,
         };
-        Api::new(&conn.server, &token, conn.ca_cert.as_deref())
+        Api::new(&r.server, &token, r.ca_cert.as_deref())
     }
 
     pub fn new(server: &str, token: &str, ca_cert: Option<&Path>) -> ApiResult<Api> {
@@ -523,16 +525,20 @@ pub fn local_admin_token_path() -> Option<PathBuf> {
 
 fn local_admin_token() -> ApiResult<String> {
     let path = local_admin_token_path().ok_or_else(|| {
-        ApiError::Setup("no operator token: pass --token or set KERNEX_TOKEN".into())
+        ApiError::Setup(
+            "no operator token: pass --token, set KERNEX_TOKEN or run `kernex-console login`"
+                .into(),
+        )
     })?;
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
         Ok(_) => Err(ApiError::Setup(format!(
-            "{} is empty: pass --token or set KERNEX_TOKEN",
+            "{} is empty: pass --token, set KERNEX_TOKEN or run `kernex-console login`",
             path.display()
         ))),
         Err(e) => Err(ApiError::Setup(format!(
-            "no operator token: pass --token or set KERNEX_TOKEN (and {} is not readable: {e})",
+            "no operator token: pass --token, set KERNEX_TOKEN or run `kernex-console login` \
+             (and {} is not readable: {e})",
             path.display()
         ))),
     }
