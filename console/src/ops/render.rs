@@ -474,6 +474,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn wide_devices_add_agent_config_and_last_deploy_at_any_width() {
+        let mut d = summary();
+        d.last_deployment = Some(
+            serde_json::from_value(json!({
+                "deployment_id": "x", "kind": "deploy", "bundle_version": "1.2.0",
+                "status": "failed", "rolled_back_to": "1.1.0", "at": now(),
+            }))
+            .unwrap(),
+        );
+        let text = devices_wide(&[d, summary()], now());
+        let header = text.lines().next().unwrap();
+        for col in [
+            "AGENT",
+            "AGENT STATUS",
+            "CONFIG",
+            "LAST DEPLOY",
+            "TAGS",
+            "CPU",
+        ] {
+            assert!(header.contains(col), "{text}");
+        }
+        assert!(text.contains("1.2.0 failed→1.1.0"), "{text}");
+        assert!(text.contains("site:berlin,canary"), "{text}");
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
     fn deployment_with_failure() -> Deployment {
         let t = now() - chrono::Duration::seconds(30);
         Deployment {
