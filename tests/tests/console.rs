@@ -776,6 +776,29 @@ mod connection {
     use super::*;
 
     #[tokio::test]
+    async fn a_404_without_a_body_names_the_path() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let w = World::start();
+        // Something that is not the Kernex API: every request gets a bare 404.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let other = format!("http://{addr}");
+        let cmd = w.command_on(&other, &["devices", "--token", "t"]);
+        w.finish(&["devices", "--server", &other], cmd)
+            .await
+            .fails(1, "/api/v1/devices not found");
+    }
+
+    #[tokio::test]
     async fn login_saves_a_context_that_later_runs_use_and_logout_forgets() {
         use std::os::unix::fs::PermissionsExt;
         let w = World::start();
