@@ -104,11 +104,13 @@ impl Api {
     /// A client from the command line's connection flags (token from the flag, the
     /// environment, or the local server's `admin.token`).
     pub fn from_conn(conn: &ConnArgs) -> ApiResult<Api> {
-        let token = match conn.token.as_deref().filter(|t| !t.trim().is_empty()) {
-            Some(t) => t.trim().to_owned(),
+        let saved = crate::context::load().map_err(ApiError::Setup)?;
+        let r = crate::context::resolve(conn, saved.as_ref());
+        let token = match r.token {
+            Some(t) => t,
             None => local_admin_token()?,
         };
-        Api::new(&conn.server, &token, conn.ca_cert.as_deref())
+        Api::new(&r.server, &token, r.ca_cert.as_deref())
     }
 
     pub fn new(server: &str, token: &str, ca_cert: Option<&Path>) -> ApiResult<Api> {
@@ -432,6 +434,7 @@ async fn check(resp: Response) -> ApiResult<Response> {
             ),
         });
     }
+    let path = resp.url().path().to_owned();
     // An error body is a short JSON object; read no more than that from a server (or
     // proxy) that misbehaves.
     let mut body = Vec::new();
@@ -454,6 +457,11 @@ async fn check(resp: Response) -> ApiResult<Response> {
             String::from_utf8_lossy(&body).chars().take(200).collect(),
         ),
     };
+    let message = if message.trim().is_empty() {
+        empty_reason(status, &path)
+    } else {
+        message
+    };
     let message = match status {
         StatusCode::UNAUTHORIZED => format!("{message} (check --token / KERNEX_TOKEN)"),
         _ => message,
@@ -463,6 +471,20 @@ async fn check(resp: Response) -> ApiResult<Response> {
         code,
         message,
     })
+}
+
+/// What to say when the server (or a proxy in front of it) gave no reason: the path it
+/// did not have, never an empty message.
+fn empty_reason(status: StatusCode, path: &str) -> String {
+    match status {
+        StatusCode::NOT_FOUND => {
+            format!("{path} not found (is --server the Kernex API's base URL?)")
+        }
+        _ => format!(
+            "{} on {path}",
+            status.canonical_reason().unwrap_or("error").to_lowercase()
+        ),
+    }
 }
 
 /// Percent-encode a path segment (ids are URL-safe, but user input may not be).
@@ -503,16 +525,20 @@ pub fn local_admin_token_path() -> Option<PathBuf> {
 
 fn local_admin_token() -> ApiResult<String> {
     let path = local_admin_token_path().ok_or_else(|| {
-        ApiError::Setup("no operator token: pass --token or set KERNEX_TOKEN".into())
+        ApiError::Setup(
+            "no operator token: pass --token, set KERNEX_TOKEN or run `kernex-console login`"
+                .into(),
+        )
     })?;
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
         Ok(_) => Err(ApiError::Setup(format!(
-            "{} is empty: pass --token or set KERNEX_TOKEN",
+            "{} is empty: pass --token, set KERNEX_TOKEN or run `kernex-console login`",
             path.display()
         ))),
         Err(e) => Err(ApiError::Setup(format!(
-            "no operator token: pass --token or set KERNEX_TOKEN (and {} is not readable: {e})",
+            "no operator token: pass --token, set KERNEX_TOKEN or run `kernex-console login` \
+             (and {} is not readable: {e})",
             path.display()
         ))),
     }
@@ -558,6 +584,17 @@ mod tests {
             reason: "refused".into(),
         };
         assert!(gone.is_transient());
+    }
+
+    #[test]
+    fn a_reply_without_a_reason_names_the_path() {
+        let m = empty_reason(StatusCode::NOT_FOUND, "/api/v1/devices/abc");
+        assert_eq!(
+            m,
+            "/api/v1/devices/abc not found (is --server the Kernex API's base URL?)"
+        );
+        let m = empty_reason(StatusCode::BAD_GATEWAY, "/health");
+        assert_eq!(m, "bad gateway on /health");
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! Command line: global connection flags, the scripted subcommands of SPEC §4, and `demo`.
-//! No subcommand opens the TUI.
+//! Command line: global connection flags, the scripted subcommands of SPEC §4, `login` /
+//! `logout`, `completions` / `man`, and `demo`. No subcommand opens the TUI.
+//!
+//! Global flags are listed under their own heading in every subcommand's `--help`, apart
+//! from the command's own; none is required (a saved `login` context or the local
+//! server's `admin.token` can stand in for them).
 
 use std::path::PathBuf;
 
@@ -17,36 +21,42 @@ pub struct Cli {
     #[command(flatten)]
     pub conn: ConnArgs,
 
-    /// Print data as JSON (scripted subcommands).
-    #[arg(long, global = true)]
+    /// Print data as JSON: the same as `-o json`.
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
 
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
-/// How to reach the server. Shared by the TUI and every subcommand.
-#[derive(Clone, Args)]
+/// The `--help` heading of the flags every subcommand takes.
+const GLOBAL: &str = "Global options";
+
+/// How to reach the server. Shared by the TUI and every subcommand. Unset fields come from
+/// the saved `login` context, then the defaults (see [`crate::context`]).
+#[derive(Clone, Default, Args)]
 pub struct ConnArgs {
-    /// Server base URL.
+    /// Server base URL [default: the saved login context, else http://127.0.0.1:8000].
+    #[arg(long, env = "KERNEX_SERVER", global = true, help_heading = GLOBAL)]
+    pub server: Option<String>,
+
+    /// Operator token [default: the saved login context, else the local server's
+    /// admin.token file].
     #[arg(
         long,
-        env = "KERNEX_SERVER",
-        default_value = "http://127.0.0.1:8000",
-        global = true
+        env = "KERNEX_TOKEN",
+        hide_env_values = true,
+        global = true,
+        help_heading = GLOBAL
     )]
-    pub server: String,
-
-    /// Operator token [default: the local server's admin.token file].
-    #[arg(long, env = "KERNEX_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
 
     /// PEM CA certificate(s) to trust for an https server.
-    #[arg(long, env = "KERNEX_CA_CERT", global = true)]
+    #[arg(long, env = "KERNEX_CA_CERT", global = true, help_heading = GLOBAL)]
     pub ca_cert: Option<PathBuf>,
 
     /// Where the TUI writes its log [default: the platform state dir].
-    #[arg(long, env = "KERNEX_CONSOLE_LOG", global = true)]
+    #[arg(long, env = "KERNEX_CONSOLE_LOG", global = true, help_heading = GLOBAL)]
     pub log_file: Option<PathBuf>,
 }
 
@@ -63,12 +73,20 @@ impl std::fmt::Debug for ConnArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check a server and token, then save them as the context later runs use.
+    Login(LoginArgs),
+    /// Forget the saved context.
+    Logout,
     /// List devices.
     Devices(DevicesArgs),
     /// Show one device: summary, config and recent bundle history.
-    Device { id: String },
+    Device {
+        id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// List bundles, newest first.
-    Bundles,
+    Bundles(OutputArgs),
     /// Pack or upload a bundle.
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -86,6 +104,8 @@ pub enum Command {
         /// How many to list.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Read or change a device's configuration.
     #[command(subcommand)]
@@ -97,6 +117,54 @@ pub enum Command {
     /// Run a throw-away server and several real agents, upload the fixture bundles and
     /// open the console on that live fleet. Quitting stops everything it started.
     Demo(DemoArgs),
+    /// Print a shell completion script (e.g. `kernex-console completions bash >
+    /// ~/.local/share/bash-completion/completions/kernex-console`).
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write man pages: kernex-console.1 and one per subcommand.
+    Man {
+        /// Directory to write them to [default: print kernex-console.1 on stdout].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Shells `completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// File holding the operator token (never pass the token itself on the command line,
+    /// where `ps` shows it). Use `-` for standard input.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+}
+
+/// How a data-printing command prints, kubectl-style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned text (the default).
+    Text,
+    /// Pretty JSON (`--json` says the same).
+    Json,
+    /// YAML.
+    Yaml,
+    /// Text with more columns.
+    Wide,
+}
+
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT")]
+    pub output: Option<Format>,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +178,8 @@ pub struct DevicesArgs {
     /// Only devices with this admission (accepted, pending, rejected).
     #[arg(long)]
     pub admission: Option<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,7 +235,11 @@ pub struct WaitArgs {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Show a device's configuration.
-    Get { id: String },
+    Get {
+        id: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// Change fields: polling_interval=N heartbeat_timeout=N deploy_timeout=N
     /// log_level=LEVEL metadata=JSON.
     Set {
@@ -197,6 +271,34 @@ mod tests {
     use clap::Parser;
 
     use super::Cli;
+
+    #[test]
+    fn subcommand_help_keeps_global_flags_apart_and_optional() {
+        use clap::CommandFactory;
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        for name in ["devices", "deploy", "login"] {
+            let help = cmd
+                .find_subcommand_mut(name)
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            let (own, global) = help.split_once("Global options:").expect(&help);
+            assert!(
+                global.contains("--server") && global.contains("--token"),
+                "{help}"
+            );
+            assert!(
+                !own.contains("--server") && !own.contains("--token "),
+                "{help}"
+            );
+            let usage = help.lines().find(|l| l.starts_with("Usage:")).unwrap();
+            assert!(
+                !usage.contains("--server") && !usage.contains("--token <"),
+                "{usage}"
+            );
+        }
+    }
 
     #[test]
     fn an_absurd_wait_timeout_is_a_usage_error() {

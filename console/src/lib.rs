@@ -15,6 +15,7 @@ pub mod action; // what a key asks for
 pub mod api; // typed operator client
 pub mod app; // state, update(Action), the event loop
 pub mod cli; // clap definitions
+pub mod context; // the saved server + token of `login`
 pub mod demo; // throw-away server + agents + TUI
 pub mod fmt; // byte sizes and ages, shared by the TUI and ops
 pub mod keymap; // keys → actions, per view; drives footer and help

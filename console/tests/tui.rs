@@ -493,7 +493,7 @@ fn ctrl_c_quits_even_inside_a_dialog() {
 fn command_line_opens_a_device_by_suffix_and_rejects_nonsense() {
     let mut app = loaded();
     keys(&mut app, ":");
-    keys(&mut app, "device 9a03");
+    keys(&mut app, "device 8f9a03");
     key(&mut app, KeyCode::Enter);
     assert_eq!(app.view, View::Device);
     assert_eq!(app.device.as_ref().unwrap().id, D3);
@@ -737,4 +737,21 @@ fn a_page_read_before_an_accept_does_not_undo_it() {
         last: true,
     });
     assert_eq!(app.fleet.get(D5).unwrap().admission.as_str(), "pending");
+}
+
+#[test]
+fn colon_device_takes_the_same_ids_as_the_scripted_commands() {
+    let mut app = loaded();
+    // Too short, or a prefix: refused with the scripted commands' reasons.
+    app.command("device f9a02");
+    let why = app.flash.take().unwrap().text;
+    assert!(why.contains("too short"), "{why}");
+    app.command("device 019ab7e0c4");
+    let why = app.flash.take().unwrap().text;
+    assert!(why.contains("no device id ends with"), "{why}");
+    assert!(app.device.is_none());
+    // A unique suffix of 6+ characters opens the device.
+    app.command("device 8f9a02");
+    assert_eq!(app.view, View::Device);
+    assert_eq!(app.device.as_ref().unwrap().id, D2);
 }

@@ -24,7 +24,8 @@ const ENROLL: &str = "console-enroll";
 const PATIENCE: Duration = Duration::from_secs(120);
 
 /// Environment variables of the console that the test's own environment must not leak in.
-const CONSOLE_ENV: [&str; 5] = [
+const CONSOLE_ENV: [&str; 6] = [
+    "KERNEX_CONFIG_DIR",
     "KERNEX_SERVER",
     "KERNEX_TOKEN",
     "KERNEX_CA_CERT",
@@ -151,6 +152,31 @@ impl World {
         self.server = Some(server);
     }
 
+    /// Where the console keeps its `login` context in these tests.
+    fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    /// The console with no `--server`, `--token` or their variables: only a saved
+    /// context (or the defaults) can tell it where to go.
+    async fn run_bare(&self, args: &[&str]) -> Run {
+        let mut cmd = tokio::process::Command::new(bin("kernex-console").unwrap());
+        for var in CONSOLE_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.args(args)
+            .env("KERNEX_CONSOLE_LOG", self.dir.path().join("console.log"))
+            .env("KERNEX_CONFIG_DIR", self.config_dir())
+            // No admin.token to fall back on.
+            .env("KERNEX_DATA_DIR", self.dir.path().join("no-data"))
+            .current_dir(self.work())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        self.finish(args, cmd).await
+    }
+
     /// The console's working directory (where `bundle pack` writes by default).
     fn work(&self) -> PathBuf {
         self.dir.path().join("work")
@@ -171,6 +197,8 @@ impl World {
             .args(["--server", server])
             // The console's log (the TUI's) never lands in the user's real state dir.
             .env("KERNEX_CONSOLE_LOG", self.dir.path().join("console.log"))
+            // `login` saves here, never in the user's real config dir.
+            .env("KERNEX_CONFIG_DIR", self.config_dir())
             .current_dir(self.work())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -746,6 +774,85 @@ mod deploy {
 /// pipe.
 mod connection {
     use super::*;
+
+    #[tokio::test]
+    async fn a_404_without_a_body_names_the_path() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let w = World::start();
+        // Something that is not the Kernex API: every request gets a bare 404.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let other = format!("http://{addr}");
+        let cmd = w.command_on(&other, &["devices", "--token", "t"]);
+        w.finish(&["devices", "--server", &other], cmd)
+            .await
+            .fails(1, "/api/v1/devices not found");
+    }
+
+    #[tokio::test]
+    async fn login_saves_a_context_that_later_runs_use_and_logout_forgets() {
+        use std::os::unix::fs::PermissionsExt;
+        let w = World::start();
+        let good = w.dir.path().join("token");
+        std::fs::write(&good, format!("{ADMIN}\n")).unwrap();
+        let bad = w.dir.path().join("bad-token");
+        std::fs::write(&bad, "wrong").unwrap();
+        let saved = w.config_dir().join("context.json");
+        let url = w.url("");
+        let login = async |file: &Path, server: &str| {
+            let file = file.to_str().unwrap();
+            w.run_bare(&["login", "--server", server, "--token-file", file])
+                .await
+        };
+
+        // Without a context nothing answers at the default address with a token.
+        w.run_bare(&["devices"]).await.fails(2, "login");
+        // A refused token: exit 1, nothing saved.
+        login(&bad, &url).await.fails(1, "401");
+        assert!(!saved.exists());
+        // Nobody listening: exit 2, nothing saved.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        login(&good, &format!("http://127.0.0.1:{port}"))
+            .await
+            .fails(2, "cannot reach");
+        assert!(!saved.exists());
+
+        let run = login(&good, &url).await.ok();
+        assert!(run.stdout.contains("logged in"), "{}", run.describe());
+        assert!(!run.stdout.contains(ADMIN) && !run.stderr.contains(ADMIN));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&saved), 0o600);
+        assert_eq!(mode(&w.config_dir()), 0o700);
+
+        // No flags needed now, in every output format.
+        let run = w.run_bare(&["devices", "-o", "json"]).await.ok();
+        assert_eq!(run.json(), Value::Array(vec![]));
+        w.run_bare(&["bundles", "-o", "yaml"]).await.ok();
+        // A flag still wins over the context.
+        let mut cmd = w.command(&["devices"]);
+        cmd.env("KERNEX_CONFIG_DIR", w.config_dir())
+            .args(["--token", "wrong"]);
+        w.finish(&["devices", "--token", "wrong"], cmd)
+            .await
+            .fails(1, "401");
+
+        let run = w.run_bare(&["logout"]).await.ok();
+        assert!(run.stdout.contains("logged out"), "{}", run.describe());
+        assert!(!saved.exists());
+        w.run_bare(&["devices"]).await.fails(2, "login");
+    }
 
     #[tokio::test]
     async fn tokens_fallback_unreachable_and_usage_errors() {

@@ -72,6 +72,8 @@ impl World {
         cmd.args(args)
             .args(["--server", &self.server.url(""), "--token", ADMIN])
             .env("KERNEX_CONSOLE_LOG", self.dir.path().join("console.log"))
+            // Never the user's saved `login` context.
+            .env("KERNEX_CONFIG_DIR", self.dir.path().join("config"))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .kill_on_drop(true);

@@ -385,8 +385,8 @@ impl App {
             ("deployments" | "deps" | "dep", _) => self.show(View::Deployments),
             ("bundles" | "b", _) => self.show(View::Bundles),
             ("device" | "dev", Some(id)) => match self.resolve_device(id) {
-                Some(id) => self.open_device(id),
-                None => self.warn(format!("no device matches {id:?}")),
+                Ok(id) => self.open_device(id),
+                Err(why) => self.warn(why),
             },
             ("device" | "dev", None) => self.show(View::Device),
             ("help" | "h", _) => self.mode = Mode::Help(Pager::default()),
@@ -399,22 +399,13 @@ impl App {
         }
     }
 
-    /// A full id, or a prefix/suffix that names exactly one known device (filtered out
-    /// of the table or not).
-    fn resolve_device(&self, s: &str) -> Option<String> {
-        if self.fleet.get(s).is_some() {
-            return Some(s.to_owned());
-        }
-        let mut found = None;
-        for d in self.fleet.all() {
-            if d.device_id.starts_with(s) || d.device_id.ends_with(s) {
-                if found.is_some() {
-                    return None;
-                }
-                found = Some(d.device_id.clone());
-            }
-        }
-        found
+    /// The full id or a unique suffix of 6+ characters, by the same rules as the scripted
+    /// commands (`ops::ids`), among the known devices (filtered out of the table or not).
+    fn resolve_device(&self, s: &str) -> Result<String, String> {
+        use crate::ops::ids;
+        ids::check_ref("device", s).map_err(|e| e.to_string())?;
+        ids::pick("device", s, self.fleet.all().map(|d| d.device_id.as_str()))
+            .map_err(|e| e.to_string())
     }
 
     fn show(&mut self, view: View) {

@@ -22,6 +22,8 @@ pub(crate) async fn list(conn: &ConnArgs) -> OpResult<Report> {
     let list = connect(conn)?.bundles().await?;
     Ok(
         Report::new(&list, render::bundles(&list, Utc::now(), output::width()))?
+            // Wide: every column, however narrow the terminal.
+            .wide(render::bundles(&list, Utc::now(), None))
             .when_empty("no bundles"),
     )
 }
@@ -228,9 +230,7 @@ mod tests {
         // -o naming a file; packing again replaces it with the same bytes; no temp files
         // are left behind.
         let named = out.path().join("custom.tgz");
-        let json: serde_json::Value =
-            serde_json::from_str(&pack(&fixture("hello-1.0.0"), Some(&named)).unwrap().json)
-                .unwrap();
+        let json = pack(&fixture("hello-1.0.0"), Some(&named)).unwrap().data;
         assert_eq!(json["version"], "1.0.0");
         assert_eq!(json["size_bytes"], first.len() as u64);
         pack(&fixture("hello-1.0.0"), Some(&named)).unwrap();

@@ -100,6 +100,8 @@ pub(crate) async fn deployments(
         &list,
         render::deployments(&list, Utc::now(), output::width()),
     )?
+    // Wide: every column, however narrow the terminal.
+    .wide(render::deployments(&list, Utc::now(), None))
     .when_empty("no deployments"))
 }
 

@@ -17,6 +17,7 @@ pub(crate) async fn devices(conn: &ConnArgs, args: &DevicesArgs) -> OpResult<Rep
     let list = connect(conn)?.all_devices(&query).await?;
     Ok(
         Report::new(&list, render::devices(&list, Utc::now(), output::width()))?
+            .wide(render::devices_wide(&list, Utc::now()))
             .when_empty("no devices"),
     )
 }
@@ -100,6 +101,7 @@ mod tests {
             tag: tag.map(str::to_owned),
             status: status.map(str::to_owned),
             admission: admission.map(str::to_owned),
+            out: Default::default(),
         }
     }
 

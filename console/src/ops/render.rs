@@ -56,6 +56,61 @@ pub(crate) fn devices(list: &[DeviceSummary], now: Now, width: Option<usize>) ->
     t.render(width)
 }
 
+/// `devices -o wide`: every column whatever the width, plus the agent, its state, the
+/// config version and the device's last deployment.
+pub(crate) fn devices_wide(list: &[DeviceSummary], now: Now) -> String {
+    let mut t = Table::new(&[
+        Column::new("ID"),
+        Column::new("TYPE"),
+        Column::new("ADMISSION"),
+        Column::new("STATUS"),
+        Column::new("VERSION"),
+        Column::new("CPU").right(),
+        Column::new("MEM").right(),
+        Column::new("LAST SEEN"),
+        Column::new("AGENT"),
+        Column::new("AGENT STATUS"),
+        Column::new("CONFIG").right(),
+        Column::new("LAST DEPLOY"),
+        Column::new("TAGS"),
+    ]);
+    for d in list {
+        t.row(vec![
+            d.device_id.clone(),
+            clean(&d.device_type),
+            d.admission.as_str().to_owned(),
+            d.status.as_str().to_owned(),
+            or_dash(d.current_bundle_version.as_deref()),
+            percent(d.cpu_pct),
+            megabytes(d.memory_mb),
+            ago(d.last_heartbeat, now),
+            or_dash(d.agent_version.as_deref()),
+            or_dash(d.agent_status.as_deref()),
+            d.config_version
+                .map_or_else(|| "-".into(), |v| v.to_string()),
+            last_deploy(d),
+            d.tags.join(","),
+        ]);
+    }
+    if t.is_empty() {
+        return String::new();
+    }
+    t.render(None)
+}
+
+/// `1.2.0 failed→1.1.0`: the version and result of the device's newest deployment.
+fn last_deploy(d: &DeviceSummary) -> String {
+    let Some(l) = &d.last_deployment else {
+        return "-".into();
+    };
+    let mut s = format!("{} {}", clean(&l.bundle_version), l.status.as_str());
+    if let Some(to) = &l.rolled_back_to {
+        s.push('→');
+        s.push_str(&clean(to));
+    }
+    s
+}
+
 /// `device ID`, `accept`, `reject`: every field of one device.
 pub(crate) fn device(d: &DeviceDetail, now: Now) -> String {
     let s = &d.summary;
@@ -417,6 +472,33 @@ mod tests {
             config_version: Some(2),
             last_deployment: None,
         }
+    }
+
+    #[test]
+    fn wide_devices_add_agent_config_and_last_deploy_at_any_width() {
+        let mut d = summary();
+        d.last_deployment = Some(
+            serde_json::from_value(json!({
+                "deployment_id": "x", "kind": "deploy", "bundle_version": "1.2.0",
+                "status": "failed", "rolled_back_to": "1.1.0", "at": now(),
+            }))
+            .unwrap(),
+        );
+        let text = devices_wide(&[d, summary()], now());
+        let header = text.lines().next().unwrap();
+        for col in [
+            "AGENT",
+            "AGENT STATUS",
+            "CONFIG",
+            "LAST DEPLOY",
+            "TAGS",
+            "CPU",
+        ] {
+            assert!(header.contains(col), "{text}");
+        }
+        assert!(text.contains("1.2.0 failed→1.1.0"), "{text}");
+        assert!(text.contains("site:berlin,canary"), "{text}");
+        assert_eq!(text.lines().count(), 3, "{text}");
     }
 
     fn deployment_with_failure() -> Deployment {
