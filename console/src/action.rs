@@ -48,6 +48,8 @@ pub enum Action {
     ClearMarks,
     /// Cycle the Fleet's sort column.
     Sort,
+    /// Reverse the Fleet's sort order.
+    SortReverse,
     Deploy,
     Rollback,
     EditConfig,

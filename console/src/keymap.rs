@@ -152,6 +152,14 @@ impl Default for Keymap {
                 true,
             ),
             b(
+                K::Char('S'),
+                A::SortReverse,
+                "reverse",
+                "reverse the sort order (▾ marks the sort column, ▴ when reversed)",
+                Scope::Only(FLEET),
+                false,
+            ),
+            b(
                 K::Char('u'),
                 A::ClearMarks,
                 "unmark",

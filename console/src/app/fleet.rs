@@ -35,6 +35,18 @@ impl SortKey {
         }
     }
 
+    /// The Fleet column this key sorts by.
+    pub fn column(self) -> &'static str {
+        match self {
+            SortKey::Id => "ID",
+            SortKey::Status => "STATUS",
+            SortKey::LastDeploy => "LAST DEPLOY",
+            SortKey::Version => "VERSION",
+            SortKey::Cpu => "CPU",
+            SortKey::LastSeen => "SEEN",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             SortKey::Id => "id",
@@ -108,6 +120,8 @@ pub struct Fleet {
     stale: bool,
     rebuilt_at: Option<std::time::Instant>,
     pub sort: SortKey,
+    /// `S`: the sort order upside down.
+    pub reversed: bool,
     pub filter: String,
     pub scroll: Scroll,
     pub marked: BTreeSet<String>,
@@ -430,6 +444,9 @@ impl Fleet {
                     .then_with(|| by_id(a, b))
             }),
         }
+        if self.reversed {
+            self.visible.reverse();
+        }
         if let Some(id) = keep
             && let Some(pos) = self
                 .visible
@@ -520,6 +537,27 @@ mod tests {
         f.age_out(later.with_timezone(&Utc));
         assert_eq!(f.online(), 1);
         assert_eq!(f.get("a").unwrap().status, OnlineStatus::Online);
+    }
+
+    /// `S` turns the current order upside down, whatever the sort key; again restores it.
+    #[test]
+    fn reversing_turns_the_order_upside_down() {
+        let mut f = Fleet::default();
+        for id in ["b", "a", "c"] {
+            f.upsert(dev(id, "online"));
+        }
+        let order =
+            |f: &Fleet| -> Vec<String> { f.window(0, 10).map(|d| d.device_id.clone()).collect() };
+        f.prepare();
+        assert_eq!(order(&f), ["a", "b", "c"]);
+        f.reversed = true;
+        f.mark_dirty();
+        f.prepare();
+        assert_eq!(order(&f), ["c", "b", "a"]);
+        f.reversed = false;
+        f.mark_dirty();
+        f.prepare();
+        assert_eq!(order(&f), ["a", "b", "c"]);
     }
 
     #[test]

@@ -463,7 +463,7 @@ impl App {
                 device().is_some_and(|d| d.admission == Admission::Accepted)
             }
             Action::Deploy => !self.bundles.items.is_empty(),
-            Action::Open | Action::Mark | Action::Sort => match self.view {
+            Action::Open | Action::Mark | Action::Sort | Action::SortReverse => match self.view {
                 View::Fleet => self.fleet.visible_len() > 0,
                 View::Deployments => self.deployments.selected().is_some(),
                 View::Device => self.history_subject().is_some(),
@@ -569,6 +569,16 @@ impl App {
                 self.fleet.sort = self.fleet.sort.next();
                 self.fleet.mark_dirty();
                 self.say(format!("sorted by {}", self.fleet.sort.name()));
+            }
+            Action::SortReverse => {
+                self.fleet.reversed = !self.fleet.reversed;
+                self.fleet.mark_dirty();
+                let way = if self.fleet.reversed {
+                    ", reversed"
+                } else {
+                    ""
+                };
+                self.say(format!("sorted by {}{way}", self.fleet.sort.name()));
             }
             Action::Refresh => {
                 self.resync();

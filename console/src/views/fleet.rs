@@ -71,6 +71,12 @@ impl Widget for FleetView<'_> {
         let start = fleet.scroll.window(height, fleet.visible_len());
         let shown: Vec<&DeviceSummary> = fleet.window(start, height).collect();
         let mut cols = columns(app, &shown, inner.width);
+        // The sort column's header carries ▾ (▴ reversed): one more cell for it.
+        for (c, _) in cols.iter_mut() {
+            if c.header == fleet.sort.column() {
+                c.width += 1;
+            }
+        }
         fit(&mut cols, inner.width as usize);
         let rows: Vec<Row> = shown
             .iter()
@@ -83,10 +89,16 @@ impl Widget for FleetView<'_> {
                 if here { row.style(selected()) } else { row }
             })
             .collect();
-        let mut header = vec![""];
+        let mut header = vec![String::new()];
         let mut widths = vec![Constraint::Length(3)];
+        let marker = if fleet.reversed { "▴" } else { "▾" };
         for (c, _) in &cols {
-            header.push(c.header);
+            let sorted = c.header == fleet.sort.column();
+            header.push(if sorted {
+                format!("{}{marker}", c.header)
+            } else {
+                c.header.to_owned()
+            });
             widths.push(Constraint::Length(c.width as u16));
         }
         Table::new(rows, widths)
@@ -123,7 +135,11 @@ fn title(app: &App) -> Line<'static> {
         ));
     }
     title.push(Span::styled(
-        format!("sort:{} ", fleet.sort.name()),
+        format!(
+            "sort:{}{} ",
+            fleet.sort.name(),
+            if fleet.reversed { " reversed" } else { "" }
+        ),
         Style::new().fg(Color::DarkGray),
     ));
     Line::from(title)
