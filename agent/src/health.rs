@@ -233,7 +233,7 @@ pub fn diagnose(r: &StatusReport, now: DateTime<Utc>) -> Vec<Problem> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::state::{LastError, LocalRecord};
     use kernex_common::api::DeploymentKind;
@@ -253,8 +253,9 @@ mod tests {
         }
     }
 
-    /// A registered, accepted device with its daemon running and a fresh heartbeat.
-    fn healthy() -> StatusReport {
+    /// A registered, accepted device with its daemon running and a fresh heartbeat
+    /// (status.rs's tests use it too).
+    pub(crate) fn healthy() -> StatusReport {
         StatusReport {
             device_id: Some("dev-1".into()),
             admission: Some("accepted".into()),

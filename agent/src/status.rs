@@ -440,6 +440,7 @@ pub fn render_history(records: &[LocalRecord]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::tests::healthy;
     use kernex_common::api::{DeploymentKind, ResultStatus};
 
     fn record(version: &str, status: ResultStatus, rolled_back_to: Option<&str>) -> LocalRecord {
@@ -455,21 +456,6 @@ mod tests {
             finished_at: Utc::now(),
             duration_seconds: 1.5,
             report_id: "r".into(),
-        }
-    }
-
-    /// A registered, accepted device with its daemon running and a fresh heartbeat.
-    fn healthy() -> StatusReport {
-        StatusReport {
-            device_id: Some("dev-1".into()),
-            admission: Some("accepted".into()),
-            server: "http://127.0.0.1:8000".into(),
-            reachable: Some(true),
-            daemon_running: true,
-            last_heartbeat_at: Some(Utc::now()),
-            polling_interval: 60,
-            state_dir: "/var/lib/kernex".into(),
-            ..Default::default()
         }
     }
 

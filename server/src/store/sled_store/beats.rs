@@ -273,7 +273,8 @@ impl SledStore {
         count: u64,
     ) -> Result<Vec<StoredChunk>> {
         let mut out = Vec::new();
-        let mut number = (live.seq - live.open.len() as u64) / CHUNK;
+        // Saturating: a damaged record must not underflow (it reads as no chunks).
+        let mut number = live.seq.saturating_sub(live.open.len() as u64) / CHUNK;
         while number > 0 && (out.len() as u64) < count {
             number -= 1;
             let Some(bytes) = self
