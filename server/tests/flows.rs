@@ -269,27 +269,13 @@ async fn reject_and_delete_cancel_the_devices_unfinished_targets() {
 /// number per heartbeat.
 #[tokio::test]
 async fn lowered_retention_catches_up() {
-    use kernex_common::api::HeartbeatRequest;
-    use kernex_server::store::{Beat, SledOptions, SledStore, Store};
+    use kernex_server::store::{SledOptions, SledStore, Store};
     let app = TestApp::new();
     let dev = app.device().await;
     let dir = app.data_dir().join("db");
     drop(app.router);
     drop(app.state);
-    let beat = || Beat {
-        device_id: dev.id.clone(),
-        at: chrono::Utc::now(),
-        report: HeartbeatRequest {
-            agent_version: "1".into(),
-            cpu_pct: 1.0,
-            memory_mb: 1.0,
-            status: "idle".into(),
-            current_bundle_version: None,
-            config_version: None,
-            queued_reports: 0,
-        },
-        polling_interval: 60,
-    };
+    let beat = || store_beat(&dev.id, "idle");
     let open = |retention| {
         SledStore::open(
             &dir,
@@ -313,6 +299,24 @@ async fn lowered_retention_catches_up() {
         store.write_beats(vec![beat()]).await.unwrap();
     }
     assert_eq!(store.heartbeats(&dev.id, 1000).await.unwrap().len(), 3);
+}
+
+/// A heartbeat as the beat writer hands it to the store.
+fn store_beat(device_id: &str, status: &str) -> kernex_server::store::Beat {
+    kernex_server::store::Beat {
+        device_id: device_id.to_owned(),
+        at: chrono::Utc::now(),
+        report: kernex_common::api::HeartbeatRequest {
+            agent_version: "1".into(),
+            cpu_pct: 1.0,
+            memory_mb: 1.0,
+            status: status.to_owned(),
+            current_bundle_version: None,
+            config_version: None,
+            queued_reports: 0,
+        },
+        polling_interval: 60,
+    }
 }
 
 /// Open a store whose previous holder is shutting down (its threads release the data
@@ -537,8 +541,7 @@ async fn device_summary_carries_its_last_deployment() {
 /// exactly the newest beats, newest first, at most the retention.
 #[tokio::test]
 async fn history_reads_the_newest_beats_across_chunks_and_laps() {
-    use kernex_common::api::HeartbeatRequest;
-    use kernex_server::store::{Beat, SledOptions, SledStore, Store};
+    use kernex_server::store::{SledOptions, SledStore, Store};
     let app = TestApp::new();
     let dev = app.device().await;
     let dir = app.data_dir().join("db");
@@ -561,20 +564,7 @@ async fn history_reads_the_newest_beats_across_chunks_and_laps() {
         (0..n).map(|i| format!("s{}", newest - i)).collect()
     };
     for i in 1..=200u32 {
-        let beat = Beat {
-            device_id: dev.id.clone(),
-            at: chrono::Utc::now(),
-            report: HeartbeatRequest {
-                agent_version: "1".into(),
-                cpu_pct: 1.0,
-                memory_mb: 1.0,
-                status: format!("s{i}"),
-                current_bundle_version: None,
-                config_version: None,
-                queued_reports: 0,
-            },
-            polling_interval: 60,
-        };
+        let beat = store_beat(&dev.id, &format!("s{i}"));
         store.write_beats(vec![beat]).await.unwrap();
         if [1, 15, 16, 17, 37, 48, 100, 111, 112, 200].contains(&i) {
             let all = statuses(store.heartbeats(&dev.id, 1000).await.unwrap());
