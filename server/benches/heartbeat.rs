@@ -140,14 +140,7 @@ async fn write_beats(store: &dyn Store, ids: &[String], beats: usize, offset: us
 
 async fn fleet(n: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sled = SledStore::open(
-        dir.path(),
-        SledOptions {
-            live_write_every: Duration::ZERO,
-            ..SledOptions::default()
-        },
-    )
-    .expect("open");
+    let sled = SledStore::open(dir.path(), SledOptions::default()).expect("open");
     let store: Arc<dyn Store> = Arc::new(sled.clone());
     let started = Instant::now();
     let ids = seed(&store, n).await;

@@ -281,7 +281,6 @@ async fn lowered_retention_catches_up() {
             &dir,
             SledOptions {
                 heartbeat_retention: retention,
-                ..SledOptions::default()
             },
         )
     };
@@ -552,7 +551,6 @@ async fn history_reads_the_newest_beats_across_chunks_and_laps() {
             &dir,
             SledOptions {
                 heartbeat_retention: 37,
-                ..SledOptions::default()
             },
         )
     })
