@@ -20,8 +20,8 @@
 //!
 //! **Snapshots** run on a thread of their own once the log since the last one outgrows
 //! the table: rotate to a new segment, let the caller make what the records point to
-//! durable (`before_copy`), copy the shards one at a time (each held for a few ms),
-//! write, rename, drop the older segments. A frame appended before the rotation was
+//! durable (`before_copy`), write the shards one at a time (each held for a few ms),
+//! fsync, rename, drop the older segments. A frame appended before the rotation was
 //! applied to the table before it, so the snapshot has it; a frame after it is in a
 //! segment that is replayed.
 //!
@@ -256,11 +256,10 @@ impl LiveTable {
         let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
         out.write_all(MAGIC)?;
         out.write_all(&first.to_le_bytes())?;
-        let mut copy: Vec<(Box<str>, Box<[u8]>)> = Vec::new();
+        // One shard at a time, written from under its lock (a 64th of the table: about
+        // 2 MB at 1M devices, a few ms) rather than copied first.
         for shard in &self.shards {
-            copy.clear();
-            copy.extend(lock(shard).iter().map(|(k, v)| (k.clone(), v.clone())));
-            for (k, v) in &copy {
+            for (k, v) in lock(shard).iter() {
                 write_bytes(&mut out, k.as_bytes())?;
                 write_bytes(&mut out, v)?;
             }
