@@ -481,3 +481,109 @@ fn has_partial_download(dir: &Path) -> bool {
             .any(|e| e.file_name().to_string_lossy().ends_with(".part"))
     })
 }
+
+/// The proxy itself, against a plain TCP peer that answers each request line with a
+/// fixed reply: each fault does what it says, in the direction and at the offset asked.
+mod proxy {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A reply of 64 KiB to every `GET` it reads.
+    const REPLY: usize = 64 * 1024;
+
+    async fn upstream() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&vec![b'x'; REPLY]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Send one request through `proxy`; what came back before the end, and how it ended.
+    async fn exchange(proxy: &FaultProxy, within: Duration) -> (usize, &'static str) {
+        let mut s = TcpStream::connect(&proxy.addr).await.unwrap();
+        s.write_all(b"GET /api/v1/bundles/b HTTP/1.1\r\nrange: bytes=7-\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = 0;
+        let mut buf = vec![0u8; 16 * 1024];
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Err(_) => return (got, "silent"),
+                Ok(Ok(0)) => return (got, "closed"),
+                Ok(Err(_)) => return (got, "reset"),
+                Ok(Ok(n)) => {
+                    got += n;
+                    if got == REPLY {
+                        return (got, "complete");
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn each_fault_breaks_the_reply_where_it_is_told_to() {
+        let up = upstream().await;
+        let proxy = proxy_to(&up).await;
+        let quick = Duration::from_millis(700);
+        assert_eq!(exchange(&proxy, quick).await, (REPLY, "complete"));
+        let reqs = proxy.requests();
+        assert_eq!(reqs[0].line, "GET /api/v1/bundles/b");
+        assert_eq!(reqs[0].range_start(), Some(7));
+        assert_eq!(reqs[0].reply_bytes, REPLY as u64);
+
+        let down = |fault| Rule::new(Direction::ToClient, fault).after(1000);
+        proxy.set(vec![down(Fault::Truncate)]);
+        assert_eq!(exchange(&proxy, quick).await, (1000, "closed"));
+        proxy.set(vec![down(Fault::Reset)]);
+        let (got, how) = exchange(&proxy, quick).await;
+        assert_eq!(how, "reset", "after {got} bytes");
+        assert!(got <= 1000);
+        proxy.set(vec![down(Fault::Stall)]);
+        assert_eq!(exchange(&proxy, quick).await, (1000, "silent"));
+        proxy.set(vec![down(Fault::BlackHole)]);
+        assert_eq!(exchange(&proxy, quick).await, (1000, "silent"));
+        // Toward the server: the request never arrives, so nothing comes back.
+        proxy.set(vec![Rule::new(Direction::ToServer, Fault::BlackHole)]);
+        assert_eq!(exchange(&proxy, quick).await, (0, "silent"));
+
+        // 4 KiB per 100 ms: about 1.6 s for the 64 KiB reply, none of it in 0.7 s.
+        let drip = Fault::SlowDrip {
+            bytes: 4096,
+            every: Duration::from_millis(100),
+        };
+        proxy.set(vec![Rule::new(Direction::ToClient, drip)]);
+        let (got, how) = exchange(&proxy, quick).await;
+        assert_eq!(how, "silent");
+        assert!((4096..REPLY).contains(&got), "{got} bytes in {quick:?}");
+        let started = Instant::now();
+        assert_eq!(
+            exchange(&proxy, Duration::from_secs(10)).await.1,
+            "complete"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(1400));
+
+        // Counted faults expire; a rule for other requests leaves this one alone.
+        proxy.set(vec![
+            down(Fault::Truncate).times(1),
+            Rule::new(Direction::ToClient, Fault::Reset).matching("/result"),
+        ]);
+        assert_eq!(exchange(&proxy, quick).await, (1000, "closed"));
+        assert_eq!(exchange(&proxy, quick).await, (REPLY, "complete"));
+        proxy.clear();
+        assert_eq!(exchange(&proxy, quick).await, (REPLY, "complete"));
+    }
+}
