@@ -25,8 +25,7 @@ check:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Coverage-guided fuzzing (cargo-fuzz + libFuzzer, stable toolchain with RUSTC_BOOTSTRAP):
-# each target (default all four) for SECS seconds; new inputs go to fuzz/target/corpus.
+# cargo-fuzz (libFuzzer, RUSTC_BOOTSTRAP on stable): each target (default: all) for SECS s.
 fuzz SECS="60" *TARGETS:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -50,7 +49,7 @@ fuzz-merge *TARGETS:
     [ ${#targets[@]} -gt 0 ] || targets=(manifest archive range registration)
     cd fuzz
     for t in "${targets[@]}"; do
-        RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$t" "corpus/$t" "target/corpus/$t" -- -merge=1
+        RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$t" "corpus/$t" "target/corpus/$t" -- -set_cover_merge=1
     done
 
 # Benchmarks (release build): server heartbeats vs fleet size; the console at 100k devices.
