@@ -109,19 +109,8 @@ impl Download<'_> {
                 cmd.checksum_sha256
             )));
         }
-        let part = self.part_path();
         let size = cmd.size_bytes;
-
-        // Pick up where an earlier attempt stopped: re-hash what is already there.
-        let mut hasher = Sha256::new();
-        let mut have = match tokio::fs::metadata(&part).await {
-            Ok(m) if m.len() <= size => hash_existing(&part, &mut hasher).await?,
-            Ok(_) => {
-                tokio::fs::remove_file(&part).await?;
-                0
-            }
-            Err(_) => 0,
-        };
+        let (mut hasher, mut have) = self.resume().await?;
         let started = tokio::time::Instant::now();
         let limit = self.pace.limit(size - have);
         let deadline = limit.map(|l| started + l);
@@ -144,41 +133,25 @@ impl Download<'_> {
                 Ok(Err(e)) => return Err(classify(e)),
                 Ok(Ok(r)) => r,
             };
-            let file = match resp.status() {
-                StatusCode::PARTIAL_CONTENT if content_range_start(&resp) == Some(have) => {
-                    tokio::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&part)
-                        .await?
-                }
-                StatusCode::OK => {
-                    // A full body: start from zero whatever we had.
+            let file = match self.open_part(&resp, have, restarted).await? {
+                Opened::Append(file) => file,
+                Opened::FromZero(file) => {
                     hasher = Sha256::new();
                     have = 0;
-                    tokio::fs::File::create(&part).await?
+                    file
                 }
-                status if !restarted => {
-                    // 416, or a 206 for a range we did not ask for: our partial file
-                    // does not match the server's; start over once.
-                    tracing::warn!(%status, have, "resume refused; downloading from the start");
+                Opened::StartOver => {
                     restarted = true;
-                    tokio::fs::remove_file(&part).await.ok();
                     hasher = Sha256::new();
                     have = 0;
                     continue;
-                }
-                status => {
-                    return Err(DownloadError::Retry(format!(
-                        "server answered {status} to a download from byte {have}"
-                    )));
                 }
             };
             if let Some(len) = resp.content_length()
                 && have + len > size
             {
                 drop(file);
-                tokio::fs::remove_file(&part).await.ok();
+                tokio::fs::remove_file(self.part_path()).await.ok();
                 return Err(DownloadError::Fail(format!(
                     "server offers {} bytes but the command says {size}",
                     have + len
@@ -208,12 +181,62 @@ impl Download<'_> {
 
         let actual = hex::encode(hasher.finalize());
         if actual != expected {
-            tokio::fs::remove_file(&part).await.ok();
+            tokio::fs::remove_file(self.part_path()).await.ok();
             return Err(DownloadError::Fail(format!(
                 "checksum mismatch: expected {expected}, got {actual}; download discarded"
             )));
         }
-        Ok(part)
+        Ok(self.part_path())
+    }
+
+    /// Pick up where an earlier attempt stopped: re-hash what is already there (a partial
+    /// file longer than the bundle cannot be ours and goes).
+    async fn resume(&self) -> Result<(Sha256, u64), DownloadError> {
+        let part = self.part_path();
+        let mut hasher = Sha256::new();
+        let have = match tokio::fs::metadata(&part).await {
+            Ok(m) if m.len() <= self.command.size_bytes => {
+                hash_existing(&part, &mut hasher).await?
+            }
+            Ok(_) => {
+                tokio::fs::remove_file(&part).await?;
+                0
+            }
+            Err(_) => 0,
+        };
+        Ok((hasher, have))
+    }
+
+    /// Where the body of `resp` goes, given that `have` bytes are already on disk.
+    async fn open_part(
+        &self,
+        resp: &reqwest::Response,
+        have: u64,
+        restarted: bool,
+    ) -> Result<Opened, DownloadError> {
+        let part = self.part_path();
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT if content_range_start(resp) == Some(have) => {
+                let file = tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&part)
+                    .await?;
+                Ok(Opened::Append(file))
+            }
+            // A full body: start from zero whatever we had.
+            StatusCode::OK => Ok(Opened::FromZero(tokio::fs::File::create(&part).await?)),
+            status if !restarted => {
+                // 416, or a 206 for a range we did not ask for: our partial file does
+                // not match the server's; start over once.
+                tracing::warn!(%status, have, "resume refused; downloading from the start");
+                tokio::fs::remove_file(&part).await.ok();
+                Ok(Opened::StartOver)
+            }
+            status => Err(DownloadError::Retry(format!(
+                "server answered {status} to a download from byte {have}"
+            ))),
+        }
     }
 
     /// Copy one response body to the partial file, hashing it. `Ok(Err(_))` when the
@@ -290,6 +313,16 @@ impl Download<'_> {
             self.pace.min_rate,
         ))
     }
+}
+
+/// Where a response's body goes.
+enum Opened {
+    /// After the bytes already held (a 206 for the range asked for).
+    Append(tokio::fs::File),
+    /// Into an emptied partial file (a 200: the whole body).
+    FromZero(tokio::fs::File),
+    /// Nowhere: the resume was refused; ask again from byte 0.
+    StartOver,
 }
 
 /// One response body on its way into the partial file.
