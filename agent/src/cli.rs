@@ -92,6 +92,19 @@ pub struct RunArgs {
     #[arg(long, env = "KERNEX_KEY_BITS", default_value_t = 4096,
           value_parser = clap::value_parser!(u16).range(2048..=16384))]
     pub key_bits: u16,
+    /// Minimum download rate in bytes/s: an attempt that has not fetched the bundle within
+    /// --download-grace plus its size at this rate fails the deployment. 0 turns the
+    /// deadline off (the 60 s stall guard stays).
+    #[arg(long, env = "KERNEX_DOWNLOAD_MIN_RATE", default_value_t = crate::download::MIN_RATE)]
+    pub download_min_rate: u64,
+    /// Seconds added to every download's deadline (connection set-up, slow start).
+    #[arg(long, env = "KERNEX_DOWNLOAD_GRACE", default_value_t = crate::download::DEADLINE_GRACE.as_secs())]
+    pub download_grace: u64,
+    /// Length of one reconnect backoff step in ms (waits are 1, 2, 4 … 60 steps). Only
+    /// for simulating long outages quickly in tests; leave it at 1000 on devices.
+    #[arg(long, env = "KERNEX_BACKOFF_UNIT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub backoff_unit_ms: u64,
 }
 
 /// Run a parsed command line; the process exit code.
@@ -198,7 +211,13 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         "kernex-agent starting"
     );
     let identity = Identity::load_or_create(&paths.key(), usize::from(args.key_bits)).await?;
-    let ctx = Arc::new(Ctx::new(paths.clone(), state, client));
+    let mut ctx = Ctx::new(paths.clone(), state, client);
+    ctx.pace = crate::download::Pace {
+        min_rate: args.download_min_rate,
+        grace: Duration::from_secs(args.download_grace),
+    };
+    ctx.backoff_unit = Duration::from_millis(args.backoff_unit_ms);
+    let ctx = Arc::new(ctx);
     match DeviceFile::load(&paths.device()) {
         Ok(Some(d))
             if d.server == ctx.client.server()

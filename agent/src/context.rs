@@ -25,6 +25,10 @@ pub struct Ctx {
     pub client: Client,
     device: RwLock<Option<DeviceFile>>,
     pub stall_timeout: Duration,
+    /// Overall deadline of a download attempt (`--download-min-rate`, `--download-grace`).
+    pub pace: crate::download::Pace,
+    /// One step of the reconnect backoff (`--backoff-unit-ms`; 1 s in production).
+    pub backoff_unit: Duration,
     pub keep_bundles: usize,
     progress_tx: OnceLock<mpsc::Sender<(String, String, ProgressReport)>>,
 }
@@ -38,6 +42,8 @@ impl Ctx {
             client,
             device: RwLock::new(None),
             stall_timeout: crate::download::STALL_TIMEOUT,
+            pace: crate::download::Pace::default(),
+            backoff_unit: crate::runner::BACKOFF_UNIT,
             keep_bundles: KEEP_BUNDLES,
             progress_tx: OnceLock::new(),
         }

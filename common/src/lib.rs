@@ -5,6 +5,7 @@
 //! - [`manifest`]: the bundle `manifest.json` schema and its validation.
 //! - [`bundle`]: packing a folder into a bundle and checking an archive entry by entry
 //!   (the same rules on the server at upload and on the agent before it extracts).
+//! - [`range`]: the HTTP `Range` header of bundle downloads.
 //! - [`signing`]: RSA-PSS registration signatures and key fingerprints.
 //! - [`validate`]: small shared input rules (ids, tags, versions).
 //!
@@ -21,5 +22,6 @@
 pub mod api; // wire types of the HTTP API
 pub mod bundle; // pack a folder, inspect and safely unpack archives
 pub mod manifest; // manifest.json schema
+pub mod range; // the HTTP Range header of bundle downloads
 pub mod signing; // registration signatures, fingerprints
 pub mod validate; // shared input rules
