@@ -43,8 +43,9 @@ use std::time::{Duration, Instant};
 pub const SYNC_EVERY: Duration = Duration::from_millis(200);
 
 /// Log bytes since the last snapshot that start a new one (or the table's size, if
-/// larger: a snapshot then costs at most as much as the log it retires).
-const SNAPSHOT_AFTER: u64 = 64 << 20;
+/// larger: a snapshot then costs at most as much as the log it retires). This bounds
+/// what a start replays: 16 MiB is about 150,000 beats, well under a second.
+const SNAPSHOT_AFTER: u64 = 16 << 20;
 
 const SHARDS: usize = 64;
 const MAGIC: &[u8; 8] = b"KXLIVE01";
