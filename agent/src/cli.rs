@@ -17,6 +17,7 @@ use crate::paths::Paths;
 use crate::queue::{self, Queue};
 use crate::runner::{CycleError, RegisterOptions, Runner};
 use crate::state::StateStore;
+use crate::trust::Trust;
 use crate::{executor, logging, status};
 
 /// Exit codes of `status`, shown in its `--help` (the README repeats them).
@@ -92,6 +93,15 @@ pub struct RunArgs {
     #[arg(long, env = "KERNEX_KEY_BITS", default_value_t = 4096,
           value_parser = clap::value_parser!(u16).range(2048..=16384))]
     pub key_bits: u16,
+    /// Public key file (`ed25519:<base64>`) of an operator whose signature bundles must
+    /// carry (repeatable). Key files in <state-dir>/trust/ count too. With none, bundles
+    /// are not signature-checked.
+    #[arg(long = "trust-key", env = "KERNEX_TRUST_KEYS", value_delimiter = ',')]
+    pub trust_keys: Vec<PathBuf>,
+    /// How many distinct trusted keys must have signed a bundle.
+    #[arg(long, env = "KERNEX_SIGNATURE_THRESHOLD", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub signature_threshold: u16,
 }
 
 /// Run a parsed command line; the process exit code.
@@ -198,7 +208,22 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         "kernex-agent starting"
     );
     let identity = Identity::load_or_create(&paths.key(), usize::from(args.key_bits)).await?;
-    let ctx = Arc::new(Ctx::new(paths.clone(), state, client));
+    let mut ctx = Ctx::new(paths.clone(), state, client);
+    ctx.trust = Trust::load(
+        &paths.trust(),
+        &args.trust_keys,
+        usize::from(args.signature_threshold),
+    )?;
+    ctx.device_type = args.device_type.clone();
+    if let Some(set) = ctx.trust.current() {
+        tracing::info!(
+            keys = set.keys().len(),
+            threshold = set.threshold(),
+            trust_version = set.version,
+            "bundles must be signed"
+        );
+    }
+    let ctx = Arc::new(ctx);
     match DeviceFile::load(&paths.device()) {
         Ok(Some(d))
             if d.server == ctx.client.server()

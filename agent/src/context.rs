@@ -12,6 +12,7 @@ use crate::identity::DeviceFile;
 use crate::paths::Paths;
 use crate::queue::Queue;
 use crate::state::StateStore;
+use crate::trust::Trust;
 
 /// Bundles kept under `bundles/` (besides the current and previous ones).
 pub const KEEP_BUNDLES: usize = 3;
@@ -26,6 +27,10 @@ pub struct Ctx {
     device: RwLock<Option<DeviceFile>>,
     pub stall_timeout: Duration,
     pub keep_bundles: usize,
+    /// Keys that must sign bundles (SPEC §7); none = no signature checks.
+    pub trust: Trust,
+    /// This device's type, checked against signed `device_types`.
+    pub device_type: String,
     progress_tx: OnceLock<mpsc::Sender<(String, String, ProgressReport)>>,
 }
 
@@ -33,12 +38,14 @@ impl Ctx {
     pub fn new(paths: Paths, state: StateStore, client: Client) -> Self {
         Ctx {
             queue: Queue::new(paths.queue()),
+            trust: Trust::none(paths.trust()),
             paths,
             state,
             client,
             device: RwLock::new(None),
             stall_timeout: crate::download::STALL_TIMEOUT,
             keep_bundles: KEEP_BUNDLES,
+            device_type: "generic".into(),
             progress_tx: OnceLock::new(),
         }
     }

@@ -222,6 +222,18 @@ async fn pipeline(
             outcome,
         };
 
+    // 0. Signed updates (SPEC §7): refused before anything is downloaded or run.
+    if let Err(why) = crate::trust::verify_command(&ctx.trust, &st, &ctx.device_type, kind, cmd) {
+        tracing::warn!(deployment.id = %cmd.deployment_id, reason = %why, "bundle refused");
+        return Ok(report(
+            ResultStatus::Failed,
+            Some(why),
+            log,
+            None,
+            unchanged,
+        ));
+    }
+
     // 1–3. The bundle folder (kept from before, or downloaded and extracted now) and its
     // manifest, which must be for the version the command names.
     let prepared = match prepare(ctx, cmd, device).await {

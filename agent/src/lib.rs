@@ -31,6 +31,7 @@ pub mod script; // running bundle scripts with timeout and output tail
 pub mod state; // state.json
 pub mod status; // `status`, `history` and `flush` reports
 pub mod sysmetrics; // CPU and memory figures for heartbeats
+pub mod trust; // trusted signing keys, verification, key rotation
 
 pub use cli::run_cli;
 

@@ -10,6 +10,7 @@
 //! | `downloads/` | partial downloads and extraction scratch space |
 //! | `logs/` | daily rolling log files |
 //! | `agent.lock` | held by the running daemon |
+//! | `trust/` | trusted signing keys (`ed25519:…` files) and the adopted `trust.json` |
 
 use std::fs::{self, DirBuilder};
 use std::io;
@@ -58,6 +59,10 @@ impl Paths {
     }
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
+    }
+    /// Provisioned trusted keys and the adopted trust document (SPEC §7).
+    pub fn trust(&self) -> PathBuf {
+        self.root.join("trust")
     }
     pub fn lock(&self) -> PathBuf {
         self.root.join("agent.lock")

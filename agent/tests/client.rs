@@ -104,6 +104,7 @@ async fn a_command_from_a_newer_server_is_skipped_not_fatal() {
         current_bundle_version: None,
         config_version: None,
         queued_reports: 0,
+        trust_version: None,
     };
     let reply = client
         .heartbeat("dev1", "t", &body, Duration::from_secs(30))

@@ -6,6 +6,8 @@
 //! - [`bundle`]: packing a folder into a bundle and checking an archive entry by entry
 //!   (the same rules on the server at upload and on the agent before it extracts).
 //! - [`signing`]: RSA-PSS registration signatures and key fingerprints.
+//! - [`update_signing`]: Ed25519 operator keys, signed bundle metadata and trust
+//!   documents, and the checks a device makes before it runs a bundle (SPEC §7).
 //! - [`validate`]: small shared input rules (ids, tags, versions).
 //!
 //! This crate is serde plus the archive and crypto crates; it pulls in no async runtime.
@@ -22,4 +24,5 @@ pub mod api; // wire types of the HTTP API
 pub mod bundle; // pack a folder, inspect and safely unpack archives
 pub mod manifest; // manifest.json schema
 pub mod signing; // registration signatures, fingerprints
+pub mod update_signing; // Ed25519 signed bundles, trust sets (SPEC §7)
 pub mod validate; // shared input rules

@@ -27,6 +27,8 @@
 //! | `device_success` | device_id ‖ version | — (versions it ran successfully) |
 //! | `reports` | report_id | deployment_id ‖ device_id |
 //! | `counters` | name | i64 BE (fleet counts for `/metrics`, kept in the same transactions) |
+//! | `bundle_signatures` | bundle_id | signed metadata and every signature (JSON, SPEC §7) |
+//! | `trust` | `current` | the newest trust document (JSON, SPEC §7) |
 //!
 //! Multi-record changes run in sled transactions. sled 0.34 serialises transactions
 //! behind one process-wide lock, so the heartbeat path uses none: the one beat writer
@@ -43,6 +45,7 @@ mod deployments; // deployments, targets, results, history
 mod devices; // registration, listing, admission
 mod flusher; // group commit of fsyncs
 mod online; // online/offline counts by expiry second
+mod signing; // bundle signatures and the trust document
 mod tokens; // operator and device tokens
 
 use std::path::Path;
@@ -53,6 +56,7 @@ use kernex_common::api::{
     Admission, ConfigUpdate, DeploymentKind, DeviceConfig, HeartbeatRecord, HistoryRecord,
     ProgressReport, ResultReport, TargetStatus,
 };
+use kernex_common::update_signing::SignedDocument;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::Transactional;
@@ -115,6 +119,8 @@ pub struct SledStore {
     device_success: sled::Tree,
     reports: sled::Tree,
     counters: sled::Tree,
+    bundle_signatures: sled::Tree,
+    trust: sled::Tree,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -157,6 +163,8 @@ impl SledStore {
             device_success: t("device_success")?,
             reports: t("reports")?,
             counters: t("counters")?,
+            bundle_signatures: t("bundle_signatures")?,
+            trust: t("trust")?,
             flusher: Arc::new(Flusher::start(db.clone())),
             online: Arc::new(OnlineTracker::default()),
             token_cache: Arc::default(),
@@ -356,6 +364,23 @@ impl Store for SledStore {
     }
     async fn delete_bundle(&self, id: &str) -> Result<BundleRecord> {
         durable!(self, SledStore::delete_bundle(self, id))
+    }
+
+    async fn bundle_signatures(&self, bundle_id: &str) -> Result<Option<SignedDocument>> {
+        SledStore::bundle_signatures(self, bundle_id)
+    }
+    async fn add_bundle_signatures(
+        &self,
+        bundle_id: &str,
+        doc: &SignedDocument,
+    ) -> Result<SignedDocument> {
+        durable!(self, SledStore::add_bundle_signatures(self, bundle_id, doc))
+    }
+    async fn trust_document(&self) -> Result<Option<SignedDocument>> {
+        SledStore::trust_document(self)
+    }
+    async fn put_trust_document(&self, doc: &SignedDocument) -> Result<u64> {
+        durable!(self, SledStore::put_trust_document(self, doc))
     }
 
     async fn create_deployment(
