@@ -49,6 +49,10 @@ pub struct Cli {
     /// PEM file of an extra CA to trust (a private CA), besides the system roots.
     #[arg(long, env = "KERNEX_CA_CERT", global = true)]
     pub ca_cert: Option<PathBuf>,
+    /// Allow plain http:// to a server that is not on a loopback address (anyone on the
+    /// path can then read the device token and change what the device is told).
+    #[arg(long, env = "KERNEX_INSECURE_HTTP", global = true)]
+    pub insecure_http: bool,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -144,6 +148,13 @@ fn server(cli: &Cli, paths: &Paths) -> String {
         .unwrap_or_else(|| DEFAULT_SERVER.to_owned())
 }
 
+/// The HTTP client for `server`, refusing plain http:// off loopback (SPEC §7).
+fn client(cli: &Cli, server: &str) -> anyhow::Result<Client> {
+    kernex_common::transport::check_server_url(server, cli.insecure_http)
+        .map_err(anyhow::Error::msg)?;
+    Client::new(server, cli.ca_cert.as_deref())
+}
+
 /// Hold `agent.lock` for the daemon's lifetime: one daemon per state dir.
 async fn lock(paths: &Paths) -> anyhow::Result<File> {
     let mut file = OpenOptions::new()
@@ -199,7 +210,7 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     // The saved configuration applies before the first beat.
     let log = logging::init_daemon(&paths.logs(), &state.get().config.log_level)?;
     let server = server(cli, &paths);
-    let client = Client::new(&server, cli.ca_cert.as_deref())?;
+    let client = client(cli, &server)?;
     tracing::info!(
         version = crate::AGENT_VERSION,
         server = %server,
@@ -326,7 +337,7 @@ async fn status_cmd(cli: &Cli, json: bool, offline: bool) -> anyhow::Result<Exit
     let client = if offline {
         None
     } else {
-        Some(Client::new(&server, cli.ca_cert.as_deref())?)
+        Some(client(cli, &server)?)
     };
     let report = status::gather(&paths, &server, client.as_ref()).await?;
     if json {
@@ -367,7 +378,7 @@ async fn flush_cmd(cli: &Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let server = server(cli, &paths);
-    let client = Client::new(&server, cli.ca_cert.as_deref())?;
+    let client = client(cli, &server)?;
     let skip = StateStore::read(&paths.state())?
         .in_progress
         .map(|p| p.deployment_id);

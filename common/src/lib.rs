@@ -24,5 +24,6 @@ pub mod api; // wire types of the HTTP API
 pub mod bundle; // pack a folder, inspect and safely unpack archives
 pub mod manifest; // manifest.json schema
 pub mod signing; // registration signatures, fingerprints
+pub mod transport; // which server URLs a client may use (SPEC §7)
 pub mod update_signing; // Ed25519 signed bundles, trust sets (SPEC §7)
 pub mod validate; // shared input rules
