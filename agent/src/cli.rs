@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client::Client;
 use crate::context::Ctx;
+use crate::executed::ExecutedLog;
 use crate::identity::{DeviceFile, Identity};
 use crate::paths::Paths;
 use crate::queue::{self, Queue};
@@ -106,6 +107,16 @@ pub struct RunArgs {
     #[arg(long, env = "KERNEX_SIGNATURE_THRESHOLD", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub signature_threshold: u16,
+    /// A variable of the agent's environment that scripts may see besides PATH, HOME,
+    /// LANG, LC_*, TZ, TERM, USER, LOGNAME, SHELL, TMPDIR (repeatable; `PREFIX*` for a
+    /// family; KERNEX_* never pass). Scripts get nothing else of the agent's environment.
+    #[arg(
+        long = "script-env",
+        env = "KERNEX_SCRIPT_ENV",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub script_env: Vec<String>,
 }
 
 /// Run a parsed command line; the process exit code.
@@ -226,6 +237,9 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         usize::from(args.signature_threshold),
     )?;
     ctx.device_type = args.device_type.clone();
+    ctx.script_env = args.script_env.clone();
+    ctx.executed = ExecutedLog::open(&paths.executed())
+        .with_context(|| format!("cannot read {}", paths.executed().display()))?;
     if let Some(set) = ctx.trust.current() {
         tracing::info!(
             keys = set.keys().len(),

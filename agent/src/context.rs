@@ -8,6 +8,7 @@ use kernex_common::api::{Phase, ProgressReport};
 use tokio::sync::mpsc;
 
 use crate::client::Client;
+use crate::executed::ExecutedLog;
 use crate::identity::DeviceFile;
 use crate::paths::Paths;
 use crate::queue::Queue;
@@ -31,6 +32,10 @@ pub struct Ctx {
     pub trust: Trust,
     /// This device's type, checked against signed `device_types`.
     pub device_type: String,
+    /// Every deployment id ever executed (beyond `state.json`'s newest 256).
+    pub executed: ExecutedLog,
+    /// Variables scripts get from the agent's environment besides the allow-list.
+    pub script_env: Vec<String>,
     progress_tx: OnceLock<mpsc::Sender<(String, String, ProgressReport)>>,
 }
 
@@ -39,6 +44,7 @@ impl Ctx {
         Ctx {
             queue: Queue::new(paths.queue()),
             trust: Trust::none(paths.trust()),
+            executed: ExecutedLog::empty(paths.executed()),
             paths,
             state,
             client,
@@ -46,6 +52,7 @@ impl Ctx {
             stall_timeout: crate::download::STALL_TIMEOUT,
             keep_bundles: KEEP_BUNDLES,
             device_type: "generic".into(),
+            script_env: Vec::new(),
             progress_tx: OnceLock::new(),
         }
     }

@@ -54,7 +54,10 @@ pub async fn run_command(
         return Ok(Ran::Skipped);
     }
     let st = ctx.state.get();
-    if st.was_executed(&cmd.deployment_id) || ctx.queue.find(&cmd.deployment_id)?.is_some() {
+    if st.was_executed(&cmd.deployment_id)
+        || ctx.executed.contains(&cmd.deployment_id)
+        || ctx.queue.find(&cmd.deployment_id)?.is_some()
+    {
         tracing::debug!(deployment.id = %cmd.deployment_id, "already executed; its result is queued or delivered");
         return Ok(Ran::Skipped);
     }
@@ -119,6 +122,9 @@ pub fn finish(ctx: &Ctx, report: QueuedReport) -> std::io::Result<()> {
         ctx.queue.push(&report)?;
     }
     crashpoint::hit("after-queue-write");
+    // Durable before state.json moves on: the id is remembered for ever, not only
+    // among state.json's newest 256.
+    ctx.executed.record(&report.deployment_id)?;
     ctx.state.update(|s| apply(s, &report))?;
     crashpoint::hit("after-state-update");
     tracing::info!(
@@ -401,6 +407,7 @@ async fn run_script(
     timeout_s: u64,
 ) -> ScriptRun {
     let spec = ScriptSpec {
+        pass_env: ctx.script_env.clone(),
         dir: dir.to_path_buf(),
         script: script.to_owned(),
         env,

@@ -10,6 +10,7 @@
 //! | `downloads/` | partial downloads and extraction scratch space |
 //! | `logs/` | daily rolling log files |
 //! | `agent.lock` | held by the running daemon |
+//! | `executed.log` | every deployment id ever executed, one a line (append-only, fsynced) |
 //! | `trust/` | trusted signing keys (`ed25519:…` files) and the adopted `trust.json` |
 
 use std::fs::{self, DirBuilder};
@@ -59,6 +60,10 @@ impl Paths {
     }
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
+    }
+    /// Every deployment id ever executed (append-only).
+    pub fn executed(&self) -> PathBuf {
+        self.root.join("executed.log")
     }
     /// Provisioned trusted keys and the adopted trust document (SPEC §7).
     pub fn trust(&self) -> PathBuf {

@@ -63,7 +63,11 @@ pub struct ScriptSpec {
     pub dir: PathBuf,
     /// The script's path relative to `dir`, as the manifest names it.
     pub script: String,
+    /// The deployment's `KERNEX_*` variables.
     pub env: Vec<(String, String)>,
+    /// Extra variable names (or `PREFIX*`) passed from the agent's environment
+    /// (`--script-env`); see [`crate::script_env`].
+    pub pass_env: Vec<String>,
     pub timeout: Duration,
 }
 
@@ -203,10 +207,14 @@ async fn spawn(path: &Path, spec: &ScriptSpec) -> std::io::Result<tokio::process
             c
         };
         cmd.current_dir(&spec.dir)
-            // The agent's environment minus its secret and its test hooks.
-            .env_remove("KERNEX_ENROLLMENT_TOKEN")
-            .env_remove(crate::crashpoint::ENV)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            // An allow-listed environment, never the agent's whole one.
+            .env_clear()
+            .envs(crate::script_env::environment(
+                std::env::vars_os(),
+                &spec.pass_env,
+                &spec.env,
+                &[],
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -289,6 +297,7 @@ mod tests {
             dir: dir.to_path_buf(),
             script: "run.sh".into(),
             env: vec![("KERNEX_TEST_VALUE".into(), "from-env".into())],
+            pass_env: Vec::new(),
             timeout,
         }
     }
