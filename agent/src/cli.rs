@@ -117,6 +117,12 @@ pub struct RunArgs {
         value_name = "NAME"
     )]
     pub script_env: Vec<String>,
+    /// Run bundle scripts as this user (a name or uid from /etc/passwd) instead of the
+    /// agent's own; needs the agent to run as root. Each bundle folder is handed to the
+    /// user before its script runs; the state dir becomes 0711 (the folders above it
+    /// must let the user pass too).
+    #[arg(long, env = "KERNEX_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
 }
 
 /// Run a parsed command line; the process exit code.
@@ -238,6 +244,13 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     )?;
     ctx.device_type = args.device_type.clone();
     ctx.script_env = args.script_env.clone();
+    if let Some(user) = &args.run_as {
+        let user = crate::run_as::RunAs::lookup(user)?;
+        user.check_can_switch()?;
+        user.open_path(&paths.root, &paths.bundles())
+            .context("cannot open the state dir's path to the --run-as user")?;
+        ctx.run_as = Some(user);
+    }
     ctx.executed = ExecutedLog::open(&paths.executed())
         .with_context(|| format!("cannot read {}", paths.executed().display()))?;
     if let Some(set) = ctx.trust.current() {

@@ -36,6 +36,8 @@ pub struct Ctx {
     pub executed: ExecutedLog,
     /// Variables scripts get from the agent's environment besides the allow-list.
     pub script_env: Vec<String>,
+    /// `--run-as`: the user scripts run as.
+    pub run_as: Option<crate::run_as::RunAs>,
     progress_tx: OnceLock<mpsc::Sender<(String, String, ProgressReport)>>,
 }
 
@@ -53,6 +55,7 @@ impl Ctx {
             keep_bundles: KEEP_BUNDLES,
             device_type: "generic".into(),
             script_env: Vec::new(),
+            run_as: None,
             progress_tx: OnceLock::new(),
         }
     }

@@ -408,6 +408,7 @@ async fn run_script(
 ) -> ScriptRun {
     let spec = ScriptSpec {
         pass_env: ctx.script_env.clone(),
+        run_as: ctx.run_as.clone(),
         dir: dir.to_path_buf(),
         script: script.to_owned(),
         env,

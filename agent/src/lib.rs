@@ -27,6 +27,7 @@ pub mod identity; // device key and registration
 pub mod logging; // rolling log files, stderr on a terminal, live level changes
 pub mod paths; // the state directory layout
 pub mod queue; // durable outbox of result reports
+pub mod run_as; // --run-as USER for scripts
 pub mod runner; // the heartbeat loop
 pub mod script; // running bundle scripts with timeout and output tail
 pub mod script_env; // the allow-listed environment of scripts

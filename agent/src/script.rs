@@ -68,6 +68,8 @@ pub struct ScriptSpec {
     /// Extra variable names (or `PREFIX*`) passed from the agent's environment
     /// (`--script-env`); see [`crate::script_env`].
     pub pass_env: Vec<String>,
+    /// Run as this user (`--run-as`), the bundle folder handed to it first.
+    pub run_as: Option<crate::run_as::RunAs>,
     pub timeout: Duration,
 }
 
@@ -80,6 +82,14 @@ pub async fn run(spec: &ScriptSpec, on_start: impl FnOnce(i32)) -> ScriptRun {
         tail: String::new(),
         duration: started.elapsed(),
     };
+    if let Some(user) = &spec.run_as
+        && let Err(e) = user.hand_over(&spec.dir)
+    {
+        return not_started(format!(
+            "cannot hand the bundle folder to user {}: {e}",
+            user.name
+        ));
+    }
     let path = match resolve(&spec.dir, &spec.script) {
         Ok(p) => p,
         Err(e) => return not_started(e),
@@ -213,13 +223,16 @@ async fn spawn(path: &Path, spec: &ScriptSpec) -> std::io::Result<tokio::process
                 std::env::vars_os(),
                 &spec.pass_env,
                 &spec.env,
-                &[],
+                &spec.run_as.as_ref().map(|u| u.env()).unwrap_or_default(),
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
+        if let Some(user) = &spec.run_as {
+            cmd.uid(user.uid).gid(user.gid);
+        }
         match cmd.spawn() {
             // ETXTBSY: another thread of ours forked while the freshly extracted file
             // was still open for writing somewhere; it clears in moments.
@@ -298,6 +311,7 @@ mod tests {
             script: "run.sh".into(),
             env: vec![("KERNEX_TEST_VALUE".into(), "from-env".into())],
             pass_env: Vec::new(),
+            run_as: None,
             timeout,
         }
     }

@@ -180,3 +180,88 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// `--run-as nobody`: the script runs with nobody's uid and HOME, in its bundle folder
+/// (handed to nobody), while the device key stays unreadable to it.
+#[tokio::test]
+async fn run_as_runs_scripts_as_the_given_user() {
+    use std::os::unix::fs::PermissionsExt;
+    if rustix_euid() != 0 {
+        // Switching users needs root; CI and the dev machines run the suite as root.
+        eprintln!("skipped: not root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The test's temp dir must be traversable for the script's user to reach the agent's
+    // state dir inside it (the agent opens its own dirs).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // The folders above the state dir are the operator's to open (as for any service).
+    std::fs::create_dir(dir.path().join("agent")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("agent"),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"), ADMIN, ENROLL).unwrap();
+    let agent = Agent::new(&dir.path().join("agent"), &server.url("")).enrollment(ENROLL);
+    agent.once_ok().await;
+    let report = out_dir.join("who");
+    let deploy_sh = format!(
+        "#!/bin/sh\nset -eu\n{{ id -u; echo \"$HOME\"; pwd; \
+         cat \"$KERNEX_BUNDLE_DIR/../../device_key.pem\" 2>/dev/null && echo KEY-READ || echo key-hidden; \
+         echo ok > \"$KERNEX_BUNDLE_DIR/written\"; }} > '{}'\n",
+        report.display()
+    );
+    upload(
+        &server,
+        script_bundle("1.0.0", &[("deploy.sh", &deploy_sh)]),
+    )
+    .await;
+    let id = deploy(&server, "1.0.0", &agent.device_id()).await;
+    let out = agent
+        .run(&[
+            "run",
+            "--once",
+            "--key-bits",
+            "2048",
+            "--enrollment-token",
+            ENROLL,
+            "--run-as",
+            "nobody",
+        ])
+        .await;
+    assert!(out.status.success(), "{}\n{}", describe(&out), agent.logs());
+    assert_eq!(
+        target_status(&server, &id).await,
+        "success",
+        "{}",
+        agent.logs()
+    );
+    let who = std::fs::read_to_string(&report).unwrap();
+    let lines: Vec<&str> = who.lines().collect();
+    assert_eq!(lines[0], "65534", "{who}");
+    assert_eq!(lines[1], "/nonexistent", "{who}");
+    assert!(lines[2].ends_with("bundles/1.0.0"), "{who}");
+    assert_eq!(lines[3], "key-hidden", "{who}");
+    assert!(agent.path("bundles/1.0.0/written").exists());
+
+    // An unknown user is refused at start.
+    let out = agent
+        .run(&["run", "--once", "--run-as", "no-such-user-x"])
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such user"),
+        "{}",
+        describe(&out)
+    );
+}
+
+fn rustix_euid() -> u32 {
+    // `id -u` of this test process, without adding a dependency.
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
