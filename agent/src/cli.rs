@@ -88,7 +88,8 @@ pub struct RunArgs {
     /// 1 when not.
     #[arg(long)]
     pub once: bool,
-    /// Enrollment token: admits the device as accepted instead of pending.
+    /// Enrollment token: admits the device as accepted instead of pending. Prefer the
+    /// environment variable: a flag's value shows in `ps`.
     #[arg(long, env = "KERNEX_ENROLLMENT_TOKEN", hide_env_values = true)]
     pub enrollment_token: Option<String>,
     /// Device type reported at registration.

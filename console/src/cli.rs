@@ -41,7 +41,8 @@ pub struct ConnArgs {
     pub server: Option<String>,
 
     /// Operator token [default: the saved login context, else the local server's
-    /// admin.token file].
+    /// admin.token file]. Prefer KERNEX_TOKEN or `login --token-file`: a flag's value
+    /// shows in `ps`.
     #[arg(
         long,
         env = "KERNEX_TOKEN",
