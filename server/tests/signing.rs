@@ -466,3 +466,29 @@ async fn a_pending_device_gets_no_trust_command() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn with_trust_keys_the_first_trust_document_must_be_signed_by_them() {
+    let keys = tempfile::tempdir().unwrap();
+    let ops = SecretKey::generate();
+    let path = key_file(keys.path(), "ops", &ops);
+    let app = TestApp::with(|s| s.trust_keys = vec![path]);
+    // A stolen operator token alone cannot pin the chain with its own document.
+    let thief = SecretKey::generate();
+    let r = app
+        .put(
+            "/api/v1/trust",
+            serde_json::to_value(trust_doc(&[&thief], u64::MAX, &[&thief])).unwrap(),
+        )
+        .await;
+    let body = r.expect(StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"].as_str().unwrap().contains("--trust-key"),
+        "{body}"
+    );
+    app.get("/api/v1/trust").await.expect(StatusCode::NOT_FOUND);
+    let good = trust_doc(&[&thief, &ops], 2, &[&ops]);
+    app.put("/api/v1/trust", serde_json::to_value(&good).unwrap())
+        .await
+        .expect(StatusCode::OK);
+}

@@ -69,7 +69,11 @@ pub async fn put_trust(
 ) -> ApiResult<Json<SignedDocument>> {
     caller.require_operator()?;
     let ApiJson(doc) = body?;
-    let version = state.store.put_trust_document(&doc).await?;
+    let anchor = state.limits.signatures.anchor();
+    let version = state
+        .store
+        .put_trust_document(&doc, anchor.as_ref())
+        .await?;
     state.heartbeats.trust.set(Some((version, doc.clone())));
     tracing::info!(version, "trust document stored");
     Ok(Json(doc))

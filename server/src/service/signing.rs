@@ -72,8 +72,14 @@ pub fn merge_signatures(
 
 /// Whether `new` may replace the stored trust document: its version must be higher
 /// (SPEC §7: the server keeps the newest), and when one is stored, a threshold of the
-/// stored set's keys must have signed it (the same rule a device applies).
-pub fn next_trust(stored: Option<&SignedDocument>, new: &SignedDocument) -> Result<u64> {
+/// stored set's keys must have signed it (the same rule a device applies). The first
+/// document must be signed by `anchor` (the server's `--trust-key` keys) when given, so
+/// a stolen operator token cannot pin the chain with a document of its own.
+pub fn next_trust(
+    stored: Option<&SignedDocument>,
+    new: &SignedDocument,
+    anchor: Option<&TrustSet>,
+) -> Result<u64> {
     let meta = new.trust_metadata().map_err(invalid)?;
     TrustSet::from_metadata(&meta).map_err(invalid)?;
     if let Some(old) = stored {
@@ -88,11 +94,20 @@ pub fn next_trust(stored: Option<&SignedDocument>, new: &SignedDocument) -> Resu
         current
             .accept_update(new, chrono::Utc::now())
             .map_err(|e| StoreError::Invalid(format!("trust document refused: {e}")))?;
-    } else if meta.expires <= chrono::Utc::now() {
-        return Err(StoreError::Invalid(format!(
-            "trust document expired at {}",
-            meta.expires.to_rfc3339()
-        )));
+    } else {
+        if meta.expires <= chrono::Utc::now() {
+            return Err(StoreError::Invalid(format!(
+                "trust document expired at {}",
+                meta.expires.to_rfc3339()
+            )));
+        }
+        if let Some(anchor) = anchor {
+            anchor.check_threshold(new, anchor.threshold()).map_err(|e| {
+                StoreError::Invalid(format!(
+                    "the first trust document must be signed by the server's --trust-key                      keys: {e}"
+                ))
+            })?;
+        }
     }
     Ok(meta.version)
 }
@@ -118,6 +133,16 @@ impl SignaturePolicy {
             })?;
         }
         Ok(SignaturePolicy { keys, required })
+    }
+
+    /// The keys a first trust document must be signed by: the `--trust-key` keys with
+    /// the `--require-signatures` threshold (at least 1); `None` without keys.
+    pub fn anchor(&self) -> Option<TrustSet> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        let threshold = self.required.clamp(1, self.keys.len());
+        TrustSet::new(self.keys.clone(), threshold).ok()
     }
 
     /// `Ok` when the bundle may be deployed under this policy.

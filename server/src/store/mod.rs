@@ -28,7 +28,7 @@ use kernex_common::api::{
     Admission, ConfigUpdate, DeploymentKind, DeviceConfig, HeartbeatRecord, HeartbeatRequest,
     HistoryRecord, OnlineStatus, ProgressReport, ResultReport, TargetStatus,
 };
-use kernex_common::update_signing::SignedDocument;
+use kernex_common::update_signing::{SignedDocument, TrustSet};
 use serde_json::Value;
 
 pub use error::{Result, StoreError};
@@ -252,9 +252,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<SignedDocument>;
     /// The newest trust document, if any.
     async fn trust_document(&self) -> Result<Option<SignedDocument>>;
-    /// Store a trust document if [`crate::service::signing::next_trust`] allows it;
-    /// returns its version.
-    async fn put_trust_document(&self, doc: &SignedDocument) -> Result<u64>;
+    /// Store a trust document if [`crate::service::signing::next_trust`] allows it
+    /// (`anchor`: the keys a first document must be signed by); returns its version.
+    async fn put_trust_document(
+        &self,
+        doc: &SignedDocument,
+        anchor: Option<&TrustSet>,
+    ) -> Result<u64>;
 
     // ------------------------------------------------------------ deployments
 

@@ -56,7 +56,7 @@ use kernex_common::api::{
     Admission, ConfigUpdate, DeploymentKind, DeviceConfig, HeartbeatRecord, HistoryRecord,
     ProgressReport, ResultReport, TargetStatus,
 };
-use kernex_common::update_signing::SignedDocument;
+use kernex_common::update_signing::{SignedDocument, TrustSet};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::Transactional;
@@ -379,8 +379,12 @@ impl Store for SledStore {
     async fn trust_document(&self) -> Result<Option<SignedDocument>> {
         SledStore::trust_document(self)
     }
-    async fn put_trust_document(&self, doc: &SignedDocument) -> Result<u64> {
-        durable!(self, SledStore::put_trust_document(self, doc))
+    async fn put_trust_document(
+        &self,
+        doc: &SignedDocument,
+        anchor: Option<&TrustSet>,
+    ) -> Result<u64> {
+        durable!(self, SledStore::put_trust_document(self, doc, anchor))
     }
 
     async fn create_deployment(

@@ -2,7 +2,7 @@
 //! trust document. Both are JSON [`SignedDocument`]s; the rules that decide what may be
 //! stored are in [`crate::service::signing`].
 
-use kernex_common::update_signing::SignedDocument;
+use kernex_common::update_signing::{SignedDocument, TrustSet};
 
 use super::*;
 use crate::service::signing::{merge_signatures, next_trust};
@@ -43,11 +43,15 @@ impl SledStore {
     }
 
     /// Store `doc` when it is newer than (and signed by) the stored one.
-    pub(super) fn put_trust_document(&self, doc: &SignedDocument) -> Result<u64> {
+    pub(super) fn put_trust_document(
+        &self,
+        doc: &SignedDocument,
+        anchor: Option<&TrustSet>,
+    ) -> Result<u64> {
         self.trust
             .transaction(|trust| {
                 let stored = tx_get::<SignedDocument>(trust, TRUST_KEY)?;
-                let version = match next_trust(stored.as_ref(), doc) {
+                let version = match next_trust(stored.as_ref(), doc, anchor) {
                     Ok(v) => v,
                     Err(e) => return abort(e),
                 };
