@@ -25,6 +25,33 @@ check:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
+# cargo-fuzz (libFuzzer, RUSTC_BOOTSTRAP on stable): each target (default: all) for SECS s.
+fuzz SECS="60" *TARGETS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    secs="$1"; shift
+    targets=("$@")
+    [ ${#targets[@]} -gt 0 ] || targets=(manifest archive range registration)
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz
+    for t in "${targets[@]}"; do
+        mkdir -p "target/corpus/$t"
+        echo "== fuzz $t for ${secs}s"
+        RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$t" "target/corpus/$t" "corpus/$t" -- \
+            -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1
+    done
+
+# Fold what `just fuzz` found into the kept corpus (fuzz/corpus), minimised.
+fuzz-merge *TARGETS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    targets=("$@")
+    [ ${#targets[@]} -gt 0 ] || targets=(manifest archive range registration)
+    cd fuzz
+    for t in "${targets[@]}"; do
+        RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$t" "corpus/$t" "target/corpus/$t" -- -set_cover_merge=1
+    done
+
 # Benchmarks (release build): server heartbeats vs fleet size; the console at 100k devices.
 bench:
     cargo bench -p kernex-server --bench heartbeat

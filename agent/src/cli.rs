@@ -124,6 +124,19 @@ pub struct RunArgs {
     /// must let the user pass too).
     #[arg(long, env = "KERNEX_RUN_AS", value_name = "USER")]
     pub run_as: Option<String>,
+    /// Minimum download rate in bytes/s: an attempt that has not fetched the bundle within
+    /// --download-grace plus its size at this rate fails the deployment. 0 turns the
+    /// deadline off (the 60 s stall guard stays).
+    #[arg(long, env = "KERNEX_DOWNLOAD_MIN_RATE", default_value_t = crate::download::MIN_RATE)]
+    pub download_min_rate: u64,
+    /// Seconds added to every download's deadline (connection set-up, slow start).
+    #[arg(long, env = "KERNEX_DOWNLOAD_GRACE", default_value_t = crate::download::DEADLINE_GRACE.as_secs())]
+    pub download_grace: u64,
+    /// Length of one reconnect backoff step in ms (waits are 1, 2, 4 … 60 steps). Only
+    /// for simulating long outages quickly in tests; leave it at 1000 on devices.
+    #[arg(long, env = "KERNEX_BACKOFF_UNIT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub backoff_unit_ms: u64,
 }
 
 /// Run a parsed command line; the process exit code.
@@ -262,6 +275,11 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
             "bundles must be signed"
         );
     }
+    ctx.pace = crate::download::Pace {
+        min_rate: args.download_min_rate,
+        grace: Duration::from_secs(args.download_grace),
+    };
+    ctx.backoff_unit = Duration::from_millis(args.backoff_unit_ms);
     let ctx = Arc::new(ctx);
     match DeviceFile::load(&paths.device()) {
         Ok(Some(d))

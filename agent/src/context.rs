@@ -27,6 +27,10 @@ pub struct Ctx {
     pub client: Client,
     device: RwLock<Option<DeviceFile>>,
     pub stall_timeout: Duration,
+    /// Overall deadline of a download attempt (`--download-min-rate`, `--download-grace`).
+    pub pace: crate::download::Pace,
+    /// One step of the reconnect backoff (`--backoff-unit-ms`; 1 s in production).
+    pub backoff_unit: Duration,
     pub keep_bundles: usize,
     /// Keys that must sign bundles (SPEC §7); none = no signature checks.
     pub trust: Trust,
@@ -52,6 +56,8 @@ impl Ctx {
             client,
             device: RwLock::new(None),
             stall_timeout: crate::download::STALL_TIMEOUT,
+            pace: crate::download::Pace::default(),
+            backoff_unit: crate::runner::BACKOFF_UNIT,
             keep_bundles: KEEP_BUNDLES,
             device_type: "generic".into(),
             script_env: Vec::new(),

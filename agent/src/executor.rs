@@ -485,6 +485,7 @@ async fn prepare(
         command: cmd,
         dir: &ctx.paths.downloads(),
         stall_timeout: ctx.stall_timeout,
+        pace: ctx.pace,
     };
     let archive = download
         .run(|have| {

@@ -23,7 +23,12 @@ use crate::queue;
 use crate::state::{AgentState, AppliedConfig, ErrorSource};
 use crate::sysmetrics::Sampler;
 
+/// One backoff step in production: waits run 1, 2, 4 … 60 of these.
+pub const BACKOFF_UNIT: Duration = Duration::from_secs(1);
+/// Longest wait between attempts while the server is unreachable, in backoff units.
+const BACKOFF_MAX_UNITS: u32 = 60;
 /// Longest wait between attempts while the server is unreachable.
+#[cfg(test)]
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// Registration settings from the command line.
@@ -45,17 +50,30 @@ pub enum CycleError {
 }
 
 /// Exponential backoff with jitter: 1, 2, 4 … 60 s, each drawn from [½, 1] of the step so
-/// a fleet that lost its server does not come back in lock-step.
-#[derive(Debug, Default)]
+/// a fleet that lost its server does not come back in lock-step. It counts failures, not
+/// wall-clock time (a device clock that jumps changes nothing); the unit is shortened only
+/// to simulate long outages in seconds (`--backoff-unit-ms`).
+#[derive(Debug)]
 pub struct Backoff {
     failures: u32,
+    unit: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(BACKOFF_UNIT)
+    }
 }
 
 impl Backoff {
+    pub fn new(unit: Duration) -> Self {
+        Backoff { failures: 0, unit }
+    }
+
     pub fn next_delay(&mut self) -> Duration {
-        let step = Duration::from_secs(1u64 << self.failures.min(6)).min(BACKOFF_MAX);
+        let units = (1u32 << self.failures.min(6)).min(BACKOFF_MAX_UNITS);
         self.failures = self.failures.saturating_add(1);
-        step.mul_f64(rand::rng().random_range(0.5..=1.0))
+        (self.unit * units).mul_f64(rand::rng().random_range(0.5..=1.0))
     }
 
     pub fn reset(&mut self) {
@@ -346,7 +364,7 @@ impl Runner {
         force: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(self.ctx.backoff_unit);
         loop {
             let delay = match self.cycle(false).await {
                 Ok(()) => {

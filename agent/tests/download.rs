@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! SPEC §3 step 1: the agent's bundle download, against small axum servers that behave
 //! (Range honoured) or misbehave (Range ignored or refused, endless data, stalls, short
-//! bodies, wrong bytes, error statuses).
+//! bodies, wrong bytes, error statuses, a slow drip past the overall deadline).
 
 use std::convert::Infallible;
 use std::io;
@@ -17,7 +17,9 @@ use axum::response::Response;
 use axum::routing::get;
 use futures_util::stream::{self, StreamExt};
 use kernex_agent::client::Client;
-use kernex_agent::download::{Download, DownloadError, STALL_TIMEOUT};
+use kernex_agent::download::{
+    DEADLINE_GRACE, Download, DownloadError, MIN_RATE, Pace, STALL_TIMEOUT,
+};
 use kernex_common::api::BundleCommand;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -63,7 +65,13 @@ enum Mode {
     Cut(usize),
     /// Accepts the request and never answers, not even the status line.
     Silent,
+    /// 200 with the full `Content-Length`, the body in pieces of this many bytes, one
+    /// every [`DRIP_EVERY`]: never silent long enough to trip the stall guard.
+    Drip(usize),
 }
+
+/// The pause between two pieces of [`Mode::Drip`].
+const DRIP_EVERY: Duration = Duration::from_millis(50);
 
 /// One request the fake server saw.
 #[derive(Clone, Debug)]
@@ -219,6 +227,23 @@ async fn bundle(
             (resp, n)
         }
         Mode::Silent => (Response::new(Body::empty()), 0),
+        Mode::Drip(piece) => {
+            let start = offset.unwrap_or(0).min(len);
+            let pieces: Vec<Bytes> = body[start..]
+                .chunks(piece)
+                .map(Bytes::copy_from_slice)
+                .collect();
+            let drip = stream::iter(pieces).then(|b| async move {
+                tokio::time::sleep(DRIP_EVERY).await;
+                Ok::<_, Infallible>(b)
+            });
+            let mut resp = Response::new(Body::from_stream(drip));
+            resp.headers_mut().insert(
+                header::CONTENT_LENGTH,
+                HeaderValue::from((len - start) as u64),
+            );
+            (resp, len - start)
+        }
     };
     srv.hits.lock().unwrap().push(Hit {
         bundle_id,
@@ -260,12 +285,28 @@ async fn fetch(url: &str, cmd: &BundleCommand, dir: &Path, stall_timeout: Durati
     fetch_hooked(url, cmd, dir, stall_timeout, |_| {}).await
 }
 
+/// [`fetch`] with an overall deadline other than the default.
+async fn fetch_paced(url: &str, cmd: &BundleCommand, dir: &Path, pace: Pace) -> Outcome {
+    fetch_with(url, cmd, dir, STALL_TIMEOUT, pace, |_| {}).await
+}
+
 /// [`fetch`], calling `hook` with each progress value as well.
 async fn fetch_hooked(
     url: &str,
     cmd: &BundleCommand,
     dir: &Path,
     stall_timeout: Duration,
+    hook: impl FnMut(u64),
+) -> Outcome {
+    fetch_with(url, cmd, dir, stall_timeout, Pace::default(), hook).await
+}
+
+async fn fetch_with(
+    url: &str,
+    cmd: &BundleCommand,
+    dir: &Path,
+    stall_timeout: Duration,
+    pace: Pace,
     mut hook: impl FnMut(u64),
 ) -> Outcome {
     let client = Client::new(url, None).unwrap();
@@ -276,6 +317,7 @@ async fn fetch_hooked(
         command: cmd,
         dir,
         stall_timeout,
+        pace,
     };
     let result = tokio::time::timeout(
         LIMIT,
@@ -752,4 +794,76 @@ async fn invalid_checksum_fails_without_a_request() {
         );
     }
     assert!(srv.hits().is_empty(), "{:?}", srv.hits());
+}
+
+/// The overall deadline (issue 12): a server that drips bytes just often enough never
+/// trips the stall guard, so the attempt has a deadline of grace + size / min rate.
+mod deadline {
+    use super::*;
+
+    #[test]
+    fn defaults_are_one_kib_per_second_after_a_minute_of_grace() {
+        assert_eq!(MIN_RATE, 1024);
+        assert_eq!(DEADLINE_GRACE, Duration::from_secs(60));
+        let pace = Pace::default();
+        assert_eq!(pace.limit(0), Some(Duration::from_secs(60)));
+        assert_eq!(pace.limit(10 * 1024), Some(Duration::from_secs(70)));
+        let off = Pace {
+            min_rate: 0,
+            ..Pace::default()
+        };
+        assert_eq!(
+            off.limit(1 << 40),
+            None,
+            "a min rate of 0 turns the deadline off"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dripping_server_fails_the_download_by_its_deadline() {
+        let body = bundle_body(LEN);
+        let cmd = command_for(&body);
+        let tmp = tempfile::tempdir().unwrap();
+        // 1 KiB per 50 ms (20 KiB/s): 200 KB would take ~10 s.
+        let (url, _srv) = serve(&body, Mode::Drip(1024)).await;
+        // Deadline: 0.5 s + 200 KB at 400 KB/s = 1 s.
+        let pace = Pace {
+            min_rate: 400_000,
+            grace: Duration::from_millis(500),
+        };
+        let started = std::time::Instant::now();
+        let outcome = fetch_paced(&url, &cmd, tmp.path(), pace).await;
+        let took = started.elapsed();
+        let msg = expect_fail(outcome.result);
+        assert!(msg.contains("too slow"), "{msg}");
+        assert!(msg.contains("--download-min-rate"), "{msg}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "gave up after {took:?}"
+        );
+        let got = outcome.progress.last().copied().unwrap_or(0);
+        assert!(
+            got > 0 && got < LEN as u64,
+            "had {got} bytes at the deadline"
+        );
+        assert!(
+            !part_file(tmp.path(), &cmd).exists(),
+            "a failed download leaves no partial file"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_drip_within_the_deadline_completes() {
+        let body = bundle_body(LEN);
+        let cmd = command_for(&body);
+        let tmp = tempfile::tempdir().unwrap();
+        // 64 KiB per 50 ms: four pieces, about 0.2 s, well inside 2 s + 200 KB at 1 KiB/s.
+        let (url, _srv) = serve(&body, Mode::Drip(64 * 1024)).await;
+        let pace = Pace {
+            min_rate: 1024,
+            grace: Duration::from_secs(2),
+        };
+        let outcome = fetch_paced(&url, &cmd, tmp.path(), pace).await;
+        assert_verified(&outcome, tmp.path(), &cmd, &body);
+    }
 }

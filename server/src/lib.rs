@@ -71,7 +71,6 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
     let signatures = signature_policy(settings)?;
     let options = SledOptions {
         heartbeat_retention: settings.heartbeat_retention.max(1),
-        ..SledOptions::default()
     };
     let store = open_store(&settings.data_dir, options)?;
     let bundle_dir = settings.data_dir.join("bundles");

@@ -281,7 +281,6 @@ async fn lowered_retention_catches_up() {
             &dir,
             SledOptions {
                 heartbeat_retention: retention,
-                ..SledOptions::default()
             },
         )
     };
@@ -553,7 +552,6 @@ async fn history_reads_the_newest_beats_across_chunks_and_laps() {
             &dir,
             SledOptions {
                 heartbeat_retention: 37,
-                ..SledOptions::default()
             },
         )
     })

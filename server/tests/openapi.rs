@@ -103,6 +103,11 @@ const KEY_STATUSES: &[(&str, &str, &[&str])] = &[
         &["200", "400", "403", "404", "413"],
     ),
     ("POST", "/api/v1/tokens", &["201", "400", "409"]),
+    (
+        "DELETE",
+        "/api/v1/tokens/{name}",
+        &["204", "401", "404", "409"],
+    ),
     ("DELETE", "/api/v1/devices/{device_id}", &["204", "404"]),
 ];
 
@@ -1265,4 +1270,84 @@ async fn signing_responses_conform_to_the_document() {
         "{v}"
     );
     assert!(v["commands"][0]["signed"]["signatures"].is_array());
+}
+
+/// Issue 14's two drifts between the document and the routes, driven for real: a
+/// `report_id` reused on another deployment is a documented 400 that changes nothing,
+/// and a token revoking itself is a documented 409 unless `?self=true` confirms it.
+#[tokio::test]
+async fn report_id_reuse_and_token_self_revocation_are_documented() {
+    let app = TestApp::new();
+    let spec = Spec::load(&app).await;
+    let result = "/api/v1/deployments/{deployment_id}/result";
+    let dev = app.device().await;
+    app.bundle("1.0.0").await;
+    app.bundle("2.0.0").await;
+    let first = app.deploy("1.0.0", &[&dev]).await;
+    let first = first["id"].as_str().unwrap().to_owned();
+    let rep = json!({"device_id": dev.id, "status": "success", "report_id": "reused-1"});
+    let r = app.result(&dev, &first, rep.clone()).await;
+    spec.check("POST", result, &r, 200);
+    let second = app.deploy("2.0.0", &[&dev]).await;
+    let second = second["id"].as_str().unwrap().to_owned();
+    let r = app.result(&dev, &second, rep).await;
+    let v = spec.check("POST", result, &r, 400);
+    assert_eq!(v["error"], "bad_request", "{v}");
+    let d = app
+        .get(&format!("/api/v1/deployments/{second}"))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(d["devices"][0]["status"], "pending", "nothing changed: {d}");
+
+    let one = "/api/v1/tokens/{name}";
+    let created = app
+        .post("/api/v1/tokens", json!({"name": "ops"}))
+        .await
+        .expect(StatusCode::CREATED);
+    let ops = created["token"].as_str().unwrap().to_owned();
+    let r = app
+        .call(Method::DELETE, "/api/v1/tokens/ops", Some(&ops), None)
+        .await;
+    let v = spec.check("DELETE", one, &r, 409);
+    assert!(v["message"].as_str().unwrap().contains("self=true"), "{v}");
+    let r = app
+        .call(Method::GET, "/api/v1/tokens", Some(&ops), None)
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "a refused self-revocation changes nothing"
+    );
+    let r = app
+        .call(
+            Method::DELETE,
+            "/api/v1/tokens/ops?self=maybe",
+            Some(&ops),
+            None,
+        )
+        .await;
+    spec.check("DELETE", one, &r, 400);
+    let r = app
+        .call(
+            Method::DELETE,
+            "/api/v1/tokens/ops?self=true",
+            Some(&ops),
+            None,
+        )
+        .await;
+    spec.check("DELETE", one, &r, 204);
+    let r = app
+        .call(Method::GET, "/api/v1/tokens", Some(&ops), None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "the token is gone");
+    let r = app
+        .call(Method::DELETE, "/api/v1/tokens/admin", Some(&ops), None)
+        .await;
+    spec.check("DELETE", one, &r, 401);
+    // Another operator's token needs no confirmation.
+    app.post("/api/v1/tokens", json!({"name": "other"}))
+        .await
+        .expect(StatusCode::CREATED);
+    let r = app.delete("/api/v1/tokens/other").await;
+    spec.check("DELETE", one, &r, 204);
 }

@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+/// A TCP proxy that breaks connections on purpose (stall, reset, truncate, black-hole,
+/// slow-drip) between agents and the server.
+pub mod fault_proxy;
+
 /// `kernex-agent` state dirs, one-shot commands and daemons, bundles and polling.
 pub mod agent;
 

@@ -7,7 +7,7 @@ use chrono::Utc;
 use kernex_common::api::{CreateToken, CreatedToken, TokenInfo};
 
 use crate::auth::{Caller, hash_token, mint_token};
-use crate::error::{ApiError, ApiJson, ApiPath, ApiResult};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::state::AppState;
 
 /// A token name: 1–64 chars of `[A-Za-z0-9._-]`.
@@ -64,16 +64,33 @@ pub async fn list(
     ))
 }
 
-/// `DELETE /tokens/{name}`.
+/// `DELETE /tokens/{name}` query.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct DeleteQuery {
+    /// `self=true`: yes, revoke the very token this request is made with.
+    #[serde(default, rename = "self")]
+    pub confirm_self: bool,
+}
+
+/// `DELETE /tokens/{name}`. Revoking the token the request is made with ends the
+/// caller's own session, so it needs `?self=true` (else 409 and nothing changes).
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
+    query: Result<ApiQuery<DeleteQuery>, ApiError>,
 ) -> ApiResult<StatusCode> {
     if !state.store.operator_token_exists(&name).await? {
         return Err(ApiError::not_found(format!("no token named {name:?}")));
     }
     caller.require_operator()?;
+    let ApiQuery(query) = query?;
+    if matches!(&caller, Caller::Operator { name: own } if *own == name) && !query.confirm_self {
+        return Err(ApiError::conflict(format!(
+            "{name:?} is the token this request is made with: revoking it ends this \
+             session; repeat with ?self=true to confirm"
+        )));
+    }
     state.store.delete_operator_token(&name).await?;
     tracing::info!(token.name = %name, "operator token deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -591,26 +591,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use kernex_common::manifest::{Manifest, ScriptSpec};
-    use serde_json::json;
 
     use super::*;
 
-    fn device(store: &SledStore, i: usize, now: Ts) -> String {
-        let reg = NewRegistration {
-            public_key_pem: String::new(),
-            fingerprint: format!("fp-{i}"),
-            device_type: "t".into(),
-            hardware_metadata: json!({}),
-            signature_hash: format!("sig-{i}"),
-            replay_until: now,
-            admission: Admission::Accepted,
-            refusal: None,
-            max_pending: None,
-            token_hash: format!("tok-{i}"),
-            now,
-        };
-        store.register(&reg).unwrap().device.id().to_owned()
-    }
+    use super::super::test_support::{device, reopen};
 
     fn bundle(now: Ts) -> BundleRecord {
         BundleRecord {
@@ -676,13 +660,7 @@ mod tests {
             store.flush_blocking().unwrap();
             (ids, dep_id)
         };
-        let store = loop {
-            match SledStore::open(dir.path(), SledOptions::default()) {
-                Ok(s) => break s,
-                Err(e) if e.is_locked() => std::thread::sleep(std::time::Duration::from_millis(20)),
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let store = reopen(dir.path());
         for id in [&ids[0], &ids[100], &ids[599]] {
             let open = store.open_targets(id).unwrap();
             assert_eq!(open.len(), 1, "{id}");
