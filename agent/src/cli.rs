@@ -12,11 +12,13 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client::Client;
 use crate::context::Ctx;
+use crate::executed::ExecutedLog;
 use crate::identity::{DeviceFile, Identity};
 use crate::paths::Paths;
 use crate::queue::{self, Queue};
 use crate::runner::{CycleError, RegisterOptions, Runner};
 use crate::state::StateStore;
+use crate::trust::Trust;
 use crate::{executor, logging, status};
 
 /// Exit codes of `status`, shown in its `--help` (the README repeats them).
@@ -48,6 +50,10 @@ pub struct Cli {
     /// PEM file of an extra CA to trust (a private CA), besides the system roots.
     #[arg(long, env = "KERNEX_CA_CERT", global = true)]
     pub ca_cert: Option<PathBuf>,
+    /// Allow plain http:// to a server that is not on a loopback address (anyone on the
+    /// path can then read the device token and change what the device is told).
+    #[arg(long, env = "KERNEX_INSECURE_HTTP", global = true)]
+    pub insecure_http: bool,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -82,7 +88,8 @@ pub struct RunArgs {
     /// 1 when not.
     #[arg(long)]
     pub once: bool,
-    /// Enrollment token: admits the device as accepted instead of pending.
+    /// Enrollment token: admits the device as accepted instead of pending. Prefer the
+    /// environment variable: a flag's value shows in `ps`.
     #[arg(long, env = "KERNEX_ENROLLMENT_TOKEN", hide_env_values = true)]
     pub enrollment_token: Option<String>,
     /// Device type reported at registration.
@@ -92,6 +99,31 @@ pub struct RunArgs {
     #[arg(long, env = "KERNEX_KEY_BITS", default_value_t = 4096,
           value_parser = clap::value_parser!(u16).range(2048..=16384))]
     pub key_bits: u16,
+    /// Public key file (`ed25519:<base64>`) of an operator whose signature bundles must
+    /// carry (repeatable). Key files in <state-dir>/trust/ count too. With none, bundles
+    /// are not signature-checked.
+    #[arg(long = "trust-key", env = "KERNEX_TRUST_KEYS", value_delimiter = ',')]
+    pub trust_keys: Vec<PathBuf>,
+    /// How many distinct trusted keys must have signed a bundle.
+    #[arg(long, env = "KERNEX_SIGNATURE_THRESHOLD", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub signature_threshold: u16,
+    /// A variable of the agent's environment that scripts may see besides PATH, HOME,
+    /// LANG, LC_*, TZ, TERM, USER, LOGNAME, SHELL, TMPDIR (repeatable; `PREFIX*` for a
+    /// family; KERNEX_* never pass). Scripts get nothing else of the agent's environment.
+    #[arg(
+        long = "script-env",
+        env = "KERNEX_SCRIPT_ENV",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub script_env: Vec<String>,
+    /// Run bundle scripts as this user (a name or uid from /etc/passwd) instead of the
+    /// agent's own; needs the agent to run as root. Each bundle folder is handed to the
+    /// user before its script runs; the state dir becomes 0711 (the folders above it
+    /// must let the user pass too).
+    #[arg(long, env = "KERNEX_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
     /// Minimum download rate in bytes/s: an attempt that has not fetched the bundle within
     /// --download-grace plus its size at this rate fails the deployment. 0 turns the
     /// deadline off (the 60 s stall guard stays).
@@ -145,6 +177,13 @@ fn server(cli: &Cli, paths: &Paths) -> String {
                 .map(|d| d.server)
         })
         .unwrap_or_else(|| DEFAULT_SERVER.to_owned())
+}
+
+/// The HTTP client for `server`, refusing plain http:// off loopback (SPEC §7).
+fn client(cli: &Cli, server: &str) -> anyhow::Result<Client> {
+    kernex_common::transport::check_server_url(server, cli.insecure_http)
+        .map_err(anyhow::Error::msg)?;
+    Client::new(server, cli.ca_cert.as_deref())
 }
 
 /// Hold `agent.lock` for the daemon's lifetime: one daemon per state dir.
@@ -202,7 +241,7 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     // The saved configuration applies before the first beat.
     let log = logging::init_daemon(&paths.logs(), &state.get().config.log_level)?;
     let server = server(cli, &paths);
-    let client = Client::new(&server, cli.ca_cert.as_deref())?;
+    let client = client(cli, &server)?;
     tracing::info!(
         version = crate::AGENT_VERSION,
         server = %server,
@@ -212,6 +251,30 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     );
     let identity = Identity::load_or_create(&paths.key(), usize::from(args.key_bits)).await?;
     let mut ctx = Ctx::new(paths.clone(), state, client);
+    ctx.trust = Trust::load(
+        &paths.trust(),
+        &args.trust_keys,
+        usize::from(args.signature_threshold),
+    )?;
+    ctx.device_type = args.device_type.clone();
+    ctx.script_env = args.script_env.clone();
+    if let Some(user) = &args.run_as {
+        let user = crate::run_as::RunAs::lookup(user)?;
+        user.check_can_switch()?;
+        user.open_path(&paths.root, &paths.bundles())
+            .context("cannot open the state dir's path to the --run-as user")?;
+        ctx.run_as = Some(user);
+    }
+    ctx.executed = ExecutedLog::open(&paths.executed())
+        .with_context(|| format!("cannot read {}", paths.executed().display()))?;
+    if let Some(set) = ctx.trust.current() {
+        tracing::info!(
+            keys = set.keys().len(),
+            threshold = set.threshold(),
+            trust_version = set.version,
+            "bundles must be signed"
+        );
+    }
     ctx.pace = crate::download::Pace {
         min_rate: args.download_min_rate,
         grace: Duration::from_secs(args.download_grace),
@@ -320,7 +383,7 @@ async fn status_cmd(cli: &Cli, json: bool, offline: bool) -> anyhow::Result<Exit
     let client = if offline {
         None
     } else {
-        Some(Client::new(&server, cli.ca_cert.as_deref())?)
+        Some(client(cli, &server)?)
     };
     let report = status::gather(&paths, &server, client.as_ref()).await?;
     if json {
@@ -361,7 +424,7 @@ async fn flush_cmd(cli: &Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let server = server(cli, &paths);
-    let client = Client::new(&server, cli.ca_cert.as_deref())?;
+    let client = client(cli, &server)?;
     let skip = StateStore::read(&paths.state())?
         .in_progress
         .map(|p| p.deployment_id);

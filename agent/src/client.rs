@@ -292,7 +292,8 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError
     if status.is_success() {
         return Ok(resp);
     }
-    let text = resp.text().await.unwrap_or_default();
+    let bytes = read_capped(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
     let message = serde_json::from_str::<ErrorBody>(&text)
         .map(|b| b.message)
         .unwrap_or_else(|_| kernex_common::validate::tail_utf8(&text, 512).to_owned());
@@ -301,6 +302,30 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError
 
 async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
     let resp = check(resp).await?;
-    let bytes = resp.bytes().await.map_err(unreachable)?;
+    let bytes = read_capped(resp, MAX_REPLY_BODY).await?;
     serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// The largest JSON reply the agent reads (a heartbeat with a signed bundle command, a
+/// configure command and a trust document is a few tens of KiB): a hostile or broken
+/// server cannot make the agent buffer without end.
+pub const MAX_REPLY_BODY: usize = 2 * 1024 * 1024;
+/// The most of an error body read for its message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Read a body chunk by chunk, refusing it once it passes `max` bytes (before reading
+/// anything when `Content-Length` says so already).
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, ClientError> {
+    let too_big = || ClientError::Decode(format!("reply body is larger than {max} bytes"));
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_big());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+        if out.len() + chunk.len() > max {
+            return Err(too_big());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }

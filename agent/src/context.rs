@@ -8,10 +8,12 @@ use kernex_common::api::{Phase, ProgressReport};
 use tokio::sync::mpsc;
 
 use crate::client::Client;
+use crate::executed::ExecutedLog;
 use crate::identity::DeviceFile;
 use crate::paths::Paths;
 use crate::queue::Queue;
 use crate::state::StateStore;
+use crate::trust::Trust;
 
 /// Bundles kept under `bundles/` (besides the current and previous ones).
 pub const KEEP_BUNDLES: usize = 3;
@@ -30,6 +32,16 @@ pub struct Ctx {
     /// One step of the reconnect backoff (`--backoff-unit-ms`; 1 s in production).
     pub backoff_unit: Duration,
     pub keep_bundles: usize,
+    /// Keys that must sign bundles (SPEC §7); none = no signature checks.
+    pub trust: Trust,
+    /// This device's type, checked against signed `device_types`.
+    pub device_type: String,
+    /// Every deployment id ever executed (beyond `state.json`'s newest 256).
+    pub executed: ExecutedLog,
+    /// Variables scripts get from the agent's environment besides the allow-list.
+    pub script_env: Vec<String>,
+    /// `--run-as`: the user scripts run as.
+    pub run_as: Option<crate::run_as::RunAs>,
     progress_tx: OnceLock<mpsc::Sender<(String, String, ProgressReport)>>,
 }
 
@@ -37,6 +49,8 @@ impl Ctx {
     pub fn new(paths: Paths, state: StateStore, client: Client) -> Self {
         Ctx {
             queue: Queue::new(paths.queue()),
+            trust: Trust::none(paths.trust()),
+            executed: ExecutedLog::empty(paths.executed()),
             paths,
             state,
             client,
@@ -45,6 +59,9 @@ impl Ctx {
             pace: crate::download::Pace::default(),
             backoff_unit: crate::runner::BACKOFF_UNIT,
             keep_bundles: KEEP_BUNDLES,
+            device_type: "generic".into(),
+            script_env: Vec::new(),
+            run_as: None,
             progress_tx: OnceLock::new(),
         }
     }

@@ -54,7 +54,10 @@ pub async fn run_command(
         return Ok(Ran::Skipped);
     }
     let st = ctx.state.get();
-    if st.was_executed(&cmd.deployment_id) || ctx.queue.find(&cmd.deployment_id)?.is_some() {
+    if st.was_executed(&cmd.deployment_id)
+        || ctx.executed.contains(&cmd.deployment_id)
+        || ctx.queue.find(&cmd.deployment_id)?.is_some()
+    {
         tracing::debug!(deployment.id = %cmd.deployment_id, "already executed; its result is queued or delivered");
         return Ok(Ran::Skipped);
     }
@@ -119,6 +122,9 @@ pub fn finish(ctx: &Ctx, report: QueuedReport) -> std::io::Result<()> {
         ctx.queue.push(&report)?;
     }
     crashpoint::hit("after-queue-write");
+    // Durable before state.json moves on: the id is remembered for ever, not only
+    // among state.json's newest 256.
+    ctx.executed.record(&report.deployment_id)?;
     ctx.state.update(|s| apply(s, &report))?;
     crashpoint::hit("after-state-update");
     tracing::info!(
@@ -221,6 +227,18 @@ async fn pipeline(
             },
             outcome,
         };
+
+    // 0. Signed updates (SPEC §7): refused before anything is downloaded or run.
+    if let Err(why) = crate::trust::verify_command(&ctx.trust, &st, &ctx.device_type, kind, cmd) {
+        tracing::warn!(deployment.id = %cmd.deployment_id, reason = %why, "bundle refused");
+        return Ok(report(
+            ResultStatus::Failed,
+            Some(why),
+            log,
+            None,
+            unchanged,
+        ));
+    }
 
     // 1–3. The bundle folder (kept from before, or downloaded and extracted now) and its
     // manifest, which must be for the version the command names.
@@ -389,6 +407,8 @@ async fn run_script(
     timeout_s: u64,
 ) -> ScriptRun {
     let spec = ScriptSpec {
+        pass_env: ctx.script_env.clone(),
+        run_as: ctx.run_as.clone(),
         dir: dir.to_path_buf(),
         script: script.to_owned(),
         env,

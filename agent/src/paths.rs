@@ -10,6 +10,8 @@
 //! | `downloads/` | partial downloads and extraction scratch space |
 //! | `logs/` | daily rolling log files |
 //! | `agent.lock` | held by the running daemon |
+//! | `executed.log` | every deployment id ever executed, one a line (append-only, fsynced) |
+//! | `trust/` | trusted signing keys (`ed25519:…` files) and the adopted `trust.json` |
 
 use std::fs::{self, DirBuilder};
 use std::io;
@@ -58,6 +60,14 @@ impl Paths {
     }
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
+    }
+    /// Every deployment id ever executed (append-only).
+    pub fn executed(&self) -> PathBuf {
+        self.root.join("executed.log")
+    }
+    /// Provisioned trusted keys and the adopted trust document (SPEC §7).
+    pub fn trust(&self) -> PathBuf {
+        self.root.join("trust")
     }
     pub fn lock(&self) -> PathBuf {
         self.root.join("agent.lock")

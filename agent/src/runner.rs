@@ -91,6 +91,8 @@ pub struct Runner {
     wake: Arc<Notify>,
     task: Option<JoinHandle<()>>,
     told_pending: bool,
+    /// Metadata of the last trust document refused (logged once, not on every beat).
+    refused_trust: Option<String>,
 }
 
 impl Runner {
@@ -109,6 +111,7 @@ impl Runner {
             wake: Arc::new(Notify::new()),
             task: None,
             told_pending: false,
+            refused_trust: None,
         }
     }
 
@@ -172,6 +175,7 @@ impl Runner {
             current_bundle_version: st.current_bundle_version.clone(),
             config_version: (st.config.version > 0).then_some(st.config.version),
             queued_reports: self.ctx.queue.len() as u64,
+            trust_version: Some(self.ctx.trust.version()),
         };
         let timeout = Duration::from_secs(st.config.heartbeat_timeout.max(1));
         match self
@@ -252,6 +256,26 @@ impl Runner {
         }
     }
 
+    /// Verify and adopt a newer trust set (key rotation, SPEC §7). A refusal is logged
+    /// once per offered version: the server re-sends it on every beat.
+    fn adopt_trust(&mut self, doc: &kernex_common::update_signing::SignedDocument) {
+        match self.ctx.trust.adopt(doc) {
+            Ok(version) => {
+                tracing::info!(
+                    version,
+                    "trust document adopted; its keys replace the earlier ones"
+                );
+                self.refused_trust = None;
+            }
+            Err(why) => {
+                if self.refused_trust.as_deref() != Some(doc.metadata.as_str()) {
+                    tracing::warn!(reason = %why, "trust document refused");
+                    self.refused_trust = Some(doc.metadata.clone());
+                }
+            }
+        }
+    }
+
     /// Register if needed, heartbeat, start or apply the commands, flush. Bundle
     /// commands run in the background unless `inline`.
     pub async fn cycle(&mut self, inline: bool) -> Result<(), CycleError> {
@@ -260,6 +284,7 @@ impl Runner {
         for command in commands {
             match command {
                 Command::Configure(c) => self.apply_config(&c),
+                Command::Trust(t) => self.adopt_trust(&t.document),
                 Command::Deploy(b) => self.start(DeploymentKind::Deploy, b, inline).await,
                 Command::Rollback(b) => self.start(DeploymentKind::Rollback, b, inline).await,
             }

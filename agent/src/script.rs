@@ -63,7 +63,13 @@ pub struct ScriptSpec {
     pub dir: PathBuf,
     /// The script's path relative to `dir`, as the manifest names it.
     pub script: String,
+    /// The deployment's `KERNEX_*` variables.
     pub env: Vec<(String, String)>,
+    /// Extra variable names (or `PREFIX*`) passed from the agent's environment
+    /// (`--script-env`); see [`crate::script_env`].
+    pub pass_env: Vec<String>,
+    /// Run as this user (`--run-as`), the bundle folder handed to it first.
+    pub run_as: Option<crate::run_as::RunAs>,
     pub timeout: Duration,
 }
 
@@ -76,6 +82,14 @@ pub async fn run(spec: &ScriptSpec, on_start: impl FnOnce(i32)) -> ScriptRun {
         tail: String::new(),
         duration: started.elapsed(),
     };
+    if let Some(user) = &spec.run_as
+        && let Err(e) = user.hand_over(&spec.dir)
+    {
+        return not_started(format!(
+            "cannot hand the bundle folder to user {}: {e}",
+            user.name
+        ));
+    }
     let path = match resolve(&spec.dir, &spec.script) {
         Ok(p) => p,
         Err(e) => return not_started(e),
@@ -203,15 +217,22 @@ async fn spawn(path: &Path, spec: &ScriptSpec) -> std::io::Result<tokio::process
             c
         };
         cmd.current_dir(&spec.dir)
-            // The agent's environment minus its secret and its test hooks.
-            .env_remove("KERNEX_ENROLLMENT_TOKEN")
-            .env_remove(crate::crashpoint::ENV)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            // An allow-listed environment, never the agent's whole one.
+            .env_clear()
+            .envs(crate::script_env::environment(
+                std::env::vars_os(),
+                &spec.pass_env,
+                &spec.env,
+                &spec.run_as.as_ref().map(|u| u.env()).unwrap_or_default(),
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
+        if let Some(user) = &spec.run_as {
+            cmd.uid(user.uid).gid(user.gid);
+        }
         match cmd.spawn() {
             // ETXTBSY: another thread of ours forked while the freshly extracted file
             // was still open for writing somewhere; it clears in moments.
@@ -289,6 +310,8 @@ mod tests {
             dir: dir.to_path_buf(),
             script: "run.sh".into(),
             env: vec![("KERNEX_TEST_VALUE".into(), "from-env".into())],
+            pass_env: Vec::new(),
+            run_as: None,
             timeout,
         }
     }

@@ -10,7 +10,7 @@
 //! is [`HEARTBEAT_SAVE_EVERY`] old, or at shutdown. On flash that is the difference
 //! between a durable rewrite per beat (720 an hour at a 5 s interval) and a dozen.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -189,6 +189,9 @@ pub struct AgentState {
     pub executed: VecDeque<String>,
     /// Finished deployments, newest first.
     pub history: VecDeque<LocalRecord>,
+    /// Every version this device ran successfully, however long ago: what signed
+    /// updates' anti-rollback compares against (SPEC §7).
+    pub installed_versions: BTreeSet<String>,
 }
 
 impl AgentState {
@@ -206,6 +209,10 @@ impl AgentState {
         {
             self.in_progress = None;
         }
+        if record.status == ResultStatus::Success {
+            self.installed_versions
+                .insert(record.bundle_version.clone());
+        }
         if !self.was_executed(&record.deployment_id) {
             self.executed.push_back(record.deployment_id.clone());
             while self.executed.len() > EXECUTED_KEPT {
@@ -220,6 +227,27 @@ impl AgentState {
             self.history.push_front(record);
             self.history.truncate(HISTORY_KEPT);
         }
+    }
+
+    /// The highest version (semver order) this device has installed, if any.
+    pub fn highest_installed(&self) -> Option<String> {
+        let mut highest: Option<&str> = None;
+        let all = self
+            .installed_versions
+            .iter()
+            .chain(&self.current_bundle_version)
+            .chain(&self.previous_bundle_version);
+        for v in all {
+            highest = Some(kernex_common::update_signing::higher_version(highest, v));
+        }
+        highest.map(str::to_owned)
+    }
+
+    /// Did this device ever run `version` successfully?
+    pub fn ran_successfully(&self, version: &str) -> bool {
+        self.installed_versions.contains(version)
+            || self.current_bundle_version.as_deref() == Some(version)
+            || self.previous_bundle_version.as_deref() == Some(version)
     }
 
     pub fn kept(&self, version: &str) -> Option<&KeptBundle> {

@@ -104,6 +104,7 @@ async fn a_command_from_a_newer_server_is_skipped_not_fatal() {
         current_bundle_version: None,
         config_version: None,
         queued_reports: 0,
+        trust_version: None,
     };
     let reply = client
         .heartbeat("dev1", "t", &body, Duration::from_secs(30))
@@ -111,6 +112,68 @@ async fn a_command_from_a_newer_server_is_skipped_not_fatal() {
         .unwrap();
     assert_eq!(reply.commands.len(), 1);
     assert!(matches!(&reply.commands[0], Command::Configure(c) if c.polling_interval == 30));
+}
+
+fn beat_body() -> HeartbeatRequest {
+    HeartbeatRequest {
+        agent_version: "test".into(),
+        cpu_pct: 1.0,
+        memory_mb: 1.0,
+        status: "idle".into(),
+        current_bundle_version: None,
+        config_version: None,
+        queued_reports: 0,
+        trust_version: None,
+    }
+}
+
+/// A reply body that never ends (no Content-Length) is cut at the cap, not buffered
+/// until memory runs out; one that announces its size over the cap is not read at all.
+#[tokio::test]
+async fn reply_bodies_are_bounded() {
+    use futures_util::stream;
+    let endless = || async {
+        let chunk = bytes_of(64 * 1024);
+        let body = axum::body::Body::from_stream(stream::repeat_with(move || {
+            Ok::<_, std::io::Error>(chunk.clone())
+        }));
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    let client = serve(Router::new().route("/api/v1/devices/{id}/heartbeat", post(endless))).await;
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.heartbeat("dev1", "t", &beat_body(), Duration::from_secs(30)),
+    )
+    .await
+    .expect("the read stops at the cap")
+    .unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+
+    let big = kernex_agent::client::MAX_REPLY_BODY + 1;
+    let sized = move || async move { (StatusCode::OK, vec![b' '; big]).into_response() };
+    let client = serve(Router::new().route("/api/v1/devices/{id}/heartbeat", post(sized))).await;
+    let err = client
+        .heartbeat("dev1", "t", &beat_body(), Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+
+    // An endless *error* body is cut too, and still gives the status.
+    let endless_error = || async {
+        let chunk = bytes_of(64 * 1024);
+        let body = axum::body::Body::from_stream(stream::repeat_with(move || {
+            Ok::<_, std::io::Error>(chunk.clone())
+        }));
+        (StatusCode::BAD_REQUEST, body).into_response()
+    };
+    let client =
+        serve(Router::new().route("/api/v1/deployments/{id}/result", post(endless_error))).await;
+    let err = client.result("t", "dep1", &report()).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST), "{err}");
+}
+
+fn bytes_of(n: usize) -> axum::body::Bytes {
+    axum::body::Bytes::from(vec![b' '; n])
 }
 
 mod flush {

@@ -113,6 +113,7 @@ fn command_for(body: &[u8]) -> BundleCommand {
         bundle_version: "1.2.3".into(),
         checksum_sha256: sha(body),
         size_bytes: body.len() as u64,
+        signed: None,
     }
 }
 

@@ -35,6 +35,7 @@ pub fn heartbeat_body() -> HeartbeatRequest {
         current_bundle_version: None,
         config_version: Some(1),
         queued_reports: 0,
+        trust_version: None,
     }
 }
 

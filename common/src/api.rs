@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::manifest::Manifest;
+use crate::update_signing::{SignedDocument, TrustCommand};
 
 pub mod events; // the live events of `GET /events` (SSE)
 
@@ -111,6 +112,9 @@ pub struct HeartbeatRequest {
     pub config_version: Option<u64>,
     #[serde(default)]
     pub queued_reports: u64,
+    /// Version of the trust set the device holds (SPEC §7); absent = 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +131,8 @@ pub enum Command {
     Deploy(BundleCommand),
     Rollback(BundleCommand),
     Configure(ConfigureCommand),
+    /// A newer trust set for the device to verify and adopt (SPEC §7).
+    Trust(TrustCommand),
 }
 
 /// The payload of a deploy or rollback command.
@@ -137,6 +143,9 @@ pub struct BundleCommand {
     pub bundle_version: String,
     pub checksum_sha256: String,
     pub size_bytes: u64,
+    /// The bundle's signed metadata with every stored signature, when it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<SignedDocument>,
 }
 
 /// The payload of a configure command: the whole config at `config_version`.
@@ -580,6 +589,7 @@ mod tests {
             bundle_version: "1.0.0".into(),
             checksum_sha256: "00".into(),
             size_bytes: 3,
+            signed: None,
         });
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["type"], "deploy");

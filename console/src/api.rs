@@ -9,6 +9,7 @@ use kernex_common::api::{
     BundleInfo, ConfigUpdate, CreateDeployment, Deployment, DeploymentDevice, DeviceConfig,
     DeviceDetail, DeviceSummary, ErrorBody, HeartbeatRecord, HistoryRecord, RollbackRequest,
 };
+use kernex_common::update_signing::SignedDocument;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -106,6 +107,8 @@ impl Api {
     pub fn from_conn(conn: &ConnArgs) -> ApiResult<Api> {
         let saved = crate::context::load().map_err(ApiError::Setup)?;
         let r = crate::context::resolve(conn, saved.as_ref());
+        kernex_common::transport::check_server_url(&r.server, conn.insecure_http)
+            .map_err(ApiError::Setup)?;
         let token = match r.token {
             Some(t) => t,
             None => local_admin_token()?,
@@ -301,6 +304,16 @@ impl Api {
         path: &Path,
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> ApiResult<BundleInfo> {
+        self.push_bundle_signed(path, None, progress).await
+    }
+
+    /// [`Api::push_bundle`] with a signatures document (part `signatures`, SPEC §7).
+    pub async fn push_bundle_signed(
+        &self,
+        path: &Path,
+        signatures: Option<&SignedDocument>,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> ApiResult<BundleInfo> {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| ApiError::Setup(format!("cannot open {}: {e}", path.display())))?;
@@ -323,13 +336,39 @@ impl Api {
                 .file_name(file_name)
                 .mime_str("application/gzip")
                 .map_err(|e| ApiError::Setup(e.to_string()))?;
-        let form = reqwest::multipart::Form::new().part("file", part);
+        let mut form = reqwest::multipart::Form::new().part("file", part);
+        if let Some(doc) = signatures {
+            let text = serde_json::to_string(doc).map_err(|e| ApiError::Setup(e.to_string()))?;
+            form = form.text("signatures", text);
+        }
         let req = self
             .streaming
             .post(self.url("/bundles"))
             .bearer_auth(&self.token)
             .multipart(form);
         self.json(req).await
+    }
+
+    /// Add signatures to an uploaded bundle; what is stored now.
+    pub async fn add_signatures(
+        &self,
+        bundle_id: &str,
+        doc: &SignedDocument,
+    ) -> ApiResult<SignedDocument> {
+        self.json(
+            self.request(
+                Method::POST,
+                &format!("/bundles/{}/signatures", seg(bundle_id)),
+            )
+            .json(doc),
+        )
+        .await
+    }
+
+    /// `PUT /trust`: a new trust document.
+    pub async fn put_trust(&self, doc: &SignedDocument) -> ApiResult<SignedDocument> {
+        self.json(self.request(Method::PUT, "/trust").json(doc))
+            .await
     }
 
     // -------------------------------------------------------------------- deployments

@@ -41,7 +41,8 @@ pub struct ConnArgs {
     pub server: Option<String>,
 
     /// Operator token [default: the saved login context, else the local server's
-    /// admin.token file].
+    /// admin.token file]. Prefer KERNEX_TOKEN or `login --token-file`: a flag's value
+    /// shows in `ps`.
     #[arg(
         long,
         env = "KERNEX_TOKEN",
@@ -58,6 +59,11 @@ pub struct ConnArgs {
     /// Where the TUI writes its log [default: the platform state dir].
     #[arg(long, env = "KERNEX_CONSOLE_LOG", global = true, help_heading = GLOBAL)]
     pub log_file: Option<PathBuf>,
+
+    /// Allow plain http:// to a server that is not on a loopback address (the token and
+    /// everything else then cross the network readable and changeable).
+    #[arg(long, env = "KERNEX_INSECURE_HTTP", global = true, help_heading = GLOBAL)]
+    pub insecure_http: bool,
 }
 
 impl std::fmt::Debug for ConnArgs {
@@ -67,6 +73,7 @@ impl std::fmt::Debug for ConnArgs {
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("ca_cert", &self.ca_cert)
             .field("log_file", &self.log_file)
+            .field("insecure_http", &self.insecure_http)
             .finish()
     }
 }
@@ -90,6 +97,12 @@ pub enum Command {
     /// Pack or upload a bundle.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Operator signing keys (signed updates).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Trust documents: rotate the keys devices trust.
+    #[command(subcommand)]
+    Trust(TrustCommand),
     /// Deploy a bundle version to devices or a tag.
     Deploy(DeployArgs),
     /// Roll devices back to a version they ran successfully before.
@@ -191,7 +204,55 @@ pub enum BundleCommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Upload a bundle archive.
+    /// Upload a bundle archive, with FILE.sig.json as its signatures when that sits
+    /// beside it.
+    Push { file: PathBuf },
+    /// Sign a bundle archive with an operator key: writes (or adds a signature to)
+    /// FILE.sig.json. The bundle version must be semver.
+    Sign {
+        file: PathBuf,
+        /// The signing key file (from `key generate`).
+        #[arg(long, value_name = "NAME.key")]
+        key: PathBuf,
+        /// How long the signature holds: 90d, 12h, 1y or an RFC 3339 time (devices refuse
+        /// the bundle after it).
+        #[arg(long, default_value = "90d")]
+        expires: String,
+        /// Device types that may install it (repeatable) [default: any].
+        #[arg(long = "device-type", value_name = "T")]
+        device_types: Vec<String>,
+        /// Let devices that ran a higher version install this one.
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
+    /// Add the signatures in a FILE.sig.json to a bundle already uploaded.
+    AddSignatures {
+        /// The bundle version.
+        version: String,
+        /// The signatures document (`bundle sign` output).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Make an Ed25519 signing key: NAME.key (0600, keep it off the server) and NAME.pub;
+    /// prints the public key.
+    Generate { name: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Sign a trust document with a key of the current trust set. FILE holds either the
+    /// unsigned metadata {"keys", "threshold", "version", "expires"} or a document that
+    /// others signed already; it is rewritten as the signed document.
+    Sign {
+        file: PathBuf,
+        #[arg(long, value_name = "NAME.key")]
+        key: PathBuf,
+    },
+    /// Upload a signed trust document (key rotation); devices adopt it in their next
+    /// heartbeats.
     Push { file: PathBuf },
 }
 

@@ -49,6 +49,7 @@ fn report(config_version: Option<u64>) -> HeartbeatRequest {
         current_bundle_version: Some("1.0.0".into()),
         config_version,
         queued_reports: 0,
+        trust_version: None,
     }
 }
 

@@ -67,6 +67,8 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
             "--require-enrollment needs an enrollment token (KERNEX_ENROLLMENT_TOKEN)".into(),
         ));
     }
+    // Settings first: a refused flag must not leave the store opened (and locked).
+    let signatures = signature_policy(settings)?;
     let options = SledOptions {
         heartbeat_retention: settings.heartbeat_retention.max(1),
     };
@@ -82,9 +84,26 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
         max_pending: settings.max_pending,
         metrics_token: settings.metrics_token.clone().filter(|t| !t.is_empty()),
         connections: settings.connections,
+        signatures,
     };
     let work = store.work_snapshot_blocking()?;
     Ok(AppState::new(Arc::new(store), work, limits, bundle_dir))
+}
+
+/// `--trust-key` files read and `--require-signatures` checked against them.
+fn signature_policy(
+    settings: &ServerSettings,
+) -> Result<service::signing::SignaturePolicy, StartError> {
+    let mut keys = Vec::new();
+    for path in &settings.trust_keys {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StartError::Settings(format!("--trust-key {}: {e}", path.display())))?;
+        let key = kernex_common::update_signing::PublicKey::parse(&text)
+            .map_err(|e| StartError::Settings(format!("--trust-key {}: {e}", path.display())))?;
+        keys.push(key);
+    }
+    service::signing::SignaturePolicy::new(keys, settings.require_signatures)
+        .map_err(StartError::Settings)
 }
 
 /// Open the sled store, telling a held lock apart from other failures.

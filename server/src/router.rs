@@ -13,7 +13,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::listen::BodyStall;
-use crate::routes::{bundles, config, deployments, devices, events, health, tokens};
+use crate::routes::{bundles, config, deployments, devices, events, health, signing, tokens};
 use crate::state::AppState;
 
 /// Largest JSON body accepted (SPEC §1.8). Bundle uploads have their own limit.
@@ -51,6 +51,11 @@ pub fn router(state: AppState) -> Router {
             get(bundles::download).delete(bundles::delete),
         )
         .route("/bundles/{bundle_id}/info", get(bundles::info))
+        .route(
+            "/bundles/{bundle_id}/signatures",
+            get(signing::get_signatures).post(signing::add_signatures),
+        )
+        .route("/trust", get(signing::get_trust).put(signing::put_trust))
         .route(
             "/deployments",
             get(deployments::list).post(deployments::create),

@@ -101,6 +101,14 @@ pub struct ServeArgs {
     #[arg(long, env = "KERNEX_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
+    /// Public key file (`ed25519:…`) of an operator whose signatures count towards
+    /// --require-signatures (repeatable; SPEC §7).
+    #[arg(long = "trust-key", env = "KERNEX_TRUST_KEYS", value_delimiter = ',')]
+    pub trust_keys: Vec<PathBuf>,
+    /// Refuse deployments of bundles with fewer valid signatures from the --trust-key
+    /// keys (0 = off), so an operator token alone cannot ship code.
+    #[arg(long, env = "KERNEX_REQUIRE_SIGNATURES", default_value_t = 0)]
+    pub require_signatures: usize,
     #[arg(long, env = "KERNEX_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
@@ -140,6 +148,9 @@ pub struct ServerSettings {
     pub max_pending: u64,
     pub metrics_token: Option<String>,
     pub connections: ConnLimits,
+    /// `--trust-key` files and `--require-signatures` (SPEC §7).
+    pub trust_keys: Vec<PathBuf>,
+    pub require_signatures: usize,
 }
 
 /// Connection and request limits (SPEC §1.9), applied by [`crate::serve`] and the router.
@@ -183,6 +194,8 @@ impl std::fmt::Debug for ServerSettings {
             .field("max_pending", &self.max_pending)
             .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
             .field("connections", &self.connections)
+            .field("trust_keys", &self.trust_keys)
+            .field("require_signatures", &self.require_signatures)
             .finish()
     }
 }
@@ -200,6 +213,8 @@ impl ServerSettings {
             max_pending: 10_000,
             metrics_token: None,
             connections: ConnLimits::default(),
+            trust_keys: Vec::new(),
+            require_signatures: 0,
         }
     }
 }
@@ -222,6 +237,8 @@ impl ServeArgs {
                 stall_timeout: self.stall_timeout,
                 min_rate: self.min_transfer_rate,
             },
+            trust_keys: self.trust_keys.clone(),
+            require_signatures: self.require_signatures,
         }
     }
 }

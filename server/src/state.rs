@@ -24,6 +24,8 @@ pub struct Limits {
     pub metrics_token: Option<String>,
     /// Timeouts and the connection cap.
     pub connections: crate::settings::ConnLimits,
+    /// `--trust-key` + `--require-signatures` (SPEC §7).
+    pub signatures: crate::service::signing::SignaturePolicy,
 }
 
 impl std::fmt::Debug for Limits {
@@ -36,6 +38,7 @@ impl std::fmt::Debug for Limits {
             .field("max_pending", &self.max_pending)
             .field("metrics_token", &mask(&self.metrics_token))
             .field("connections", &self.connections)
+            .field("signatures", &self.signatures)
             .finish()
     }
 }

@@ -313,6 +313,7 @@ fn store_beat(device_id: &str, status: &str) -> kernex_server::store::Beat {
             current_bundle_version: None,
             config_version: None,
             queued_reports: 0,
+            trust_version: None,
         },
         polling_interval: 60,
     }

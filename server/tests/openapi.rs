@@ -36,6 +36,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/bundles/{bundle_id}"),
     ("DELETE", "/api/v1/bundles/{bundle_id}"),
     ("GET", "/api/v1/bundles/{bundle_id}/info"),
+    ("GET", "/api/v1/bundles/{bundle_id}/signatures"),
+    ("POST", "/api/v1/bundles/{bundle_id}/signatures"),
+    ("GET", "/api/v1/trust"),
+    ("PUT", "/api/v1/trust"),
     ("GET", "/api/v1/deployments"),
     ("POST", "/api/v1/deployments"),
     ("GET", "/api/v1/deployments/{deployment_id}"),
@@ -1172,6 +1176,100 @@ async fn real_responses_conform_to_the_document() {
     spec.check("DELETE", one, &r, 204);
     let r = app.delete(&format!("/api/v1/devices/{}", pending.id)).await;
     spec.check("DELETE", one, &r, 404);
+}
+
+/// The signed-update operations (SPEC §7) exchanged for real and checked against the
+/// document, including a heartbeat reply that carries a signed deploy command and a
+/// `trust` command.
+#[tokio::test]
+async fn signing_responses_conform_to_the_document() {
+    use kernex_common::update_signing::{BundleMetadata, SecretKey, SignedDocument, TrustMetadata};
+    use sha2::{Digest, Sha256};
+    let app = TestApp::new();
+    let spec = Spec::load(&app).await;
+    let key = SecretKey::generate();
+    let archive = bundle_bytes("app", "1.0.0");
+    let id = app.upload(&archive, None).await.expect(StatusCode::CREATED)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sigs = "/api/v1/bundles/{bundle_id}/signatures";
+    let path = format!("/api/v1/bundles/{id}/signatures");
+    spec.check("GET", sigs, &app.get(&path).await, 404);
+    let meta = BundleMetadata {
+        bundle_version: "1.0.0".into(),
+        sha256: hex::encode(Sha256::digest(&archive)),
+        size_bytes: archive.len() as u64,
+        device_types: vec!["gateway".into()],
+        expires: chrono::Utc::now() + chrono::Duration::days(1),
+        allow_downgrade: false,
+    };
+    let doc = serde_json::to_value(SignedDocument::sign_new(&meta, &key).unwrap()).unwrap();
+    spec.check_request("POST", sigs, &doc);
+    spec.check("POST", sigs, &app.post(&path, doc.clone()).await, 200);
+    spec.check("GET", sigs, &app.get(&path).await, 200);
+    let wrong = BundleMetadata {
+        size_bytes: 1,
+        ..meta.clone()
+    };
+    let wrong = serde_json::to_value(SignedDocument::sign_new(&wrong, &key).unwrap()).unwrap();
+    spec.check("POST", sigs, &app.post(&path, wrong).await, 400);
+    let other = BundleMetadata {
+        device_types: vec![],
+        ..meta
+    };
+    let other = serde_json::to_value(SignedDocument::sign_new(&other, &key).unwrap()).unwrap();
+    spec.check("POST", sigs, &app.post(&path, other).await, 409);
+    let r = app.post("/api/v1/bundles/nope/signatures", doc).await;
+    spec.check("POST", sigs, &r, 404);
+
+    let trust = "/api/v1/trust";
+    spec.check("GET", trust, &app.get(trust).await, 404);
+    let tm = TrustMetadata {
+        keys: vec![key.public().to_string()],
+        threshold: 1,
+        version: 1,
+        expires: chrono::Utc::now() + chrono::Duration::days(1),
+    };
+    let tdoc = serde_json::to_value(SignedDocument::sign_new(&tm, &key).unwrap()).unwrap();
+    spec.check_request("PUT", trust, &tdoc);
+    spec.check("PUT", trust, &app.put(trust, tdoc.clone()).await, 200);
+    spec.check("PUT", trust, &app.put(trust, tdoc).await, 409);
+    spec.check(
+        "PUT",
+        trust,
+        &app.put(trust, json!({"metadata": 1})).await,
+        400,
+    );
+    spec.check("GET", trust, &app.get(trust).await, 200);
+
+    let dev = app.device().await;
+    app.deploy("1.0.0", &[&dev]).await;
+    let beat = "/api/v1/devices/{device_id}/heartbeat";
+    let body = json!({"agent_version": "0.1.0", "cpu_pct": 1.0, "memory_mb": 1.0,
+        "status": "idle", "trust_version": 0});
+    spec.check_request("POST", beat, &body);
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/devices/{}/heartbeat", dev.id),
+            Some(&dev.token),
+            Some(body),
+        )
+        .await;
+    let v = spec.check("POST", beat, &r, 200);
+    let types: Vec<_> = v["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].clone())
+        .collect();
+    assert_eq!(
+        types,
+        vec![json!("deploy"), json!("configure"), json!("trust")],
+        "{v}"
+    );
+    assert!(v["commands"][0]["signed"]["signatures"].is_array());
 }
 
 /// Issue 14's two drifts between the document and the routes, driven for real: a

@@ -329,6 +329,7 @@ fn beat_report(config_version: Option<u64>) -> kernex_common::api::HeartbeatRequ
         current_bundle_version: None,
         config_version,
         queued_reports: 0,
+        trust_version: None,
     }
 }
 

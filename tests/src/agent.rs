@@ -97,6 +97,17 @@ impl Agent {
             .arg(&self.state_dir)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
+        // Scripts see only an allow-listed environment; the variables a test sets for
+        // its scripts are passed through by name.
+        let names: Vec<&str> = self
+            .env
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !k.starts_with("KERNEX_"))
+            .collect();
+        if !names.is_empty() {
+            cmd.env("KERNEX_SCRIPT_ENV", names.join(","));
+        }
         cmd
     }
 

@@ -505,6 +505,7 @@ async fn device_task(load: Load, mut dev: Device, mut rng: Rng) -> Device {
             current_bundle_version: None,
             config_version: dev.config_version,
             queued_reports: 0,
+            trust_version: None,
         };
         let req = load
             .http
@@ -532,6 +533,7 @@ async fn device_task(load: Load, mut dev: Device, mut rng: Rng) -> Device {
                     }
                 }
                 Command::Configure(c) => dev.config_version = Some(c.config_version),
+                Command::Trust(_) => {}
                 Command::Rollback(c) => load.problem(format!(
                     "device {}: rollback command {} though the test made no rollback",
                     dev.id, c.deployment_id

@@ -366,6 +366,7 @@ mod tests {
             current_bundle_version: None,
             config_version: Some(3),
             queued_reports: 0,
+            trust_version: None,
         };
         let now = at("2026-11-25T12:00:00Z");
         vec![

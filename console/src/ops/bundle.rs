@@ -1,4 +1,5 @@
-//! `bundles`, `bundle pack DIR [-o FILE]`, `bundle push FILE`.
+//! `bundles`, `bundle pack DIR [-o FILE]`, `bundle push FILE` (with `FILE.sig.json` when
+//! it sits beside the archive).
 //!
 //! `pack` writes the archive next to where it will live (a hidden temp file in the same
 //! directory) and renames it into place only once it is complete and on disk, so a
@@ -167,6 +168,8 @@ pub(crate) async fn push(conn: &ConnArgs, file: &Path) -> OpResult<Report> {
     if !meta.is_file() {
         return Err(OpError::Usage(format!("{} is not a file", file.display())));
     }
+    // FILE.sig.json beside the archive travels with it (SPEC §7).
+    let signatures = super::signing::sig_beside(file)?;
     let api = connect(conn)?;
     let bar = output::progress_bar(
         meta.len(),
@@ -180,7 +183,9 @@ pub(crate) async fn push(conn: &ConnArgs, file: &Path) -> OpResult<Report> {
     ));
     let shown = bar.clone();
     let result = api
-        .push_bundle(file, move |sent| shown.set_position(sent))
+        .push_bundle_signed(file, signatures.as_ref(), move |sent| {
+            shown.set_position(sent)
+        })
         .await;
     bar.finish_and_clear();
     let bundle = result?;

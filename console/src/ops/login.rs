@@ -31,6 +31,8 @@ pub(crate) async fn login(conn: &ConnArgs, args: &LoginArgs) -> OpResult<Report>
         .ok_or_else(|| OpError::Usage("login needs --server URL (or KERNEX_SERVER)".into()))?
         .trim_end_matches('/')
         .to_owned();
+    kernex_common::transport::check_server_url(&server, conn.insecure_http)
+        .map_err(OpError::Usage)?;
     let token = read_token(&args.token_file)?;
     let api = Api::new(&server, &token, conn.ca_cert.as_deref())?;
     // Any authenticated read proves both the address and the token.

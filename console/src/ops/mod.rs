@@ -12,7 +12,9 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::api::{Api, ApiError};
-use crate::cli::{BundleCommand, Command, ConfigCommand, ConnArgs, Format, OutputArgs};
+use crate::cli::{
+    BundleCommand, Command, ConfigCommand, ConnArgs, Format, KeyCommand, OutputArgs, TrustCommand,
+};
 
 mod bundle; // bundles, bundle pack, bundle push
 mod config; // config get/set and the key=value parser
@@ -23,6 +25,7 @@ pub(crate) mod ids; // typed ids: full or a unique suffix of 6+ characters
 mod login; // login, logout: the saved context
 mod output; // tables, key/value blocks, value formatting, stdout/stderr
 mod render; // the human text of each kind of data
+mod signing; // key generate, bundle sign, add-signatures, trust sign/push
 
 // The demo packs the fixtures the way `bundle pack` does.
 pub(crate) use bundle::{default_name, write_archive};
@@ -50,6 +53,19 @@ pub async fn run(cmd: Command, conn: &ConnArgs, json: bool) -> u8 {
             bundle::pack(&dir, output.as_deref())
         }
         Command::Bundle(BundleCommand::Push { file }) => bundle::push(conn, &file).await,
+        Command::Bundle(BundleCommand::Sign {
+            file,
+            key,
+            expires,
+            device_types,
+            allow_downgrade,
+        }) => signing::sign_bundle(&file, &key, &expires, &device_types, allow_downgrade),
+        Command::Bundle(BundleCommand::AddSignatures { version, file }) => {
+            signing::add_signatures(conn, &version, &file).await
+        }
+        Command::Key(KeyCommand::Generate { name }) => signing::generate_key(&name),
+        Command::Trust(TrustCommand::Sign { file, key }) => signing::sign_trust(&file, &key),
+        Command::Trust(TrustCommand::Push { file }) => signing::push_trust(conn, &file).await,
         Command::Deploy(args) => deploy::deploy(conn, &args).await,
         Command::Rollback(args) => deploy::rollback(conn, &args).await,
         Command::Deployments {

@@ -18,6 +18,7 @@ use futures_util::StreamExt;
 use kernex_common::api::BundleInfo;
 use kernex_common::api::events::ServerEvent;
 use kernex_common::bundle::{self, Limits};
+use kernex_common::update_signing::SignedDocument;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
@@ -25,6 +26,7 @@ use tracing::instrument;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiPath, ApiResult};
+use crate::service::signing::check_against_bundle;
 use crate::state::AppState;
 use crate::store::{BundleRecord, new_id};
 
@@ -46,6 +48,25 @@ fn too_large(max: u64) -> ApiError {
     ApiError::too_large(format!(
         "bundle is larger than the server's limit of {max} bytes"
     ))
+}
+
+/// A small form part read whole, at most [`MAX_MANIFEST_PART`] bytes.
+async fn read_small_part(
+    field: &mut axum::extract::multipart::Field<'_>,
+    total: &mut u64,
+    name: &str,
+) -> ApiResult<Vec<u8>> {
+    let mut text = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        *total += chunk.len() as u64;
+        text.extend_from_slice(&chunk);
+        if text.len() > MAX_MANIFEST_PART {
+            return Err(ApiError::bad_request(format!(
+                "{name} part is larger than 1 MiB"
+            )));
+        }
+    }
+    Ok(text)
 }
 
 /// Path of a stored archive.
@@ -87,6 +108,7 @@ pub async fn upload(
     let mut total = 0u64;
     let body_cap = max.saturating_add(2 * MAX_MANIFEST_PART as u64);
     let mut manifest_part: Option<serde_json::Value> = None;
+    let mut signatures_part: Option<SignedDocument> = None;
 
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         match field.name() {
@@ -124,6 +146,15 @@ pub async fn upload(
                     ApiError::bad_request(format!("manifest part is not valid JSON: {e}"))
                 })?;
                 manifest_part = Some(value);
+            }
+            Some("signatures") => {
+                let text = read_small_part(&mut field, &mut total, "signatures").await?;
+                let doc = serde_json::from_slice(&text).map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "signatures part is not a signed metadata document: {e}"
+                    ))
+                })?;
+                signatures_part = Some(doc);
             }
             _ => {
                 while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
@@ -173,6 +204,11 @@ pub async fn upload(
         manifest,
         created_at: Utc::now(),
     };
+    // Signed metadata must describe this very archive (SPEC §7), checked before
+    // anything is stored.
+    if let Some(doc) = &signatures_part {
+        check_against_bundle(doc, &record)?;
+    }
     let final_path = archive_path(&state, &record.id);
     tmp.persist(&final_path)
         .map_err(|e| ApiError::internal(e.error))?;
@@ -186,7 +222,10 @@ pub async fn upload(
         let _ = tokio::fs::remove_file(&final_path).await;
         return Err(e.into());
     }
-    tracing::info!(bundle.id = %record.id, version = %record.version, size, "bundle stored");
+    if let Some(doc) = &signatures_part {
+        state.store.add_bundle_signatures(&record.id, doc).await?;
+    }
+    tracing::info!(bundle.id = %record.id, version = %record.version, size, signed = signatures_part.is_some(), "bundle stored");
     let info = record.to_info();
     state.events.emit(ServerEvent::bundle(info.clone()));
     Ok((StatusCode::CREATED, Json(info)))

@@ -78,6 +78,11 @@ pub async fn create(
             ));
         }
     };
+    let signed = state.store.bundle_signatures(&bundle.id).await?;
+    state
+        .limits
+        .signatures
+        .check(&bundle.version, signed.as_ref())?;
     let mut targets = std::collections::BTreeSet::new();
     for id in &req.target_device_ids {
         let d = state

@@ -374,6 +374,11 @@ pub async fn rollback(
     if req.target_device_ids.is_empty() {
         return Err(ApiError::bad_request("target_device_ids must not be empty"));
     }
+    let signed = state.store.bundle_signatures(&bundle.id).await?;
+    state
+        .limits
+        .signatures
+        .check(&bundle.version, signed.as_ref())?;
     let mut ids = req.target_device_ids.clone();
     ids.sort();
     ids.dedup();

@@ -6,6 +6,7 @@ pub mod deployments; // deployments, progress, results
 pub mod devices; // register, heartbeat, devices, history, rollback
 pub mod events; // /events SSE
 pub mod health; // /healthz, /metrics, /openapi.json
+pub mod signing; // bundle signatures, trust documents (SPEC §7)
 pub mod tokens; // operator tokens
 
 use crate::auth::Caller;

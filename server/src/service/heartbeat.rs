@@ -29,6 +29,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use kernex_common::api::{
     Admission, Command, ConfigureCommand, DeviceConfig, HeartbeatRequest, TargetStatus,
 };
+use kernex_common::update_signing::TrustCommand;
 use tokio::sync::{mpsc, watch};
 
 use super::rules;
@@ -97,6 +98,8 @@ pub struct HeartbeatService {
     store: Arc<dyn Store>,
     work: RwLock<Work>,
     writer: BeatWriter,
+    /// The current trust document (SPEC §7), re-read every few seconds.
+    pub trust: super::signing::TrustCache,
 }
 
 impl HeartbeatService {
@@ -106,6 +109,7 @@ impl HeartbeatService {
             writer: BeatWriter::start(store.clone()),
             work: RwLock::new(Work::from_snapshot(snapshot)),
             store,
+            trust: super::signing::TrustCache::default(),
         }
     }
 
@@ -173,6 +177,14 @@ impl HeartbeatService {
                 }
                 None => {}
             }
+            // A newer trust set than the device holds (one cached read, SPEC §7).
+            if let Some((version, document)) = self.trust.current(&*self.store).await?
+                && report.trust_version.unwrap_or(0) < version
+            {
+                outcome
+                    .commands
+                    .push(Command::Trust(TrustCommand { document }));
+            }
         }
         self.writer
             .submit(Beat {
@@ -220,7 +232,8 @@ impl HeartbeatService {
                 },
                 _ => continue,
             };
-            let cmd = rules::bundle_command(&dep);
+            let signed = self.store.bundle_signatures(&dep.bundle_id).await?;
+            let cmd = rules::bundle_command(&dep, signed);
             let mut w = self.write();
             if let Some(open) = w.open.get_mut(device_id)
                 && open.generation == generation

@@ -7,3 +7,4 @@
 
 pub mod heartbeat; // the heartbeat path: work index, commands, beat writer
 pub mod rules; // pure rules every backend applies
+pub mod signing; // signed updates: stored signatures, trust documents, policy

@@ -7,6 +7,8 @@ use kernex_common::api::{
     LastDeployment, ResultReport, ResultStatus, TargetStatus,
 };
 
+use kernex_common::update_signing::SignedDocument;
+
 use crate::store::{DeploymentRecord, DeviceRecord, StoreError, TargetRecord, Ts, new_id};
 
 /// The admission a registration gets (SPEC §1.1): a new key gets what it presented; a
@@ -52,14 +54,16 @@ pub fn merge_config(mut c: DeviceConfig, update: &ConfigUpdate, now: Ts) -> Devi
     c
 }
 
-/// The command that delivers a deployment to one of its targets (SPEC §1.6).
-pub fn bundle_command(dep: &DeploymentRecord) -> Command {
+/// The command that delivers a deployment to one of its targets (SPEC §1.6), carrying
+/// the bundle's signed metadata and signatures when it has any (SPEC §7).
+pub fn bundle_command(dep: &DeploymentRecord, signed: Option<SignedDocument>) -> Command {
     let payload = BundleCommand {
         deployment_id: dep.id.clone(),
         bundle_id: dep.bundle_id.clone(),
         bundle_version: dep.bundle_version.clone(),
         checksum_sha256: dep.checksum_sha256.clone(),
         size_bytes: dep.size_bytes,
+        signed,
     };
     match dep.kind {
         DeploymentKind::Deploy => Command::Deploy(payload),

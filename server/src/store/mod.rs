@@ -28,6 +28,7 @@ use kernex_common::api::{
     Admission, ConfigUpdate, DeploymentKind, DeviceConfig, HeartbeatRecord, HeartbeatRequest,
     HistoryRecord, OnlineStatus, ProgressReport, ResultReport, TargetStatus,
 };
+use kernex_common::update_signing::{SignedDocument, TrustSet};
 use serde_json::Value;
 
 pub use error::{Result, StoreError};
@@ -237,6 +238,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn device_may_download(&self, device_id: &str, bundle_id: &str) -> Result<bool>;
     /// Remove a bundle's record; `Conflict` while an unfinished deployment uses it.
     async fn delete_bundle(&self, id: &str) -> Result<BundleRecord>;
+
+    // -------------------------------------------------------- signed updates
+
+    /// The bundle's signed metadata and every signature stored for it (SPEC §7).
+    async fn bundle_signatures(&self, bundle_id: &str) -> Result<Option<SignedDocument>>;
+    /// Add signatures to a bundle ([`crate::service::signing::merge_signatures`]);
+    /// `NotFound` for an unknown bundle. Returns what is stored now.
+    async fn add_bundle_signatures(
+        &self,
+        bundle_id: &str,
+        doc: &SignedDocument,
+    ) -> Result<SignedDocument>;
+    /// The newest trust document, if any.
+    async fn trust_document(&self) -> Result<Option<SignedDocument>>;
+    /// Store a trust document if [`crate::service::signing::next_trust`] allows it
+    /// (`anchor`: the keys a first document must be signed by); returns its version.
+    async fn put_trust_document(
+        &self,
+        doc: &SignedDocument,
+        anchor: Option<&TrustSet>,
+    ) -> Result<u64>;
 
     // ------------------------------------------------------------ deployments
 

@@ -43,8 +43,13 @@ impl SledStore {
 
     /// Remove a bundle's record; 409 while an unfinished deployment uses it.
     pub(super) fn delete_bundle(&self, id: &str) -> Result<BundleRecord> {
-        (&self.bundles, &self.bundle_versions, &self.bundle_open)
-            .transaction(|(bundles, versions, open)| {
+        (
+            &self.bundles,
+            &self.bundle_versions,
+            &self.bundle_open,
+            &self.bundle_signatures,
+        )
+            .transaction(|(bundles, versions, open, sigs)| {
                 let Some(b) = tx_get::<BundleRecord>(bundles, id)? else {
                     return abort(StoreError::NotFound(format!("no bundle {id:?}")));
                 };
@@ -57,6 +62,7 @@ impl SledStore {
                 bundles.remove(id.as_bytes())?;
                 versions.remove(b.version.as_bytes())?;
                 open.remove(id.as_bytes())?;
+                sigs.remove(id.as_bytes())?;
                 Ok(b)
             })
             .map_err(tx_err)

@@ -26,6 +26,8 @@
 //! | `device_success` | device_id ‖ version | — (versions it ran successfully) |
 //! | `reports` | report_id | deployment_id ‖ device_id |
 //! | `counters` | name | i64 BE (fleet counts for `/metrics`, kept in the same transactions) |
+//! | `bundle_signatures` | bundle_id | signed metadata and every signature (JSON, SPEC §7) |
+//! | `trust` | `current` | the newest trust document (JSON, SPEC §7) |
 //!
 //! Beside the trees, `live/` holds each device's live record (last report and the
 //! history chunk being filled): in memory, made durable by a write-ahead log and
@@ -49,6 +51,7 @@ mod devices; // registration, listing, admission
 mod flusher; // group commit of fsyncs
 mod live_table; // live records in memory, a write-ahead log and snapshots
 mod online; // online/offline counts by expiry second
+mod signing; // bundle signatures and the trust document
 #[cfg(test)]
 mod test_support; // builders for the unit tests
 mod tokens; // operator and device tokens
@@ -61,6 +64,7 @@ use kernex_common::api::{
     Admission, ConfigUpdate, DeploymentKind, DeviceConfig, HeartbeatRecord, HistoryRecord,
     ProgressReport, ResultReport, TargetStatus,
 };
+use kernex_common::update_signing::{SignedDocument, TrustSet};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::Transactional;
@@ -120,6 +124,8 @@ pub struct SledStore {
     device_success: sled::Tree,
     reports: sled::Tree,
     counters: sled::Tree,
+    bundle_signatures: sled::Tree,
+    trust: sled::Tree,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -163,6 +169,8 @@ impl SledStore {
             device_success: t("device_success")?,
             reports: t("reports")?,
             counters: t("counters")?,
+            bundle_signatures: t("bundle_signatures")?,
+            trust: t("trust")?,
             flusher: Arc::new(Flusher::start(db.clone())),
             online: Arc::new(OnlineTracker::default()),
             token_cache: Arc::default(),
@@ -368,6 +376,27 @@ impl Store for SledStore {
     }
     async fn delete_bundle(&self, id: &str) -> Result<BundleRecord> {
         durable!(self, SledStore::delete_bundle(self, id))
+    }
+
+    async fn bundle_signatures(&self, bundle_id: &str) -> Result<Option<SignedDocument>> {
+        SledStore::bundle_signatures(self, bundle_id)
+    }
+    async fn add_bundle_signatures(
+        &self,
+        bundle_id: &str,
+        doc: &SignedDocument,
+    ) -> Result<SignedDocument> {
+        durable!(self, SledStore::add_bundle_signatures(self, bundle_id, doc))
+    }
+    async fn trust_document(&self) -> Result<Option<SignedDocument>> {
+        SledStore::trust_document(self)
+    }
+    async fn put_trust_document(
+        &self,
+        doc: &SignedDocument,
+        anchor: Option<&TrustSet>,
+    ) -> Result<u64> {
+        durable!(self, SledStore::put_trust_document(self, doc, anchor))
     }
 
     async fn create_deployment(

@@ -19,6 +19,7 @@ fn beat(device_id: &str, n: usize) -> Beat {
             current_bundle_version: Some("1.0.0".into()),
             config_version: Some(1),
             queued_reports: 0,
+            trust_version: None,
         },
         polling_interval: 60,
     }
