@@ -157,7 +157,7 @@ async fn fleet(n: usize) {
     store.insert_bundle(&b).await.expect("bundle");
     let targets: Vec<String> = ids.iter().step_by(100).cloned().collect();
     store
-        .create_deployment(DeploymentKind::Deploy, &b, &targets, Utc::now())
+        .create_deployment(DeploymentKind::Deploy, &b, &targets, None, Utc::now())
         .await
         .expect("deployment");
     let update = ConfigUpdate {
@@ -252,7 +252,7 @@ async fn big_cancel(n: usize) {
     store.insert_bundle(&b).await.expect("bundle");
     let started = Instant::now();
     let dep = store
-        .create_deployment(DeploymentKind::Deploy, &b, &ids, Utc::now())
+        .create_deployment(DeploymentKind::Deploy, &b, &ids, None, Utc::now())
         .await
         .expect("deployment");
     let created = started.elapsed();
@@ -262,7 +262,13 @@ async fn big_cancel(n: usize) {
     loop {
         let t = Instant::now();
         let step = store
-            .cancel_deployment_step(&dep.id, after.as_deref(), CANCEL_CHUNK, Utc::now())
+            .cancel_deployment_step(
+                &dep.id,
+                after.as_deref(),
+                CANCEL_CHUNK,
+                "cancelled",
+                Utc::now(),
+            )
             .await
             .expect("cancel");
         steps.push(t.elapsed().as_secs_f64() * 1e3);

@@ -293,6 +293,7 @@ impl PickRollback {
                 request: Request::Rollback(RollbackRequest {
                     bundle_version: v.clone(),
                     target_device_ids: vec![self.device_id.clone()],
+                    rollout: None,
                 }),
             })),
             _ => Outcome::Stay,

@@ -263,7 +263,7 @@ impl App {
             }
             LiveEvent::Event(ev) => {
                 self.heard();
-                self.on_event(ev);
+                self.on_event(*ev);
             }
         }
     }

@@ -52,6 +52,9 @@ pub async fn run(cmd: Command, conn: &ConnArgs, json: bool) -> u8 {
         Command::Bundle(BundleCommand::Push { file }) => bundle::push(conn, &file).await,
         Command::Deploy(args) => deploy::deploy(conn, &args).await,
         Command::Rollback(args) => deploy::rollback(conn, &args).await,
+        Command::Pause { id } => deploy::control(conn, &id, deploy::Control::Pause).await,
+        Command::Resume { id } => deploy::control(conn, &id, deploy::Control::Resume).await,
+        Command::Cancel { id } => deploy::control(conn, &id, deploy::Control::Cancel).await,
         Command::Deployments {
             id, status, limit, ..
         } => deploy::deployments(conn, id.as_deref(), status.as_deref(), limit).await,

@@ -8,7 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Gauge, Row, Table, Widget};
 
 use super::text::ellipsize;
-use super::{list_frame, selected, short_id, target_style};
+use super::{deployment_style, list_frame, selected, short_id, target_style};
 use crate::app::{App, progress};
 
 pub struct DeploymentsView<'a>(pub &'a App);
@@ -64,7 +64,7 @@ impl Widget for DeploymentsView<'_> {
                         } else {
                             "  "
                         }),
-                        Span::styled(d.status.as_str(), target_style(d.status)),
+                        Span::styled(d.status.as_str(), deployment_style(d.status)),
                     ])),
                     Cell::from(d.kind.as_str()),
                     Cell::from(d.bundle_version.clone()),
@@ -114,7 +114,7 @@ impl Widget for DeploymentsView<'_> {
         let (done, total) = progress(d);
         let c = &d.counts;
         Gauge::default()
-            .gauge_style(target_style(d.status))
+            .gauge_style(deployment_style(d.status))
             .ratio(if total == 0 {
                 0.0
             } else {

@@ -6,4 +6,6 @@
 //! group-commit writer.
 
 pub mod heartbeat; // the heartbeat path: work index, commands, beat writer
+pub mod rollout; // pure rollout rules: waves, gates, soak, pacing (SPEC §6)
+pub mod rollouts; // the rollout driver: active rollouts on events and a timer
 pub mod rules; // pure rules every backend applies

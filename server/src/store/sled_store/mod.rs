@@ -27,6 +27,8 @@
 //! | `device_success` | device_id ‖ version | — (versions it ran successfully) |
 //! | `reports` | report_id | deployment_id ‖ device_id |
 //! | `counters` | name | i64 BE (fleet counts for `/metrics`, kept in the same transactions) |
+//! | `wave_targets` | deployment_id ‖ wave (u32 BE) ‖ position (u64 BE) device_id | — (a rollout's waves in rollout order) |
+//! | `rollouts_active` | deployment_id | — (rollouts not yet final: what the rollout driver watches) |
 //!
 //! Multi-record changes run in sled transactions. sled 0.34 serialises transactions
 //! behind one process-wide lock, so the heartbeat path uses none: the one beat writer
@@ -43,6 +45,7 @@ mod deployments; // deployments, targets, results, history
 mod devices; // registration, listing, admission
 mod flusher; // group commit of fsyncs
 mod online; // online/offline counts by expiry second
+mod rollouts; // rollout waves, releases, timeouts, soak verdicts
 mod tokens; // operator and device tokens
 
 use std::path::Path;
@@ -50,8 +53,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use kernex_common::api::{
-    Admission, ConfigUpdate, DeploymentKind, DeviceConfig, HeartbeatRecord, HistoryRecord,
-    ProgressReport, ResultReport, TargetStatus,
+    Admission, ConfigUpdate, DeploymentKind, DeploymentStatus, DeviceConfig, HeartbeatRecord,
+    HistoryRecord, ProgressReport, ResultReport, TargetStatus,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -115,6 +118,8 @@ pub struct SledStore {
     device_success: sled::Tree,
     reports: sled::Tree,
     counters: sled::Tree,
+    wave_targets: sled::Tree,
+    rollouts_active: sled::Tree,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -157,6 +162,8 @@ impl SledStore {
             device_success: t("device_success")?,
             reports: t("reports")?,
             counters: t("counters")?,
+            wave_targets: t("wave_targets")?,
+            rollouts_active: t("rollouts_active")?,
             flusher: Arc::new(Flusher::start(db.clone())),
             online: Arc::new(OnlineTracker::default()),
             token_cache: Arc::default(),
@@ -363,11 +370,12 @@ impl Store for SledStore {
         kind: DeploymentKind,
         bundle: &BundleRecord,
         target_ids: &[String],
+        rollout: Option<RolloutState>,
         now: Ts,
     ) -> Result<DeploymentRecord> {
         durable!(
             self,
-            SledStore::create_deployment(self, kind, bundle, target_ids, now)
+            SledStore::create_deployment(self, kind, bundle, target_ids, rollout, now)
         )
     }
     async fn deployment(&self, id: &str) -> Result<DeploymentRecord> {
@@ -382,7 +390,7 @@ impl Store for SledStore {
     }
     async fn list_deployments(
         &self,
-        status: Option<TargetStatus>,
+        status: Option<DeploymentStatus>,
         limit: usize,
     ) -> Result<Vec<DeploymentRecord>> {
         SledStore::list_deployments(self, status, limit)
@@ -392,14 +400,54 @@ impl Store for SledStore {
         id: &str,
         after: Option<&str>,
         chunk: usize,
+        reason: &str,
         now: Ts,
     ) -> Result<CancelStep> {
-        let step = SledStore::cancel_deployment_step(self, id, after, chunk, now)?;
+        let step = SledStore::cancel_deployment_step(self, id, after, chunk, reason, now)?;
         // Durable when the whole cancel is done (the caller answers only then).
         if step.next.is_none() {
             self.sync().await?;
         }
         Ok(step)
+    }
+    async fn update_rollout(
+        &self,
+        id: &str,
+        update: &RolloutUpdate,
+        now: Ts,
+    ) -> Result<RolloutUpdated> {
+        durable!(self, SledStore::update_rollout(self, id, update, now))
+    }
+    async fn release_step(&self, id: &str, max: usize, now: Ts) -> Result<ReleaseStep> {
+        durable!(self, SledStore::release_step(self, id, max, now))
+    }
+    async fn time_out_step(
+        &self,
+        id: &str,
+        wave: usize,
+        after: Option<u64>,
+        chunk: usize,
+        now: Ts,
+    ) -> Result<TimeoutStep> {
+        durable!(
+            self,
+            SledStore::time_out_step(self, id, wave, after, chunk, now)
+        )
+    }
+    async fn record_soak(
+        &self,
+        id: &str,
+        device_id: &str,
+        ok: bool,
+        now: Ts,
+    ) -> Result<Option<DeploymentRecord>> {
+        durable!(self, SledStore::record_soak(self, id, device_id, ok, now))
+    }
+    async fn active_rollouts(&self) -> Result<Vec<DeploymentRecord>> {
+        SledStore::active_rollouts(self)
+    }
+    async fn retire_rollout(&self, id: &str) -> Result<()> {
+        durable!(self, SledStore::retire_rollout(self, id))
     }
     async fn record_progress(
         &self,
