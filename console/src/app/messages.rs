@@ -135,6 +135,21 @@ impl App {
                         }
                     }
                 }
+                Done::PausedOrResumed(d) => {
+                    let why = d
+                        .rollout
+                        .as_ref()
+                        .and_then(|r| r.paused_reason.clone())
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default();
+                    self.say(format!(
+                        "{} {} is {}{why}",
+                        d.kind.as_str(),
+                        d.bundle_version,
+                        d.status.as_str()
+                    ));
+                    self.deployments.upsert(*d);
+                }
                 Done::Cancelled(d) => {
                     self.say(format!(
                         "{} {} cancelled: {} target(s) cancelled",
