@@ -110,3 +110,60 @@ fn a_deployment_without_a_rollout_cannot_be_paused() {
     let s = snap(&mut app);
     assert!(!s.contains("Pause rollout"), "{s}");
 }
+
+/// The deploy confirmation offers rollout presets: `w` cycles all at once → canary →
+/// 10 % → 100 % → custom waves (typed, checked before anything is sent).
+#[test]
+fn the_deploy_dialog_offers_rollout_presets() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Char('d'));
+    key(&mut app, KeyCode::Down); // 1.2.0
+    key(&mut app, KeyCode::Down); // 1.1.0
+    key(&mut app, KeyCode::Enter);
+    key(&mut app, KeyCode::Enter);
+    let s = snap(&mut app);
+    assert!(s.contains("w rollout preset"), "{s}");
+    assert!(!s.contains("rollout:"), "all at once is the default: {s}");
+    keys(&mut app, "w");
+    let s = snap(&mut app);
+    assert!(s.contains("rollout: canary → 10 % → 100 %"), "{s}");
+    insta::assert_snapshot!("rollout_3_deploy_canary_preset", s);
+    // Custom: a bad list is refused in the dialog, a good one is sent.
+    keys(&mut app, "w");
+    keys(&mut app, "50,10");
+    keys(&mut app, "y");
+    assert!(
+        app.take_requests().is_empty(),
+        "an invalid custom rollout was sent"
+    );
+    let s = snap(&mut app);
+    assert!(s.contains("strictly ascending"), "{s}");
+    for _ in 0..5 {
+        key(&mut app, KeyCode::Backspace);
+    }
+    keys(&mut app, "25,100");
+    keys(&mut app, "y");
+    let reqs = app.take_requests();
+    let [Request::Deploy(req)] = reqs.as_slice() else {
+        panic!("{reqs:?}");
+    };
+    let r = req.rollout.as_ref().unwrap();
+    assert_eq!(r.waves, [25, 100]);
+    assert_eq!(r.max_failures, Some(0));
+}
+
+#[test]
+fn the_canary_preset_sends_waves_and_the_first_tag() {
+    let mut app = loaded();
+    key(&mut app, KeyCode::Char('d'));
+    key(&mut app, KeyCode::Enter);
+    key(&mut app, KeyCode::Enter);
+    keys(&mut app, "wy");
+    let reqs = app.take_requests();
+    let [Request::Deploy(req)] = reqs.as_slice() else {
+        panic!("{reqs:?}");
+    };
+    let r = req.rollout.as_ref().unwrap();
+    assert_eq!(r.waves, [1, 10, 100]);
+    assert_eq!(r.first_tag.as_deref(), Some("canary"));
+}

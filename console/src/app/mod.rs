@@ -613,6 +613,7 @@ impl App {
                             "  its tokens are revoked and it gets no more commands".into(),
                         ],
                         request: Request::Reject(d.device_id),
+                        rollout: None,
                     }))
                 }
                 None => self.warn("no device selected"),
@@ -637,6 +638,7 @@ impl App {
                             ),
                         ],
                         request: Request::Cancel(d.id.clone()),
+                        rollout: None,
                     }));
                 }
                 None => self.warn("no deployment selected"),
@@ -822,6 +824,7 @@ fn pause_resume_dialog(
             title: "Resume rollout".into(),
             body,
             request: Request::Resume(d.id.clone()),
+            rollout: None,
         }
     } else {
         let held = d.counts.pending + d.counts.waiting;
@@ -836,6 +839,7 @@ fn pause_resume_dialog(
                 ),
             ],
             request: Request::Pause(d.id.clone()),
+            rollout: None,
         }
     }
 }
