@@ -417,11 +417,11 @@ async fn big_rollout(n: usize) {
         .collect();
     println!(
         "
-{n}-target rollout (waves 1/10/100 %): created in {created:.0} ms; opened {};          gate evaluation {gate_us:.1} µs per active rollout per tick; a timeout page over          the last wave {paged:.0} ms",
+{n}-target rollout (waves 1/10/100 %): created in {created:.0} ms; opened {}; gate evaluation {gate_us:.1} µs per active rollout per tick; a timeout page over the last wave {paged:.0} ms",
         waves.join(", "),
     );
     println!(
-        "heartbeat path µs (devices outside the rollout): quiet median {:.0}, p99 {:.0};          while the last wave opens median {:.0}, p99 {:.0}",
+        "heartbeat path µs (devices outside the rollout): quiet median {:.0}, p99 {:.0}; while the last wave opens median {:.0}, p99 {:.0}",
         quantile(&quiet, 0.5),
         quantile(&quiet, 0.99),
         quantile(&during, 0.5),
