@@ -327,10 +327,53 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
         .unwrap_or_default()
 }
 
+/// Open the three waves in turn (each released in the driver's chunks); the time and
+/// count of each, and the beat latencies measured while the last one opened.
+async fn open_waves(
+    store: &Arc<dyn Store>,
+    dep_id: &str,
+    service: &HeartbeatService,
+    others: &[String],
+) -> (Vec<(f64, usize)>, Vec<f64>) {
+    use kernex_server::store::RolloutUpdate;
+    let mut opened = Vec::new();
+    let mut during = Vec::new();
+    for k in 0..3 {
+        let open = {
+            let store = store.clone();
+            let id = dep_id.to_owned();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                store
+                    .update_rollout(&id, &RolloutUpdate::OpenWave(k), Utc::now())
+                    .await
+                    .expect("open");
+                let mut released = 0;
+                loop {
+                    let step = store
+                        .release_step(&id, usize::MAX, Utc::now())
+                        .await
+                        .expect("release");
+                    released += step.released.len();
+                    if step.done {
+                        break;
+                    }
+                }
+                (t.elapsed().as_secs_f64() * 1e3, released)
+            })
+        };
+        if k == 2 {
+            // Heartbeats from devices outside the rollout while its biggest wave opens.
+            during = beat_latencies(service, others, 20_000).await;
+        }
+        opened.push(open.await.expect("join"));
+    }
+    (opened, during)
+}
+
 /// A rollout to `n` targets through the store and the pure rules the driver uses.
 async fn big_rollout(n: usize) {
     use kernex_server::service::rollout;
-    use kernex_server::store::RolloutUpdate;
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Store> =
         Arc::new(SledStore::open(dir.path(), SledOptions::default()).expect("open"));
@@ -356,38 +399,7 @@ async fn big_rollout(n: usize) {
         store.work_snapshot().await.expect("snapshot"),
     ));
     let quiet = beat_latencies(&service, others, 20_000).await;
-    let mut opened = Vec::new();
-    let mut during = Vec::new();
-    for k in 0..3 {
-        let open = {
-            let store = store.clone();
-            let id = dep.id.clone();
-            tokio::spawn(async move {
-                let t = Instant::now();
-                store
-                    .update_rollout(&id, &RolloutUpdate::OpenWave(k), Utc::now())
-                    .await
-                    .expect("open");
-                let mut released = 0;
-                loop {
-                    let step = store
-                        .release_step(&id, usize::MAX, Utc::now())
-                        .await
-                        .expect("release");
-                    released += step.released.len();
-                    if step.done {
-                        break;
-                    }
-                }
-                (t.elapsed().as_secs_f64() * 1e3, released)
-            })
-        };
-        if k == 2 {
-            // Heartbeats from devices outside the rollout while its biggest wave opens.
-            during = beat_latencies(&service, others, 20_000).await;
-        }
-        opened.push(open.await.expect("join"));
-    }
+    let (opened, during) = open_waves(&store, &dep.id, &service, others).await;
     // The driver's per-tick work for one active rollout: read it, decide.
     let t = Instant::now();
     let rounds = 1_000;
