@@ -167,3 +167,24 @@ fn the_canary_preset_sends_waves_and_the_first_tag() {
     assert_eq!(r.waves, [1, 10, 100]);
     assert_eq!(r.first_tag.as_deref(), Some("canary"));
 }
+
+/// A live `deployment` event carries the rollout block and what moved it: the waves
+/// update without a re-read and the event log says what happened.
+#[test]
+fn live_events_move_the_waves_and_log_the_change() {
+    let mut app = with(rollout(false));
+    let mut r = serde_json::to_value(rollout(false)).unwrap()["rollout"].clone();
+    r["waves"][0]["healthy"] = json!(1);
+    r["waves"][0]["success"] = json!(1);
+    r["waves"][1]["opened_at"] = json!(at(1));
+    r["current_wave"] = json!(1);
+    app.on_msg(ev(
+        "deployment",
+        json!({"id": DEP, "status": "in_progress", "rollout": r,
+               "change": {"type": "wave_opened", "wave": 1}}),
+    ));
+    let s = snap(&mut app);
+    assert!(s.contains("▸2 100% 0/2 ok"), "{s}");
+    assert!(s.contains("1 34% 1/1 ok"), "{s}");
+    assert!(s.contains("deploy 1.2.0 rollout: wave 2 opened"), "{s}");
+}
