@@ -33,6 +33,10 @@ use crate::store::{
 pub const TICK: Duration = Duration::from_millis(250);
 /// Targets one timeout step looks at.
 const STEP: usize = 256;
+/// Targets a device's result request releases itself when it opens a wave (one
+/// transaction); the timer releases the rest, so a result never waits for a 100,000-target
+/// wave to open.
+const INLINE_RELEASE: u64 = 256;
 
 /// What the driver keeps in memory about one active rollout (rebuilt from the store).
 #[derive(Debug, Default)]
@@ -104,7 +108,7 @@ impl Rollouts {
     /// Move one rollout as far as it goes now; its deployment as stored after.
     pub async fn evaluate(&self, state: &AppState, id: &str) -> Result<DeploymentRecord> {
         let mut active = self.active.lock().await;
-        evaluate(state, &mut active, id, Utc::now()).await
+        evaluate(state, &mut active, id, Utc::now(), u64::MAX).await
     }
 
     /// A device's result was applied to a rollout: start its soak, then evaluate.
@@ -126,7 +130,7 @@ impl Rollouts {
                 a.soaking.insert((now + secs(soak), device_id.to_owned()));
             }
         }
-        evaluate(state, &mut active, id, now).await
+        evaluate(state, &mut active, id, now, INLINE_RELEASE).await
     }
 
     /// `POST /deployments/{id}/pause`.
@@ -161,7 +165,7 @@ impl Rollouts {
             open_wave(state, &mut active, &up.deployment, r.opened, now).await?;
         }
         touch_pending(state, id).await?;
-        evaluate(state, &mut active, id, now).await
+        evaluate(state, &mut active, id, now, u64::MAX).await
     }
 }
 
@@ -253,12 +257,14 @@ async fn load(state: &AppState, dep: &DeploymentRecord) -> Result<Active> {
     Ok(a)
 }
 
-/// Move one rollout as far as it goes at `now`.
+/// Move one rollout as far as it goes at `now`, releasing at most `release_cap` targets
+/// (the rest on the next ticks).
 async fn evaluate(
     state: &AppState,
     active: &mut HashMap<String, Active>,
     id: &str,
     now: Ts,
+    release_cap: u64,
 ) -> Result<DeploymentRecord> {
     let mut dep = state.store.deployment(id).await?;
     let Some(r) = &dep.rollout else {
@@ -322,7 +328,7 @@ async fn evaluate(
         }
     }
     if let Some(a) = active.get_mut(id) {
-        dep = release(state, a, &dep, now).await?;
+        dep = release(state, a, &dep, now, release_cap).await?;
         if dep.status.is_final() && a.soaking.is_empty() {
             active.remove(id);
             state.store.retire_rollout(id).await?;
@@ -504,6 +510,7 @@ async fn release(
     a: &mut Active,
     dep: &DeploymentRecord,
     now: Ts,
+    cap: u64,
 ) -> Result<DeploymentRecord> {
     let Some(r) = &dep.rollout else {
         return Ok(dep.clone());
@@ -511,7 +518,7 @@ async fn release(
     if r.paused_reason.is_some() || dep.status.is_final() {
         return Ok(dep.clone());
     }
-    let mut budget = rollout::release_budget(r, now);
+    let mut budget = rollout::release_budget(r, now).min(cap);
     let mut out = dep.clone();
     let mut any = false;
     while budget > 0 {
