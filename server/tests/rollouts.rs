@@ -257,10 +257,11 @@ async fn the_next_wave_waits_for_the_soak() {
     assert_eq!(dep["rollout"]["current_wave"], 0, "opened before the soak");
     assert!(commands(&app, &ds[1]).await.is_empty());
     // The canary beats through its soak: healthy, and wave 1 opens.
+    // (The timer opens the wave, then releases its targets: wait for both.)
     let dep = eventually(6, "wave 1 opens after the soak", || async {
         app.heartbeat(&ds[0], Some("1.0.0"), None).await;
         let dep = get_dep(&app, &id).await;
-        (dep["rollout"]["current_wave"] == 1).then_some(dep)
+        (dep["rollout"]["current_wave"] == 1 && dep["counts"]["waiting"] == 0).then_some(dep)
     })
     .await;
     assert_eq!(dep["rollout"]["waves"][0]["healthy"], 1);
@@ -542,7 +543,8 @@ async fn start_at_schedules_the_first_wave() {
         .expect(StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 1);
     eventually(5, "the first wave opens at start_at", || async {
-        (get_dep(&app, &id).await["status"] == "pending").then_some(())
+        let dep = get_dep(&app, &id).await;
+        (dep["status"] == "pending" && dep["counts"]["pending"] == 1).then_some(())
     })
     .await;
     assert_eq!(commands(&app, &d).await, [id]);
