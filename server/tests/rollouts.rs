@@ -457,8 +457,13 @@ async fn a_target_times_out_and_a_late_result_records_the_truth() {
             .contains("target_timeout_seconds")
     );
     assert!(commands(&app, &ds[0]).await.is_empty(), "no more re-sends");
+    // The events follow the stored change (after its fsync): wait for them.
     let mut timed_out = Vec::new();
-    while let Ok(ev) = events.try_recv() {
+    while timed_out.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("the timeout events")
+            .unwrap();
         if let ServerEvent::Deployment(d) = ev
             && let Some(RolloutChange::TargetTimedOut { device_id }) = d.change
         {
