@@ -13,6 +13,9 @@ use crate::manifest::Manifest;
 use crate::update_signing::{SignedDocument, TrustCommand};
 
 pub mod events; // the live events of `GET /events` (SSE)
+mod rollout; // the rollout policy and its state on a deployment (SPEC §6)
+
+pub use rollout::{OnFailure, Rollout, RolloutChange, RolloutPolicy, Wave};
 
 /// Timestamps on the wire: RFC 3339, UTC.
 pub type Timestamp = DateTime<Utc>;
@@ -322,39 +325,52 @@ impl DeploymentKind {
     }
 }
 
-/// Status of one target device within a deployment, and of the deployment itself.
+/// Status of one target device within a deployment (SPEC §1.5, §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetStatus {
+    /// Its rollout wave has not opened yet: it receives no command.
+    Waiting,
     Pending,
     InProgress,
     Success,
     Failed,
+    /// Not final within the rollout's `target_timeout_seconds`; a later result replaces it.
+    TimedOut,
     Cancelled,
 }
 
 impl TargetStatus {
-    pub const ALL: [TargetStatus; 5] = [
+    pub const ALL: [TargetStatus; 7] = [
+        TargetStatus::Waiting,
         TargetStatus::Pending,
         TargetStatus::InProgress,
         TargetStatus::Success,
         TargetStatus::Failed,
+        TargetStatus::TimedOut,
         TargetStatus::Cancelled,
     ];
 
+    /// Final for the deployment's progress. `timed_out` is final too, but a later
+    /// result still replaces it (SPEC §6).
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            TargetStatus::Success | TargetStatus::Failed | TargetStatus::Cancelled
+            TargetStatus::Success
+                | TargetStatus::Failed
+                | TargetStatus::TimedOut
+                | TargetStatus::Cancelled
         )
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
+            TargetStatus::Waiting => "waiting",
             TargetStatus::Pending => "pending",
             TargetStatus::InProgress => "in_progress",
             TargetStatus::Success => "success",
             TargetStatus::Failed => "failed",
+            TargetStatus::TimedOut => "timed_out",
             TargetStatus::Cancelled => "cancelled",
         }
     }
@@ -364,23 +380,79 @@ impl TargetStatus {
     }
 }
 
-/// Per-status target counts of a deployment.
+/// Status of a deployment as a whole (SPEC §1.5, §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentStatus {
+    /// Its rollout's `start_at` is still ahead: nothing is delivered.
+    Scheduled,
+    Pending,
+    InProgress,
+    /// A gate (or an operator) holds the rollout: no new deliveries.
+    Paused,
+    Success,
+    Failed,
+    Cancelled,
+}
+
+impl DeploymentStatus {
+    pub const ALL: [DeploymentStatus; 7] = [
+        DeploymentStatus::Scheduled,
+        DeploymentStatus::Pending,
+        DeploymentStatus::InProgress,
+        DeploymentStatus::Paused,
+        DeploymentStatus::Success,
+        DeploymentStatus::Failed,
+        DeploymentStatus::Cancelled,
+    ];
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            DeploymentStatus::Success | DeploymentStatus::Failed | DeploymentStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentStatus::Scheduled => "scheduled",
+            DeploymentStatus::Pending => "pending",
+            DeploymentStatus::InProgress => "in_progress",
+            DeploymentStatus::Paused => "paused",
+            DeploymentStatus::Success => "success",
+            DeploymentStatus::Failed => "failed",
+            DeploymentStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// Per-status target counts of a deployment: every target status has its key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
+    #[serde(default)]
+    pub waiting: u64,
     pub pending: u64,
     pub in_progress: u64,
     pub success: u64,
     pub failed: u64,
+    #[serde(default)]
+    pub timed_out: u64,
     pub cancelled: u64,
 }
 
 impl Counts {
     pub fn slot(&mut self, s: TargetStatus) -> &mut u64 {
         match s {
+            TargetStatus::Waiting => &mut self.waiting,
             TargetStatus::Pending => &mut self.pending,
             TargetStatus::InProgress => &mut self.in_progress,
             TargetStatus::Success => &mut self.success,
             TargetStatus::Failed => &mut self.failed,
+            TargetStatus::TimedOut => &mut self.timed_out,
             TargetStatus::Cancelled => &mut self.cancelled,
         }
     }
@@ -392,29 +464,35 @@ impl Counts {
         *self.slot(to) += 1;
     }
 
-    /// Targets with a final status (success, failed or cancelled).
+    /// Targets with a final status (success, failed, timed out or cancelled).
     pub fn finished(&self) -> u64 {
-        self.success + self.failed + self.cancelled
+        self.success + self.failed + self.timed_out + self.cancelled
     }
 
     pub fn total(&self) -> u64 {
-        self.pending + self.in_progress + self.success + self.failed + self.cancelled
+        self.waiting + self.pending + self.in_progress + self.finished()
     }
 
-    /// The deployment status these counts imply (SPEC §1.5).
-    pub fn overall(&self) -> TargetStatus {
-        if self.pending + self.in_progress > 0 {
-            if self.in_progress + self.success + self.failed > 0 {
-                TargetStatus::InProgress
+    /// Targets that received the deployment (delivered, whatever came of it since).
+    pub fn delivered(&self) -> u64 {
+        self.in_progress + self.success + self.failed + self.timed_out
+    }
+
+    /// The deployment status these counts imply (SPEC §1.5, §6), before a rollout's
+    /// pause or schedule is taken into account.
+    pub fn overall(&self) -> DeploymentStatus {
+        if self.waiting + self.pending + self.in_progress > 0 {
+            if self.delivered() > 0 {
+                DeploymentStatus::InProgress
             } else {
-                TargetStatus::Pending
+                DeploymentStatus::Pending
             }
-        } else if self.failed > 0 {
-            TargetStatus::Failed
+        } else if self.failed + self.timed_out > 0 {
+            DeploymentStatus::Failed
         } else if self.cancelled > 0 {
-            TargetStatus::Cancelled
+            DeploymentStatus::Cancelled
         } else {
-            TargetStatus::Success
+            DeploymentStatus::Success
         }
     }
 }
@@ -460,12 +538,15 @@ pub struct Deployment {
     pub bundle_id: String,
     pub bundle_version: String,
     pub target_device_ids: Vec<String>,
-    pub status: TargetStatus,
+    pub status: DeploymentStatus,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub completed_at: Option<Timestamp>,
     pub counts: Counts,
     pub devices: Vec<DeploymentDevice>,
+    /// The rollout (SPEC §6); `null` for a deployment created without a policy.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
 }
 
 /// `POST /deployments` body.
@@ -479,6 +560,9 @@ pub struct CreateDeployment {
     pub target_device_ids: Vec<String>,
     #[serde(default)]
     pub target_tags: Vec<String>,
+    /// Waves, gates and timeouts (SPEC §6); absent: one wave of 100 %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
 }
 
 /// `POST /devices/rollback` body.
@@ -486,6 +570,8 @@ pub struct CreateDeployment {
 pub struct RollbackRequest {
     pub bundle_version: String,
     pub target_device_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
 }
 
 /// `POST /deployments/{id}/progress` body.
@@ -604,13 +690,13 @@ mod tests {
             pending: 2,
             ..Counts::default()
         };
-        assert_eq!(c.overall(), TargetStatus::Pending);
+        assert_eq!(c.overall(), DeploymentStatus::Pending);
         c.shift(TargetStatus::Pending, TargetStatus::InProgress);
-        assert_eq!(c.overall(), TargetStatus::InProgress);
+        assert_eq!(c.overall(), DeploymentStatus::InProgress);
         c.shift(TargetStatus::InProgress, TargetStatus::Success);
         c.shift(TargetStatus::Pending, TargetStatus::Cancelled);
-        assert_eq!(c.overall(), TargetStatus::Cancelled);
+        assert_eq!(c.overall(), DeploymentStatus::Cancelled);
         c.shift(TargetStatus::Success, TargetStatus::Failed);
-        assert_eq!(c.overall(), TargetStatus::Failed);
+        assert_eq!(c.overall(), DeploymentStatus::Failed);
     }
 }

@@ -48,7 +48,7 @@ fn beat(device_id: &str) -> HeartbeatEvent {
 }
 
 fn live(beat: HeartbeatEvent) -> Msg {
-    Msg::Live(LiveEvent::Event(ServerEvent::Heartbeat(beat)))
+    Msg::Live(LiveEvent::Event(Box::new(ServerEvent::Heartbeat(beat))))
 }
 
 fn main() {

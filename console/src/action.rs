@@ -56,6 +56,8 @@ pub enum Action {
     Accept,
     Reject,
     CancelDeployment,
+    /// Pause the selected rollout, or resume it when paused (SPEC §6).
+    PauseResume,
     /// Re-read everything from the server.
     Refresh,
 }
@@ -65,7 +67,11 @@ impl Action {
     pub fn dangerous(&self) -> bool {
         matches!(
             self,
-            Action::Deploy | Action::Rollback | Action::Reject | Action::CancelDeployment
+            Action::Deploy
+                | Action::Rollback
+                | Action::Reject
+                | Action::CancelDeployment
+                | Action::PauseResume
         )
     }
 }

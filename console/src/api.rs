@@ -441,6 +441,16 @@ impl Api {
             .await
     }
 
+    pub async fn pause(&self, id: &str) -> ApiResult<Deployment> {
+        self.json(self.request(Method::POST, &format!("/deployments/{}/pause", seg(id))))
+            .await
+    }
+
+    pub async fn resume(&self, id: &str) -> ApiResult<Deployment> {
+        self.json(self.request(Method::POST, &format!("/deployments/{}/resume", seg(id))))
+            .await
+    }
+
     // ------------------------------------------------------------------------- events
 
     /// Open `GET /events`; the caller reads the SSE body.

@@ -120,6 +120,13 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// Pause a deployment's rollout: no new deliveries; in-flight targets finish.
+    Pause { id: String },
+    /// Resume a paused rollout (accepting its failures so far; opens the next wave if
+    /// the current one is good).
+    Resume { id: String },
+    /// Cancel a deployment: targets not yet delivered are cancelled.
+    Cancel { id: String },
     /// Read or change a device's configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -268,7 +275,56 @@ pub struct DeployArgs {
     #[arg(long)]
     pub tag: Vec<String>,
     #[command(flatten)]
+    pub rollout: RolloutArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// The rollout policy (SPEC §6); without any of these a deployment goes to all its
+/// targets at once.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Rollout (waves, gates, timeouts)")]
+pub struct RolloutArgs {
+    /// Cumulative % of targets per wave, ascending, ending at 100 (e.g. 1,10,100).
+    #[arg(long, value_delimiter = ',', value_name = "PCTS")]
+    pub waves: Vec<u8>,
+    /// Targets carrying this tag come first (the canaries).
+    #[arg(long, value_name = "TAG")]
+    pub first_tag: Option<String>,
+    /// A wave is good when this % of its targets succeeded and soaked [default: 100].
+    #[arg(long, value_name = "PCT")]
+    pub threshold: Option<u8>,
+    /// How long a success must stay healthy before it counts (90, 90s, 10m, 1h).
+    #[arg(long, value_name = "DURATION")]
+    pub soak: Option<String>,
+    /// Pause (or abort) when failures exceed this many.
+    #[arg(long, value_name = "N", conflicts_with = "max_failure_pct")]
+    pub max_failures: Option<u64>,
+    /// ...or this % of the targets delivered so far.
+    #[arg(long, value_name = "PCT")]
+    pub max_failure_pct: Option<u8>,
+    /// What the failure gate does.
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub on_failure: Option<OnFailureArg>,
+    /// Do not open the next wave by itself: wait for `resume`.
+    #[arg(long)]
+    pub no_auto_advance: bool,
+    /// A target not finished this long after its wave opened times out (10m, 1h).
+    #[arg(long, value_name = "DURATION")]
+    pub target_timeout: Option<String>,
+    /// Most first deliveries per minute.
+    #[arg(long, value_name = "N")]
+    pub max_per_minute: Option<u64>,
+    /// Deliver nothing before this time (RFC 3339, e.g. 2026-12-01T02:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub start_at: Option<String>,
+}
+
+/// `--on-failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnFailureArg {
+    Pause,
+    Abort,
 }
 
 #[derive(Debug, Args)]
@@ -279,12 +335,15 @@ pub struct RollbackArgs {
     #[arg(long, value_delimiter = ',', required = true)]
     pub devices: Vec<String>,
     #[command(flatten)]
+    pub rollout: RolloutArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct WaitArgs {
-    /// Wait until every target has finished; exit 1 unless the deployment succeeded.
+    /// Wait until every target has finished, following the rollout's waves; exit 1
+    /// unless the deployment succeeded (also when its rollout pauses).
     #[arg(long)]
     pub wait: bool,
     /// Give up waiting after this many seconds, at most a year (exit 1) [default: wait as

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use kernex_common::api::{Admission, ConfigUpdate, CreateDeployment};
+use kernex_common::api::{Admission, ConfigUpdate, CreateDeployment, RolloutPolicy};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -259,11 +259,21 @@ async fn start(dir: &Path, args: &DemoArgs, fleet: &mut Fleet) -> DemoResult<Api
         }
     }
     // Roll the first version out so devices run something and have history to roll
-    // back to once the operator deploys a newer one.
+    // back to once the operator deploys a newer one — as a canary rollout (SPEC §6): the
+    // `canary` device first; once it has stayed healthy for two polls, the rest. Watch it
+    // in Deployments (Tab): the gate line and the waves.
     if let Some(version) = first_version {
+        eprintln!("rolling {version} out: the canary first, then the rest…");
         api.create_deployment(&CreateDeployment {
             bundle_version: Some(version),
             target_tags: vec!["demo".into()],
+            rollout: Some(RolloutPolicy {
+                waves: vec![1, 100],
+                first_tag: Some("canary".into()),
+                soak_seconds: 2 * DEMO_POLL_S,
+                max_failures: Some(0),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await

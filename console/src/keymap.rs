@@ -128,6 +128,14 @@ impl Default for Keymap {
                 true,
             ),
             b(
+                K::Char('p'),
+                A::PauseResume,
+                "pause/resume",
+                "pause the selected rollout (no new deliveries), or resume it",
+                Scope::Only(DEPLOYMENTS),
+                true,
+            ),
+            b(
                 K::Char('C'),
                 A::CancelDeployment,
                 "cancel",

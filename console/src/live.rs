@@ -38,7 +38,8 @@ pub enum LiveEvent {
     /// second; it is what lets the app tell a silent device from a silent server.
     Alive,
     /// Any other event, read once here (never a `Lagged` one: that is the variant above).
-    Event(ServerEvent),
+    /// Boxed: a deployment event with its rollout is several times the other variants.
+    Event(Box<ServerEvent>),
 }
 
 /// Follow the event stream until `tx` closes, sending what happens.
@@ -96,7 +97,7 @@ pub async fn follow<T: From<LiveEvent> + Send + 'static>(api: Api, tx: mpsc::Sen
                             tracing::warn!("{e}");
                             LiveEvent::Lagged
                         }
-                        Ok(event) => LiveEvent::Event(event),
+                        Ok(event) => LiveEvent::Event(Box::new(event)),
                         Err(e @ EventError::Unknown(_)) => {
                             tracing::debug!("ignored: {e}");
                             continue;

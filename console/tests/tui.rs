@@ -188,6 +188,7 @@ fn rollback_from_the_device_view() {
     let want = RollbackRequest {
         bundle_version: "1.0.0".into(),
         target_device_ids: vec![D1.into()],
+        rollout: None,
     };
     assert_eq!(app.take_requests(), vec![Request::Rollback(want)]);
 }
@@ -319,9 +320,9 @@ fn losing_the_server_shows_reconnecting_and_recovering_rereads() {
 fn live_events_update_rows_without_a_refresh() {
     let mut app = loaded();
     let ev = |kind: &str, data: Value| {
-        Msg::Live(LiveEvent::Event(
+        Msg::Live(LiveEvent::Event(Box::new(
             ServerEvent::parse(kind, &data.to_string()).unwrap(),
-        ))
+        )))
     };
     app.on_msg(ev("heartbeat", json!({
         "device_id": D3, "timestamp": at(0), "cpu_pct": 88.0, "memory_mb": 900.0,
@@ -641,7 +642,7 @@ fn a_finished_cancel_leaves_marks_and_view_alone() {
     let mut app = loaded();
     keys(&mut app, " ");
     let mut d = deployment();
-    d.status = kernex_common::api::TargetStatus::Cancelled;
+    d.status = kernex_common::api::DeploymentStatus::Cancelled;
     app.on_msg(Msg::Done(Ok(Done::Cancelled(Box::new(d)))));
     assert_eq!(app.view, View::Fleet);
     assert_eq!(app.fleet.marked.len(), 1);

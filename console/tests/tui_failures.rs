@@ -8,7 +8,7 @@
 mod support; // fixtures, an app loaded with them, keys, drawing
 
 use crossterm::event::KeyCode;
-use kernex_common::api::{CreateDeployment, Deployment, DeviceSummary, TargetStatus};
+use kernex_common::api::{CreateDeployment, Deployment, DeviceSummary};
 use kernex_console::action::View;
 use kernex_console::app::request::{Done, Msg, Request};
 use kernex_console::app::{App, Mode};
@@ -346,7 +346,7 @@ fn the_tag_confirmation_repeats_how_many_devices_and_the_failures() {
 fn the_deploy_toast_does_not_freeze_a_status() {
     let mut app = loaded();
     let mut d = deployment();
-    d.status = TargetStatus::Pending;
+    d.status = kernex_common::api::DeploymentStatus::Pending;
     app.on_msg(Msg::Done(Ok(Done::Created(Box::new(d)))));
     let s = snap(&mut app);
     assert!(s.contains("created deploy of 1.1.0 to 3 devices"), "{s}");

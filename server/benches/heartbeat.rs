@@ -18,7 +18,13 @@
 //! - `reopen`: how long the store then takes to open again without a clean shutdown
 //!   (the live records' snapshot and log read back);
 //! - a cancel of a 100,000-target deployment in the server's chunks: its steps' median,
-//!   p99 and longest (how long a heartbeat's read could wait behind one).
+//!   p99 and longest (how long a heartbeat's read could wait behind one);
+//! - a 100,000-target rollout (waves 1, 10, 100 %): the time to open each wave (its
+//!   targets released in the driver's chunks), to evaluate the gates (one deployment
+//!   read and the pure rule, as the driver's timer does per active rollout), to page a
+//!   wave for timeouts, and the heartbeat path's latency while the last wave opens
+//!   against the same latency with nothing else running.
+//!   `KERNEX_BENCH_ONLY=rollout` runs only this part (`KERNEX_BENCH_ROLLOUT` sets its size).
 //!
 //! Run with `just bench` (release). Prints a table; no pass/fail.
 
@@ -173,7 +179,7 @@ async fn fleet(n: usize) {
     store.insert_bundle(&b).await.expect("bundle");
     let targets: Vec<String> = ids.iter().step_by(100).cloned().collect();
     store
-        .create_deployment(DeploymentKind::Deploy, &b, &targets, Utc::now())
+        .create_deployment(DeploymentKind::Deploy, &b, &targets, None, Utc::now())
         .await
         .expect("deployment");
     let update = ConfigUpdate {
@@ -286,7 +292,7 @@ async fn big_cancel(n: usize) {
     store.insert_bundle(&b).await.expect("bundle");
     let started = Instant::now();
     let dep = store
-        .create_deployment(DeploymentKind::Deploy, &b, &ids, Utc::now())
+        .create_deployment(DeploymentKind::Deploy, &b, &ids, None, Utc::now())
         .await
         .expect("deployment");
     let created = started.elapsed();
@@ -296,7 +302,13 @@ async fn big_cancel(n: usize) {
     loop {
         let t = Instant::now();
         let step = store
-            .cancel_deployment_step(&dep.id, after.as_deref(), CANCEL_CHUNK, Utc::now())
+            .cancel_deployment_step(
+                &dep.id,
+                after.as_deref(),
+                CANCEL_CHUNK,
+                "cancelled",
+                Utc::now(),
+            )
             .await
             .expect("cancel");
         steps.push(t.elapsed().as_secs_f64() * 1e3);
@@ -325,7 +337,154 @@ async fn big_cancel(n: usize) {
     );
 }
 
+/// Heartbeat path latencies (µs) of `beats` beats at devices outside the rollout.
+async fn beat_latencies(service: &HeartbeatService, ids: &[String], beats: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(beats);
+    for k in 0..beats {
+        let t = Instant::now();
+        service
+            .beat(pick(ids, k), report(Some(1)), Utc::now())
+            .await
+            .expect("beat");
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+        // A beat every ~100 µs: heartbeats arriving while the wave opens.
+        tokio::task::yield_now().await;
+    }
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q) as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Open the three waves in turn (each released in the driver's chunks); the time and
+/// count of each, and the beat latencies measured while the last one opened.
+async fn open_waves(
+    store: &Arc<dyn Store>,
+    dep_id: &str,
+    service: &HeartbeatService,
+    others: &[String],
+) -> (Vec<(f64, usize)>, Vec<f64>) {
+    use kernex_server::store::RolloutUpdate;
+    let mut opened = Vec::new();
+    let mut during = Vec::new();
+    for k in 0..3 {
+        let open = {
+            let store = store.clone();
+            let id = dep_id.to_owned();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                store
+                    .update_rollout(&id, &RolloutUpdate::OpenWave(k), Utc::now())
+                    .await
+                    .expect("open");
+                let mut released = 0;
+                loop {
+                    let step = store
+                        .release_step(&id, usize::MAX, Utc::now())
+                        .await
+                        .expect("release");
+                    released += step.released.len();
+                    if step.done {
+                        break;
+                    }
+                }
+                (t.elapsed().as_secs_f64() * 1e3, released)
+            })
+        };
+        if k == 2 {
+            // Heartbeats from devices outside the rollout while its biggest wave opens.
+            during = beat_latencies(service, others, 20_000).await;
+        }
+        opened.push(open.await.expect("join"));
+    }
+    (opened, during)
+}
+
+/// A rollout to `n` targets through the store and the pure rules the driver uses.
+async fn big_rollout(n: usize) {
+    use kernex_server::service::rollout;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> =
+        Arc::new(SledStore::open(dir.path(), SledOptions::default()).expect("open"));
+    // The rollout's targets, plus 10,000 devices outside it that keep beating.
+    let all = seed(&store, n + 10_000).await;
+    let (targets, others) = all.split_at(n);
+    let b = bundle();
+    store.insert_bundle(&b).await.expect("bundle");
+    let policy = kernex_common::api::RolloutPolicy {
+        waves: vec![1, 10, 100],
+        ..Default::default()
+    };
+    let ordered = rollout::order(targets.to_vec(), &Default::default());
+    let plan = rollout::plan(&policy, ordered.len() as u64);
+    let started = Instant::now();
+    let dep = store
+        .create_deployment(DeploymentKind::Deploy, &b, &ordered, Some(plan), Utc::now())
+        .await
+        .expect("deployment");
+    let created = started.elapsed().as_secs_f64() * 1e3;
+    let service = Arc::new(HeartbeatService::start(
+        store.clone(),
+        store.work_snapshot().await.expect("snapshot"),
+    ));
+    let quiet = beat_latencies(&service, others, 20_000).await;
+    let (opened, during) = open_waves(&store, &dep.id, &service, others).await;
+    // The driver's per-tick work for one active rollout: read it, decide.
+    let t = Instant::now();
+    let rounds = 1_000;
+    for _ in 0..rounds {
+        let d = store.deployment(&dep.id).await.expect("read");
+        std::hint::black_box(rollout::next_step(&d, Utc::now()));
+    }
+    let gate_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
+    // A timeout check pages the whole last wave (only when its earliest deadline passed).
+    let t = Instant::now();
+    let mut after = None;
+    loop {
+        let step = store
+            .time_out_step(&dep.id, 2, after, 256, Utc::now())
+            .await
+            .expect("timeouts");
+        match step.next {
+            Some(p) => after = Some(p),
+            None => break,
+        }
+    }
+    let paged = t.elapsed().as_secs_f64() * 1e3;
+    let waves: Vec<String> = opened
+        .iter()
+        .enumerate()
+        .map(|(k, (ms, released))| format!("wave {k}: {released} targets in {ms:.0} ms"))
+        .collect();
+    println!(
+        "
+{n}-target rollout (waves 1/10/100 %): created in {created:.0} ms; opened {}; gate evaluation {gate_us:.1} µs per active rollout per tick; a timeout page over the last wave {paged:.0} ms",
+        waves.join(", "),
+    );
+    println!(
+        "heartbeat path µs (devices outside the rollout): quiet median {:.0}, p99 {:.0}; while the last wave opens median {:.0}, p99 {:.0}",
+        quantile(&quiet, 0.5),
+        quantile(&quiet, 0.99),
+        quantile(&during, 0.5),
+        quantile(&during, 0.99),
+    );
+}
+
 fn main() {
+    if std::env::var("KERNEX_BENCH_ONLY").as_deref() == Ok("rollout") {
+        let n = std::env::var("KERNEX_BENCH_ROLLOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000);
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(big_rollout(n));
+        return;
+    }
     let fleets: Vec<usize> = std::env::var("KERNEX_BENCH_FLEETS")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
@@ -348,5 +507,6 @@ fn main() {
         }
         full_rings().await;
         big_cancel(100_000).await;
+        big_rollout(100_000).await;
     });
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use kernex_common::api::TargetStatus;
+use kernex_common::api::DeploymentStatus;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -178,7 +178,7 @@ impl Metrics {
                 n,
             );
         }
-        for (status, n) in TargetStatus::ALL.into_iter().zip(counts.deployments) {
+        for (status, n) in DeploymentStatus::ALL.into_iter().zip(counts.deployments) {
             set(
                 &self.deployments.get_or_create(&StatusLabels {
                     status: status.as_str(),

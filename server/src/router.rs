@@ -70,6 +70,14 @@ pub fn router(state: AppState) -> Router {
             post(deployments::cancel),
         )
         .route(
+            "/deployments/{deployment_id}/pause",
+            post(deployments::pause),
+        )
+        .route(
+            "/deployments/{deployment_id}/resume",
+            post(deployments::resume),
+        )
+        .route(
             "/deployments/{deployment_id}/progress",
             post(deployments::progress),
         )

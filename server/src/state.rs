@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::service::heartbeat::HeartbeatService;
+use crate::service::rollouts::{self, Rollouts};
 use crate::store::{Store, WorkSnapshot};
 
 /// Settings the handlers need at run time.
@@ -52,6 +53,8 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     /// The heartbeat path: work index and beat writer (SPEC §1.2, §1.6).
     pub heartbeats: HeartbeatService,
+    /// The rollout driver: the active rollouts, moved on events and a timer (SPEC §6).
+    pub rollouts: Rollouts,
     pub events: Events,
     pub metrics: Metrics,
     pub limits: Limits,
@@ -63,7 +66,7 @@ pub struct Inner {
 }
 
 impl AppState {
-    /// Needs a tokio runtime (it starts the beat writer). `work` is what the heartbeat
+    /// Needs a tokio runtime (it starts the beat writer and the rollout driver). `work` is what the heartbeat
     /// service's index is built from ([`Store::work_snapshot`]).
     pub fn new(
         store: Arc<dyn Store>,
@@ -71,15 +74,24 @@ impl AppState {
         limits: Limits,
         bundle_dir: PathBuf,
     ) -> Self {
-        AppState(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             heartbeats: HeartbeatService::start(store.clone(), work),
+            rollouts: Rollouts::default(),
             store,
             events: Events::default(),
             metrics: Metrics::default(),
             limits,
             bundle_dir,
             shutdown: CancellationToken::new(),
-        }))
+        });
+        // The driver's timer holds the state weakly: dropping the state ends it.
+        rollouts::start(Arc::downgrade(&inner));
+        AppState(inner)
+    }
+
+    /// The state around `inner` (for tasks that hold it weakly).
+    pub fn from_inner(inner: Arc<Inner>) -> Self {
+        AppState(inner)
     }
 }
 

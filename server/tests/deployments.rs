@@ -93,9 +93,11 @@ fn target<'v>(dep: &'v Value, device_id: &str) -> &'v Value {
         .unwrap_or_else(|| panic!("{device_id} is not a target of {dep}"))
 }
 
+/// The counts of a deployment without a rollout: SPEC §6's `waiting` and `timed_out`
+/// are there, and zero.
 fn counts(pending: u64, in_progress: u64, success: u64, failed: u64, cancelled: u64) -> Value {
     json!({"pending": pending, "in_progress": in_progress, "success": success,
-           "failed": failed, "cancelled": cancelled})
+           "failed": failed, "cancelled": cancelled, "waiting": 0, "timed_out": 0})
 }
 
 fn sorted_ids(v: &Value) -> Vec<String> {

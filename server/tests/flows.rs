@@ -120,6 +120,7 @@ async fn deployments_never_target_a_device_rejected_or_deleted_meanwhile() {
                 DeploymentKind::Deploy,
                 &bundle,
                 std::slice::from_ref(id),
+                None,
                 now,
             )
             .await
@@ -488,11 +489,13 @@ async fn every_event_on_the_wire_is_a_server_event() {
         BTreeSet::from([set(&[
             "bundle_id",
             "bundle_version",
+            "change",
             "completed_at",
             "counts",
             "device",
             "id",
             "kind",
+            "rollout",
             "status",
             "updated_at",
         ])])

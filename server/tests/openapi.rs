@@ -45,6 +45,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/deployments/{deployment_id}"),
     ("GET", "/api/v1/deployments/{deployment_id}/targets"),
     ("POST", "/api/v1/deployments/{deployment_id}/cancel"),
+    ("POST", "/api/v1/deployments/{deployment_id}/pause"),
+    ("POST", "/api/v1/deployments/{deployment_id}/resume"),
     ("POST", "/api/v1/deployments/{deployment_id}/progress"),
     ("POST", "/api/v1/deployments/{deployment_id}/result"),
     ("GET", "/api/v1/events"),
@@ -1104,6 +1106,53 @@ async fn real_responses_conform_to_the_document() {
     assert_eq!(v["status"], "cancelled");
     let r = app.post(&format!("{deps}/nope/cancel"), json!({})).await;
     spec.check(post, cancel, &r, 404);
+
+    // A rollout (SPEC §6): created with a policy, paused, resumed, cancelled; a second
+    // pause or resume is a conflict; a bad policy is a 400.
+    let body = json!({"bundle_id": b2["id"], "target_tags": ["canary"],
+        "rollout": {"waves": [50, 100], "soak_seconds": 60, "max_failures": 1,
+                    "on_failure": "pause", "target_timeout_seconds": 3600}});
+    spec.check_request(post, deps, &body);
+    let r = app.post(deps, body).await;
+    let dep3 = spec.check(post, deps, &r, 201);
+    assert_eq!(dep3["rollout"]["waves"][0]["pct"], 50);
+    let dep3_id = dep3["id"].as_str().unwrap();
+    let r = app
+        .post(
+            deps,
+            json!({"bundle_id": b2["id"], "target_tags": ["canary"],
+            "rollout": {"waves": [50, 40]}}),
+        )
+        .await;
+    spec.check(post, deps, &r, 400);
+    let (pause, resume) = (
+        "/api/v1/deployments/{deployment_id}/pause",
+        "/api/v1/deployments/{deployment_id}/resume",
+    );
+    let r = app
+        .post(&format!("{deps}/{dep3_id}/resume"), json!({}))
+        .await;
+    spec.check(post, resume, &r, 409);
+    let r = app
+        .post(&format!("{deps}/{dep3_id}/pause"), json!({}))
+        .await;
+    assert_eq!(spec.check(post, pause, &r, 200)["status"], "paused");
+    let r = app
+        .post(&format!("{deps}/{dep3_id}/pause"), json!({}))
+        .await;
+    spec.check(post, pause, &r, 409);
+    let r = app
+        .post(&format!("{deps}/{dep3_id}/resume"), json!({}))
+        .await;
+    spec.check(post, resume, &r, 200);
+    let r = app.post(&format!("{deps}/nope/pause"), json!({})).await;
+    spec.check(post, pause, &r, 404);
+    let r = app.post(&format!("{deps}/nope/resume"), json!({})).await;
+    spec.check(post, resume, &r, 404);
+    let r = app
+        .post(&format!("{deps}/{dep3_id}/cancel"), json!({}))
+        .await;
+    spec.check(post, cancel, &r, 200);
     let r = app.delete(&b2_path).await;
     spec.check("DELETE", dl, &r, 204);
     let r = app.delete(&b2_path).await;

@@ -312,6 +312,7 @@ async fn work_index_is_rebuilt_from_the_store_at_start() {
             DeploymentKind::Deploy,
             &bundle,
             std::slice::from_ref(&a.id),
+            None,
             Utc::now(),
         )
         .await

@@ -16,8 +16,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use super::{
-    BundleInfo, Counts, DeploymentDevice, DeploymentKind, DeviceConfig, DeviceSummary,
-    HeartbeatRequest, TargetStatus, Timestamp,
+    BundleInfo, Counts, DeploymentDevice, DeploymentKind, DeploymentStatus, DeviceConfig,
+    DeviceSummary, HeartbeatRequest, Rollout, RolloutChange, Timestamp,
 };
 
 /// One live event. As a whole it serialises as `{"event": <name>, "data": <payload>}`,
@@ -220,13 +220,19 @@ pub struct DeploymentEvent {
     pub kind: Option<DeploymentKind>,
     pub bundle_id: Option<String>,
     pub bundle_version: Option<String>,
-    pub status: Option<TargetStatus>,
+    pub status: Option<DeploymentStatus>,
     pub counts: Option<Counts>,
     pub updated_at: Option<Timestamp>,
     pub completed_at: Option<Timestamp>,
     /// The one target that changed, when the change was one device's (progress, result);
     /// `null` for creation, delivery, cancel and admission changes.
     pub device: Option<DeploymentDevice>,
+    /// The rollout block (SPEC §6), for a deployment created with a policy.
+    #[serde(default)]
+    pub rollout: Option<Box<Rollout>>,
+    /// What moved the rollout (a wave opened, a gate tripped, a target timed out …).
+    #[serde(default)]
+    pub change: Option<RolloutChange>,
 }
 
 /// `bundle`: an uploaded bundle (`GET /bundles` shape), or a deletion, sent as
@@ -297,7 +303,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::{Admission, OnlineStatus, Phase};
+    use crate::api::{Admission, OnlineStatus, Phase, TargetStatus};
     use crate::manifest::Manifest;
 
     fn at(s: &str) -> Timestamp {
@@ -344,7 +350,7 @@ mod tests {
             kind: Some(DeploymentKind::Deploy),
             bundle_id: Some("b1".into()),
             bundle_version: Some("1.1.0".into()),
-            status: Some(TargetStatus::InProgress),
+            status: Some(DeploymentStatus::InProgress),
             counts: Some(Counts {
                 pending: 1,
                 in_progress: 1,
@@ -353,6 +359,8 @@ mod tests {
             updated_at: Some(at("2026-11-25T12:00:05Z")),
             completed_at: None,
             device,
+            rollout: None,
+            change: None,
         }
     }
 
@@ -449,12 +457,33 @@ mod tests {
             assert_eq!(ev.name(), name);
             let sent: Value = serde_json::from_str(data).unwrap();
             let again: Value = serde_json::from_str(&ev.data_json()).unwrap();
-            assert_eq!(again, sent, "{name}");
+            // Everything sent comes back unchanged; fields added since (the rollout
+            // statuses of SPEC §6 in `counts`, `rollout`, `change`) come back as their
+            // zero or null.
+            assert_eq!(without_new_fields(again), sent, "{name}");
         }
         match ServerEvent::parse("device", r#"{"deleted":true,"device_id":"d1"}"#).unwrap() {
             ServerEvent::Device(DeviceEvent::Deleted { device_id }) => assert_eq!(device_id, "d1"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A deployment event as the server wrote it before SPEC §6: without `rollout` and
+    /// `change`, and `counts` without `waiting` and `timed_out`, which must be zero/null.
+    fn without_new_fields(mut v: Value) -> Value {
+        if let Some(o) = v.as_object_mut()
+            && o.contains_key("counts")
+        {
+            for k in ["rollout", "change"] {
+                assert_eq!(o.remove(k), Some(Value::Null), "{k}");
+            }
+            if let Some(c) = o.get_mut("counts").and_then(Value::as_object_mut) {
+                for k in ["waiting", "timed_out"] {
+                    assert_eq!(c.remove(k), Some(json!(0)), "{k}");
+                }
+            }
+        }
+        v
     }
 
     #[test]
@@ -466,7 +495,7 @@ mod tests {
         assert_eq!((b.cpu_pct, b.timestamp), (Some(1.0), None));
         let dep = ServerEvent::parse("deployment", r#"{"id":"dep1","status":"failed"}"#);
         assert!(
-            matches!(dep, Ok(ServerEvent::Deployment(d)) if d.status == Some(TargetStatus::Failed) && d.counts.is_none())
+            matches!(dep, Ok(ServerEvent::Deployment(d)) if d.status == Some(DeploymentStatus::Failed) && d.counts.is_none())
         );
         // Not `"deleted": true`: read as a row, which this is not.
         assert!(ServerEvent::parse("device", r#"{"device_id":"d1","deleted":false}"#).is_err());

@@ -3,7 +3,9 @@
 //! nothing reaches the server until a `Confirm` (or the config form) is submitted.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use kernex_common::api::{ConfigUpdate, CreateDeployment, DeviceConfig, RollbackRequest};
+use kernex_common::api::{
+    ConfigUpdate, CreateDeployment, DeviceConfig, RollbackRequest, RolloutPolicy,
+};
 use kernex_common::validate::is_valid_tag;
 use serde_json::Value;
 
@@ -238,6 +240,7 @@ impl PickTargets {
             title: "Deploy".into(),
             body,
             request: Request::Deploy(req),
+            rollout: Some(Box::default()),
         }))
     }
 }
@@ -293,7 +296,9 @@ impl PickRollback {
                 request: Request::Rollback(RollbackRequest {
                     bundle_version: v.clone(),
                     target_device_ids: vec![self.device_id.clone()],
+                    rollout: None,
                 }),
+                rollout: None,
             })),
             _ => Outcome::Stay,
         }
@@ -461,10 +466,101 @@ pub struct Confirm {
     pub title: String,
     pub body: Vec<String>,
     pub request: Request,
+    /// A deploy's rollout preset (`w` cycles it); `None` for other confirmations.
+    pub rollout: Option<Box<RolloutChoice>>,
+}
+
+/// The rollout presets of the deploy confirmation (SPEC §6).
+#[derive(Debug, Clone, Default)]
+pub struct RolloutChoice {
+    /// 0 all at once, 1 canary → 10 % → 100 %, 2 custom waves.
+    pub preset: usize,
+    /// The custom waves as typed (`5,25,100`).
+    pub custom: String,
+    pub error: Option<String>,
+}
+
+impl RolloutChoice {
+    pub const PRESETS: [&'static str; 3] = ["all at once", "canary → 10 % → 100 %", "custom"];
+
+    /// What the preset sends: `None` for all at once.
+    pub fn policy(&self) -> Result<Option<RolloutPolicy>, String> {
+        match self.preset {
+            1 => Ok(Some(RolloutPolicy {
+                waves: vec![1, 10, 100],
+                first_tag: Some("canary".into()),
+                max_failures: Some(0),
+                ..Default::default()
+            })),
+            2 => {
+                let waves: Result<Vec<u8>, _> = self
+                    .custom
+                    .split(',')
+                    .filter(|p| !p.trim().is_empty())
+                    .map(|p| p.trim().parse::<u8>())
+                    .collect();
+                let p = RolloutPolicy {
+                    waves: waves.map_err(|_| "waves are whole % like 5,25,100".to_owned())?,
+                    max_failures: Some(0),
+                    ..Default::default()
+                };
+                match p.problem() {
+                    Some(e) => Err(e.replace("rollout.", "")),
+                    None => Ok(Some(p)),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The dialog's rollout line (none for the default, all at once).
+    pub fn line(&self) -> Option<String> {
+        match self.preset {
+            1 => Some("  rollout: canary → 10 % → 100 %, pause on the first failure".into()),
+            2 => Some(format!(
+                "  rollout: custom waves {}▏ (type % like 5,25,100)",
+                self.custom
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl Confirm {
     fn on_key(&mut self, key: &KeyEvent) -> Outcome {
+        if let Some(r) = self.rollout.as_mut() {
+            match key.code {
+                KeyCode::Char('w') => {
+                    r.preset = (r.preset + 1) % RolloutChoice::PRESETS.len();
+                    r.error = None;
+                    return Outcome::Stay;
+                }
+                KeyCode::Char(c) if r.preset == 2 && (c.is_ascii_digit() || c == ',') => {
+                    r.custom.push(c);
+                    r.error = None;
+                    return Outcome::Stay;
+                }
+                KeyCode::Backspace if r.preset == 2 => {
+                    r.custom.pop();
+                    return Outcome::Stay;
+                }
+                KeyCode::Char('y') | KeyCode::Char('Y') => {
+                    let policy = match r.policy() {
+                        Ok(p) => p,
+                        Err(e) => {
+                            r.error = Some(e);
+                            return Outcome::Stay;
+                        }
+                    };
+                    let mut request = self.request.clone();
+                    if let Request::Deploy(req) = &mut request {
+                        req.rollout = policy;
+                    }
+                    return Outcome::Submit(request);
+                }
+                _ => {}
+            }
+        }
         match key.code {
             KeyCode::Char('y') | KeyCode::Char('Y') => Outcome::Submit(self.request.clone()),
             KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Char('q') => Outcome::Close,

@@ -200,7 +200,7 @@ impl Bundles {
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
-    use kernex_common::api::{Counts, DeploymentKind, TargetStatus};
+    use kernex_common::api::{Counts, DeploymentKind, DeploymentStatus, TargetStatus};
 
     use super::*;
 
@@ -212,7 +212,7 @@ mod tests {
             bundle_id: "b".into(),
             bundle_version: "1.0.0".into(),
             target_device_ids: targets.iter().map(|t| (*t).to_owned()).collect(),
-            status: TargetStatus::Pending,
+            status: DeploymentStatus::Pending,
             created_at: now,
             updated_at: now,
             completed_at: None,
@@ -229,6 +229,7 @@ mod tests {
                     updated_at: now,
                 })
                 .collect(),
+            rollout: None,
         }
     }
 
@@ -238,19 +239,19 @@ mod tests {
     fn a_late_read_does_not_undo_a_failure_seen_live() {
         let mut list = Deployments::default();
         let mut read = dep("a", &["d1"]);
-        read.status = TargetStatus::InProgress;
+        read.status = DeploymentStatus::InProgress;
         read.devices[0].status = TargetStatus::InProgress;
         read.devices[0].phase = Some(kernex_common::api::Phase::Installing);
         read.devices[0].progress_pct = Some(0);
         let mut live = dep("a", &["d1"]);
-        live.status = TargetStatus::Failed;
+        live.status = DeploymentStatus::Failed;
         live.updated_at = read.updated_at + chrono::Duration::seconds(1);
         live.devices[0].status = TargetStatus::Failed;
         live.devices[0].updated_at = live.updated_at;
         list.upsert(live);
         list.upsert(read);
         let a = &list.items[0];
-        assert_eq!(a.status, TargetStatus::Failed);
+        assert_eq!(a.status, DeploymentStatus::Failed);
         assert_eq!(a.devices[0].status, TargetStatus::Failed);
     }
 

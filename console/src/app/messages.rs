@@ -135,6 +135,21 @@ impl App {
                         }
                     }
                 }
+                Done::PausedOrResumed(d) => {
+                    let why = d
+                        .rollout
+                        .as_ref()
+                        .and_then(|r| r.paused_reason.clone())
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default();
+                    self.say(format!(
+                        "{} {} is {}{why}",
+                        d.kind.as_str(),
+                        d.bundle_version,
+                        d.status.as_str()
+                    ));
+                    self.deployments.upsert(*d);
+                }
                 Done::Cancelled(d) => {
                     self.say(format!(
                         "{} {} cancelled: {} target(s) cancelled",
@@ -263,7 +278,7 @@ impl App {
             }
             LiveEvent::Event(ev) => {
                 self.heard();
-                self.on_event(ev);
+                self.on_event(*ev);
             }
         }
     }
@@ -377,6 +392,8 @@ impl App {
             updated_at,
             completed_at,
             device,
+            rollout,
+            change,
             ..
         } = ev;
         let Some(known) = self.deployments.get_mut(&id) else {
@@ -405,9 +422,19 @@ impl App {
         if let Some(t) = completed_at {
             known.completed_at = Some(t);
         }
+        if let Some(r) = rollout {
+            known.rollout = Some(*r);
+        }
         let (kind, version, status) = (known.kind, known.bundle_version.clone(), known.status);
         let (done, total) = progress(known);
         let counts_changed = known.counts != before.1;
+        if let Some(c) = change {
+            self.log_event(format!(
+                "{} {version} rollout: {}",
+                kind.as_str(),
+                rollout_change(&c)
+            ));
+        }
         match device {
             Some(dev) => {
                 if dev.status.is_final() {
@@ -442,5 +469,19 @@ impl App {
             ));
         }
         self.refresh_shown_deployment();
+    }
+}
+
+/// A rollout's change as the event log says it.
+fn rollout_change(c: &kernex_common::api::RolloutChange) -> String {
+    use kernex_common::api::RolloutChange as C;
+    match c {
+        C::WaveOpened { wave } => format!("wave {} opened", wave + 1),
+        C::GateTripped { reason } => format!("held: {reason}"),
+        C::Aborted { reason } => format!("aborted: {reason}"),
+        C::TargetTimedOut { device_id } => format!("{device_id} timed out"),
+        C::SoakFailed { device_id } => format!("{device_id} failed its soak"),
+        C::Paused { reason } => format!("paused ({reason})"),
+        C::Resumed => "resumed".to_owned(),
     }
 }

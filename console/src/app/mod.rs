@@ -485,6 +485,10 @@ impl App {
                 .deployments
                 .selected()
                 .is_some_and(|d| !d.status.is_final()),
+            Action::PauseResume => self
+                .deployments
+                .selected()
+                .is_some_and(|d| d.rollout.is_some() && !d.status.is_final()),
             _ => true,
         }
     }
@@ -609,6 +613,7 @@ impl App {
                             "  its tokens are revoked and it gets no more commands".into(),
                         ],
                         request: Request::Reject(d.device_id),
+                        rollout: None,
                     }))
                 }
                 None => self.warn("no device selected"),
@@ -618,7 +623,7 @@ impl App {
                     self.warn(format!("deployment {} has already finished", d.id))
                 }
                 Some(d) => {
-                    let pending = d.counts.pending;
+                    let pending = d.counts.pending + d.counts.waiting;
                     self.mode = Mode::Dialog(Dialog::Confirm(dialog::Confirm {
                         title: "Cancel deployment".into(),
                         body: vec![
@@ -629,12 +634,29 @@ impl App {
                                 d.id
                             ),
                             format!(
-                                "  {pending} pending target(s) are cancelled; running ones finish"
+                                "  {pending} pending or waiting target(s) are cancelled; running ones finish"
                             ),
                         ],
                         request: Request::Cancel(d.id.clone()),
+                        rollout: None,
                     }));
                 }
+                None => self.warn("no deployment selected"),
+            },
+            Action::PauseResume => match self.deployments.selected() {
+                Some(d) if d.status.is_final() => {
+                    self.warn(format!("deployment {} has already finished", d.id))
+                }
+                Some(d) => match &d.rollout {
+                    None => self.warn(format!(
+                        "deployment {} has no rollout to pause (it went to all its targets at once)",
+                        d.id
+                    )),
+                    Some(r) => {
+                        let dialog = pause_resume_dialog(d, r);
+                        self.mode = Mode::Dialog(Dialog::Confirm(dialog));
+                    }
+                },
                 None => self.warn("no deployment selected"),
             },
         }
@@ -770,4 +792,54 @@ pub fn first_line(s: &str) -> &str {
 /// Finished targets and all targets, for gauges.
 pub fn progress(d: &Deployment) -> (u64, u64) {
     (d.counts.finished(), d.counts.total())
+}
+
+/// The confirmation of `p`: what pausing or resuming this rollout changes.
+fn pause_resume_dialog(
+    d: &kernex_common::api::Deployment,
+    r: &kernex_common::api::Rollout,
+) -> dialog::Confirm {
+    let what = format!("{} {} ({})", d.kind.as_str(), d.bundle_version, d.id);
+    if let Some(reason) = &r.paused_reason {
+        let failures: u64 = r.waves.iter().map(|w| w.failed).sum();
+        let next = r.current_wave + 1;
+        let good = r
+            .waves
+            .get(r.current_wave)
+            .is_some_and(|w| w.healthy * 100 >= u64::from(r.success_threshold_pct) * w.targets);
+        let mut body = vec![
+            format!("Resume {what}?"),
+            format!("  paused: {reason}"),
+            format!("  accepts the {failures} failure(s) so far; deliveries start again"),
+        ];
+        if good && next < r.waves.len() {
+            body.push(format!(
+                "  wave {} is good: wave {} of {} opens now",
+                r.current_wave + 1,
+                next + 1,
+                r.waves.len()
+            ));
+        }
+        dialog::Confirm {
+            title: "Resume rollout".into(),
+            body,
+            request: Request::Resume(d.id.clone()),
+            rollout: None,
+        }
+    } else {
+        let held = d.counts.pending + d.counts.waiting;
+        dialog::Confirm {
+            title: "Pause rollout".into(),
+            body: vec![
+                format!("Pause {what}?"),
+                format!("  no new deliveries: {held} pending or waiting target(s) are held"),
+                format!(
+                    "  {} in progress finish and report; resume with p",
+                    d.counts.in_progress
+                ),
+            ],
+            request: Request::Pause(d.id.clone()),
+            rollout: None,
+        }
+    }
 }

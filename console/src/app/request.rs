@@ -38,6 +38,8 @@ pub enum Request {
     Accept(String),
     Reject(String),
     Cancel(String),
+    Pause(String),
+    Resume(String),
 }
 
 /// Everything the Device view shows, read together.
@@ -81,6 +83,8 @@ pub enum Done {
     Created(Box<Deployment>),
     /// A deployment the operator cancelled.
     Cancelled(Box<Deployment>),
+    /// A rollout the operator paused or resumed.
+    PausedOrResumed(Box<Deployment>),
     Config(DeviceConfig),
     Device(Box<DeviceDetail>),
 }
@@ -168,6 +172,14 @@ impl Request {
             Request::Accept(id) => op(api.accept(&id).await.map(|d| Done::Device(Box::new(d)))),
             Request::Reject(id) => op(api.reject(&id).await.map(|d| Done::Device(Box::new(d)))),
             Request::Cancel(id) => op(api.cancel(&id).await.map(|d| Done::Cancelled(Box::new(d)))),
+            Request::Pause(id) => op(api
+                .pause(&id)
+                .await
+                .map(|d| Done::PausedOrResumed(Box::new(d)))),
+            Request::Resume(id) => op(api
+                .resume(&id)
+                .await
+                .map(|d| Done::PausedOrResumed(Box::new(d)))),
         }
     }
 
@@ -186,6 +198,8 @@ impl Request {
             Request::Accept(id) => format!("accept {id}"),
             Request::Reject(id) => format!("reject {id}"),
             Request::Cancel(id) => format!("cancel {id}"),
+            Request::Pause(id) => format!("pause {id}"),
+            Request::Resume(id) => format!("resume {id}"),
         }
     }
 }

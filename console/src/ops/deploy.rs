@@ -1,7 +1,8 @@
-//! `deploy`, `rollback`, `deployments [ID]`, and `--wait`.
+//! `deploy`, `rollback` (with the rollout flags of SPEC §6), `deployments [ID]`, `pause`,
+//! `resume`, `cancel`, and `--wait`.
 //!
 //! `--wait` polls `GET /deployments/{id}` about once a second until the deployment's
-//! status is final. Polling cannot miss the end (each poll reads the whole state), costs
+//! status is final, or its rollout pauses (a gate tripped: exit 1 with the reason). Polling cannot miss the end (each poll reads the whole state), costs
 //! one small request a second, and survives a server restart: while the server is
 //! unreachable the wait keeps trying for [`UNREACHABLE_LIMIT`] before giving up with
 //! exit 2. A progress bar (finished targets of all, with the counts) is drawn on stderr
@@ -10,12 +11,15 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use kernex_common::api::{CreateDeployment, Deployment, RollbackRequest, TargetStatus};
+use kernex_common::api::{
+    CreateDeployment, Deployment, DeploymentStatus, OnFailure, RollbackRequest, RolloutPolicy,
+    TargetStatus,
+};
 use kernex_common::validate::is_valid_version;
 
 use super::{OpError, OpResult, Report, check_tag, connect, ids, output, render};
 use crate::api::{Api, ApiError};
-use crate::cli::{ConnArgs, DeployArgs, RollbackArgs, WaitArgs};
+use crate::cli::{ConnArgs, DeployArgs, OnFailureArg, RollbackArgs, RolloutArgs, WaitArgs};
 
 /// How often `--wait` asks.
 const POLL: Duration = Duration::from_secs(1);
@@ -34,6 +38,7 @@ pub(crate) async fn deploy(conn: &ConnArgs, args: &DeployArgs) -> OpResult<Repor
             "name the targets with --devices A,B or --tag T".into(),
         ));
     }
+    let rollout = policy(&args.rollout)?;
     let api = connect(conn)?;
     let devices = resolved(&api, &devices).await?;
     let dep = api
@@ -42,6 +47,7 @@ pub(crate) async fn deploy(conn: &ConnArgs, args: &DeployArgs) -> OpResult<Repor
             bundle_id: None,
             target_device_ids: devices,
             target_tags: tags,
+            rollout,
         })
         .await?;
     finish(&api, dep, &args.wait).await
@@ -54,15 +60,104 @@ pub(crate) async fn rollback(conn: &ConnArgs, args: &RollbackArgs) -> OpResult<R
     if devices.is_empty() {
         return Err(OpError::Usage("--devices names no device".into()));
     }
+    let rollout = policy(&args.rollout)?;
     let api = connect(conn)?;
     let devices = resolved(&api, &devices).await?;
     let dep = api
         .rollback(&RollbackRequest {
             bundle_version: args.version.clone(),
             target_device_ids: devices,
+            rollout,
         })
         .await?;
     finish(&api, dep, &args.wait).await
+}
+
+/// `pause ID`, `resume ID`, `cancel ID` (the id may be a unique suffix of 6+ chars).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Control {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+pub(crate) async fn control(conn: &ConnArgs, id: &str, what: Control) -> OpResult<Report> {
+    ids::check_ref("deployment", id)?;
+    let api = connect(conn)?;
+    let id = ids::deployment(&api, id).await?;
+    let dep = match what {
+        Control::Pause => api.pause(&id).await?,
+        Control::Resume => api.resume(&id).await?,
+        Control::Cancel => api.cancel(&id).await?,
+    };
+    Report::new(&dep, render::deployment(&dep, Utc::now(), output::width()))
+}
+
+/// The `--waves … --start-at` flags as a policy; `None` when none was given. Checked
+/// here (exit 2) with the same rules the server applies.
+fn policy(a: &RolloutArgs) -> OpResult<Option<RolloutPolicy>> {
+    let given = !a.waves.is_empty()
+        || a.first_tag.is_some()
+        || a.threshold.is_some()
+        || a.soak.is_some()
+        || a.max_failures.is_some()
+        || a.max_failure_pct.is_some()
+        || a.on_failure.is_some()
+        || a.no_auto_advance
+        || a.target_timeout.is_some()
+        || a.max_per_minute.is_some()
+        || a.start_at.is_some();
+    if !given {
+        return Ok(None);
+    }
+    let duration = |flag: &str, v: &Option<String>| -> OpResult<Option<u64>> {
+        v.as_deref()
+            .map(|s| {
+                crate::fmt::parse_duration(s).ok_or_else(|| {
+                    OpError::Usage(format!(
+                        "{flag} {s:?}: give seconds or a number with s, m, h or d (10m, 1h)"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let mut p = RolloutPolicy::default();
+    if !a.waves.is_empty() {
+        p.waves = a.waves.clone();
+    }
+    if let Some(tag) = &a.first_tag {
+        check_tag(tag)?;
+        p.first_tag = Some(tag.clone());
+    }
+    if let Some(t) = a.threshold {
+        p.success_threshold_pct = t;
+    }
+    if let Some(s) = duration("--soak", &a.soak)? {
+        p.soak_seconds = s;
+    }
+    p.max_failures = a.max_failures;
+    p.max_failure_pct = a.max_failure_pct;
+    if let Some(f) = a.on_failure {
+        p.on_failure = match f {
+            OnFailureArg::Pause => OnFailure::Pause,
+            OnFailureArg::Abort => OnFailure::Abort,
+        };
+    }
+    p.auto_advance = !a.no_auto_advance;
+    p.target_timeout_seconds = duration("--target-timeout", &a.target_timeout)?;
+    p.max_per_minute = a.max_per_minute;
+    if let Some(t) = &a.start_at {
+        let at = chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
+            OpError::Usage(format!(
+                "--start-at {t:?} is not an RFC 3339 time (2026-12-01T02:00:00Z): {e}"
+            ))
+        })?;
+        p.start_at = Some(at.with_timezone(&Utc));
+    }
+    if let Some(problem) = p.problem() {
+        return Err(OpError::Usage(problem.replace("rollout.", "--")));
+    }
+    Ok(Some(p))
 }
 
 /// `deployments [ID] [--status S] [--limit N]`.
@@ -83,8 +178,8 @@ pub(crate) async fn deployments(
         let dep = api.deployment(&ids::deployment(&api, id).await?).await?;
         return Report::new(&dep, render::deployment(&dep, Utc::now(), output::width()));
     }
-    if let Some(s) = status.filter(|s| TargetStatus::parse(s).is_none()) {
-        let valid: Vec<&str> = TargetStatus::ALL.iter().map(|t| t.as_str()).collect();
+    if let Some(s) = status.filter(|s| DeploymentStatus::parse(s).is_none()) {
+        let valid: Vec<&str> = DeploymentStatus::ALL.iter().map(|t| t.as_str()).collect();
         return Err(OpError::Usage(format!(
             "--status must be one of {}, got {s:?}",
             valid.join(", ")
@@ -199,7 +294,7 @@ async fn watch(api: &Api, mut dep: Deployment, timeout: Option<Duration>) -> OpR
             ));
             last = message;
         }
-        if dep.status.is_final() {
+        if dep.status.is_final() || dep.status == DeploymentStatus::Paused {
             break;
         }
         let now = tokio::time::Instant::now();
@@ -259,11 +354,17 @@ async fn watch(api: &Api, mut dep: Deployment, timeout: Option<Duration>) -> OpR
     }
     bar.finish_and_clear();
     let report = Report::new(&dep, render::deployment(&dep, Utc::now(), output::width()))?;
-    if dep.status == TargetStatus::Success {
+    if dep.status == DeploymentStatus::Success {
         Ok(report)
     } else {
+        let why = dep
+            .rollout
+            .as_ref()
+            .and_then(|r| r.paused_reason.as_deref())
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
         Ok(report.failed(format!(
-            "deployment {id} {} ({})",
+            "deployment {id} {} ({}){why}",
             dep.status.as_str(),
             render::counts(&dep.counts)
         )))
@@ -276,9 +377,19 @@ fn stopped_waiting(id: &str, e: ApiError) -> OpError {
     OpError::Api(e)
 }
 
-/// The bar's message: the counts, and for a single busy target its phase.
+/// The bar's message: the rollout's wave, the counts, and for a single busy target its
+/// phase.
 fn progress_message(dep: &Deployment) -> String {
-    let mut message = render::counts(&dep.counts);
+    let mut message = match &dep.rollout {
+        Some(r) if r.waves.len() > 1 => format!(
+            "wave {}/{} ({}%): ",
+            r.current_wave + 1,
+            r.waves.len(),
+            r.waves.get(r.current_wave).map_or(100, |w| w.pct)
+        ),
+        _ => String::new(),
+    };
+    message.push_str(&render::counts(&dep.counts));
     let busy: Vec<_> = dep
         .devices
         .iter()
@@ -352,7 +463,7 @@ mod tests {
             bundle_id: "b".into(),
             bundle_version: "1.0.0".into(),
             target_device_ids: vec!["d".into(), "e".into()],
-            status: TargetStatus::InProgress,
+            status: kernex_common::api::DeploymentStatus::InProgress,
             created_at: now,
             updated_at: now,
             completed_at: None,
@@ -365,6 +476,7 @@ mod tests {
                 dev(TargetStatus::InProgress, Some(Phase::Downloading), Some(40)),
                 dev(TargetStatus::Success, None, None),
             ],
+            rollout: None,
         };
         assert_eq!(
             progress_message(&dep),

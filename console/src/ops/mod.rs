@@ -68,6 +68,9 @@ pub async fn run(cmd: Command, conn: &ConnArgs, json: bool) -> u8 {
         Command::Trust(TrustCommand::Push { file }) => signing::push_trust(conn, &file).await,
         Command::Deploy(args) => deploy::deploy(conn, &args).await,
         Command::Rollback(args) => deploy::rollback(conn, &args).await,
+        Command::Pause { id } => deploy::control(conn, &id, deploy::Control::Pause).await,
+        Command::Resume { id } => deploy::control(conn, &id, deploy::Control::Resume).await,
+        Command::Cancel { id } => deploy::control(conn, &id, deploy::Control::Cancel).await,
         Command::Deployments {
             id, status, limit, ..
         } => deploy::deployments(conn, id.as_deref(), status.as_deref(), limit).await,

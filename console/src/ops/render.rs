@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 use kernex_common::api::{
-    BundleInfo, Counts, Deployment, DeviceConfig, DeviceDetail, DeviceSummary, HistoryRecord,
-    Phase, TargetStatus,
+    BundleInfo, Counts, Deployment, DeploymentStatus, DeviceConfig, DeviceDetail, DeviceSummary,
+    HistoryRecord, Phase, Rollout, TargetStatus,
 };
 
 use super::output::{
@@ -347,6 +347,9 @@ pub(crate) fn deployment(d: &Deployment, now: Now, width: Option<usize>) -> Stri
             },
         ),
     ]);
+    if let Some(r) = &d.rollout {
+        out.push_str(&rollout(r, d.status, now, width));
+    }
     let mut t = Table::new(&[
         Column::new("DEVICE"),
         Column::new("STATUS"),
@@ -390,13 +393,51 @@ pub(crate) fn deployment(d: &Deployment, now: Now, width: Option<usize>) -> Stri
 }
 
 /// The non-zero counts: `2 success, 1 in progress`.
+/// A rollout's gate line and its waves table (SPEC §6).
+fn rollout(r: &Rollout, status: DeploymentStatus, now: Now, width: Option<usize>) -> String {
+    let mut out = String::from("\n");
+    if let Some(gate) = crate::fmt::rollout_gate(r, status, now) {
+        let _ = writeln!(out, "rollout: {gate}");
+    }
+    let mut t = Table::new(&[
+        Column::new("WAVE"),
+        Column::new("PCT").right(),
+        Column::new("TARGETS").right(),
+        Column::new("SUCCESS").right(),
+        Column::new("HEALTHY").right(),
+        Column::new("FAILED").right(),
+        Column::new("OPENED").optional(0),
+    ]);
+    for (k, w) in r.waves.iter().enumerate() {
+        let mark = if k == r.current_wave && w.opened_at.is_some() {
+            "▸"
+        } else {
+            " "
+        };
+        t.row(vec![
+            format!("{mark}{}", k + 1),
+            format!("{}%", w.pct),
+            w.targets.to_string(),
+            w.success.to_string(),
+            w.healthy.to_string(),
+            w.failed.to_string(),
+            w.opened_at
+                .map_or_else(|| "-".to_owned(), |t| ago(Some(t), now)),
+        ]);
+    }
+    out.push_str(&t.render(width));
+    out
+}
+
 pub(crate) fn counts(c: &Counts) -> String {
     let parts: Vec<String> = [
         (c.success, "success"),
         (c.failed, "failed"),
+        (c.timed_out, "timed out"),
         (c.cancelled, "cancelled"),
         (c.in_progress, "in progress"),
         (c.pending, "pending"),
+        (c.waiting, "waiting"),
     ]
     .into_iter()
     .filter(|(n, _)| *n > 0)
@@ -509,7 +550,7 @@ mod tests {
             bundle_id: "b1".into(),
             bundle_version: "1.2.0-broken".into(),
             target_device_ids: vec![ID.into(), "dev2".into()],
-            status: TargetStatus::InProgress,
+            status: kernex_common::api::DeploymentStatus::InProgress,
             created_at: t,
             updated_at: t,
             completed_at: None,
@@ -538,6 +579,7 @@ mod tests {
                     updated_at: t,
                 },
             ],
+            rollout: None,
         }
     }
 

@@ -8,7 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Gauge, Row, Table, Widget};
 
 use super::text::ellipsize;
-use super::{list_frame, selected, short_id, target_style};
+use super::{deployment_style, list_frame, selected, short_id, target_style};
 use crate::app::{App, progress};
 
 pub struct DeploymentsView<'a>(pub &'a App);
@@ -64,7 +64,7 @@ impl Widget for DeploymentsView<'_> {
                         } else {
                             "  "
                         }),
-                        Span::styled(d.status.as_str(), target_style(d.status)),
+                        Span::styled(d.status.as_str(), deployment_style(d.status)),
                     ])),
                     Cell::from(d.kind.as_str()),
                     Cell::from(d.bundle_version.clone()),
@@ -109,12 +109,20 @@ impl Widget for DeploymentsView<'_> {
             ]));
         let inner = block.inner(detail_area);
         block.render(detail_area, buf);
-        let [gauge_area, table_area] =
-            Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(inner);
+        let rollout_rows = if d.rollout.is_some() { 2 } else { 0 };
+        let [gauge_area, rollout_area, table_area] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Length(rollout_rows),
+            Constraint::Min(1),
+        ])
+        .areas(inner);
+        if let Some(r) = &d.rollout {
+            rollout_lines(d, r, app.now()).render(rollout_area, buf);
+        }
         let (done, total) = progress(d);
         let c = &d.counts;
         Gauge::default()
-            .gauge_style(target_style(d.status))
+            .gauge_style(deployment_style(d.status))
             .ratio(if total == 0 {
                 0.0
             } else {
@@ -180,6 +188,63 @@ impl Widget for DeploymentsView<'_> {
         )
         .render(table_area, buf);
     }
+}
+
+/// The gate that holds the rollout (or why it is paused), then its waves in one line:
+/// `▸1 1% 1/1 ok · 2 10% 0/9 · 3 100% waiting` (SPEC §6).
+fn rollout_lines(
+    d: &kernex_common::api::Deployment,
+    r: &kernex_common::api::Rollout,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ratatui::widgets::Paragraph<'static> {
+    let gate = crate::fmt::rollout_gate(r, d.status, now).unwrap_or_default();
+    let gate_style = if r.paused_reason.is_some() {
+        Style::new().fg(Color::Yellow).bold()
+    } else {
+        Style::new().fg(Color::Cyan)
+    };
+    let mut extra = Vec::new();
+    if d.counts.waiting > 0 {
+        extra.push(format!("{} waiting", d.counts.waiting));
+    }
+    if d.counts.timed_out > 0 {
+        extra.push(format!("{} timed out", d.counts.timed_out));
+    }
+    let mut first = vec![Span::styled(gate, gate_style)];
+    if !extra.is_empty() {
+        first.push(Span::raw(format!(" · {}", extra.join(" · "))));
+    }
+    let mut waves = vec![Span::styled("waves ", Style::new().fg(Color::DarkGray))];
+    for (k, w) in r.waves.iter().enumerate() {
+        if k > 0 {
+            waves.push(Span::styled(" · ", Style::new().fg(Color::DarkGray)));
+        }
+        let here = k == r.current_wave && w.opened_at.is_some();
+        let text = if w.opened_at.is_none() {
+            format!("{} {}% waiting", k + 1, w.pct)
+        } else if w.failed > 0 {
+            format!(
+                "{} {}% {}/{} ok {} failed",
+                k + 1,
+                w.pct,
+                w.healthy,
+                w.targets,
+                w.failed
+            )
+        } else {
+            format!("{} {}% {}/{} ok", k + 1, w.pct, w.healthy, w.targets)
+        };
+        let style = match (here, w.opened_at.is_some()) {
+            (true, _) => Style::new().bold(),
+            (false, true) => Style::new(),
+            (false, false) => Style::new().fg(Color::DarkGray),
+        };
+        waves.push(Span::styled(
+            format!("{}{text}", if here { "▸" } else { "" }),
+            style,
+        ));
+    }
+    ratatui::widgets::Paragraph::new(vec![Line::from(first), Line::from(waves)])
 }
 
 #[cfg(test)]

@@ -192,6 +192,17 @@ impl Widget for DialogView<'_> {
                 Dialog::Confirm(c) => {
                     let mut lines: Vec<Line> =
                         c.body.iter().map(|l| Line::from(l.clone())).collect();
+                    if let Some(r) = &c.rollout {
+                        lines.extend(
+                            r.line()
+                                .map(|l| Line::styled(l, Style::new().fg(Color::Cyan))),
+                        );
+                        lines.extend(
+                            r.error.as_ref().map(|e| {
+                                Line::styled(format!("  {e}"), Style::new().fg(Color::Red))
+                            }),
+                        );
+                    }
                     lines.push(Line::default());
                     lines.push(Line::from(vec![
                         Span::styled(" y ", Style::new().fg(Color::Black).bg(Color::Red).bold()),

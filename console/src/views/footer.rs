@@ -36,6 +36,12 @@ impl Widget for Footer<'_> {
             ],
             Mode::Command(_) => vec![("Enter".into(), "run"), ("Esc".into(), "cancel")],
             Mode::Dialog(d) => match d {
+                Dialog::Confirm(c) if c.rollout.is_some() => vec![
+                    ("y".into(), "yes"),
+                    ("n".into(), "no"),
+                    ("w".into(), "rollout preset"),
+                    ("Esc".into(), "cancel"),
+                ],
                 Dialog::Confirm(_) => vec![
                     ("y".into(), "yes"),
                     ("n".into(), "no"),

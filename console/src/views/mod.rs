@@ -13,7 +13,7 @@ mod help; // every binding
 pub mod text; // device text made safe, wrapped and fitted
 
 use chrono::{DateTime, Utc};
-use kernex_common::api::{Admission, DeviceSummary, OnlineStatus, TargetStatus};
+use kernex_common::api::{Admission, DeploymentStatus, DeviceSummary, OnlineStatus, TargetStatus};
 use ratatui::Frame;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -281,11 +281,23 @@ pub(crate) fn status_style(d: &DeviceSummary, stale: bool) -> (String, Style) {
 
 pub(crate) fn target_style(s: TargetStatus) -> Style {
     match s {
+        TargetStatus::Waiting => Style::new().fg(Color::DarkGray),
         TargetStatus::Pending => Style::new().fg(Color::Gray),
         TargetStatus::InProgress => Style::new().fg(Color::Cyan),
         TargetStatus::Success => Style::new().fg(Color::Green),
-        TargetStatus::Failed => Style::new().fg(Color::Red).bold(),
+        TargetStatus::Failed | TargetStatus::TimedOut => Style::new().fg(Color::Red).bold(),
         TargetStatus::Cancelled => Style::new().fg(Color::DarkGray),
+    }
+}
+
+pub(crate) fn deployment_style(s: DeploymentStatus) -> Style {
+    match s {
+        DeploymentStatus::Scheduled | DeploymentStatus::Pending => Style::new().fg(Color::Gray),
+        DeploymentStatus::InProgress => Style::new().fg(Color::Cyan),
+        DeploymentStatus::Paused => Style::new().fg(Color::Yellow).bold(),
+        DeploymentStatus::Success => Style::new().fg(Color::Green),
+        DeploymentStatus::Failed => Style::new().fg(Color::Red).bold(),
+        DeploymentStatus::Cancelled => Style::new().fg(Color::DarkGray),
     }
 }
 

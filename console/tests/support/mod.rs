@@ -254,7 +254,7 @@ pub fn snap(app: &mut App) -> String {
 }
 
 pub fn ev(kind: &str, data: Value) -> Msg {
-    Msg::Live(LiveEvent::Event(
+    Msg::Live(LiveEvent::Event(Box::new(
         ServerEvent::parse(kind, &data.to_string()).unwrap(),
-    ))
+    )))
 }

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use chrono::Utc;
 use kernex_common::api::events::{DeploymentEvent, ServerEvent};
 use kernex_common::api::{
-    Admission, CreateDeployment, Deployment, DeploymentDevice, DeploymentKind, ProgressReport,
-    ResultReport, TargetStatus,
+    Admission, CreateDeployment, Deployment, DeploymentDevice, DeploymentKind, DeploymentStatus,
+    ProgressReport, ResultReport, TargetStatus,
 };
 use kernex_common::validate::{MAX_MESSAGE_LEN, is_valid_tag};
 use serde::Deserialize;
@@ -17,6 +17,7 @@ use tracing::instrument;
 use super::limit;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::service::rollouts;
 use crate::state::AppState;
 use crate::store::{DeploymentRecord, ResultOutcome, TargetFilter, TargetRecord};
 
@@ -39,6 +40,9 @@ pub fn emit_deployment(state: &AppState, dep: &DeploymentRecord) {
 }
 
 fn emit_deployment_with(state: &AppState, dep: &DeploymentRecord, device: Option<&TargetRecord>) {
+    if device.is_none() {
+        return rollouts::emit(state, dep, None);
+    }
     state.events.emit(ServerEvent::Deployment(DeploymentEvent {
         id: dep.id.clone(),
         kind: Some(dep.kind),
@@ -49,7 +53,41 @@ fn emit_deployment_with(state: &AppState, dep: &DeploymentRecord, device: Option
         updated_at: Some(dep.updated_at),
         completed_at: dep.completed_at,
         device: device.cloned().map(TargetRecord::into_wire),
+        rollout: dep.rollout.as_ref().map(|r| Box::new(r.to_wire())),
+        change: None,
     }));
+}
+
+/// Create a deployment of `bundle` to `targets` (deduplicated, checked) under an optional
+/// rollout policy, and start its rollout; answers 201 with it. Shared by `POST
+/// /deployments` and `POST /devices/rollback`.
+pub async fn create_with_rollout(
+    state: &AppState,
+    kind: DeploymentKind,
+    bundle: &crate::store::BundleRecord,
+    targets: Vec<String>,
+    policy: Option<&kernex_common::api::RolloutPolicy>,
+) -> ApiResult<(StatusCode, Json<Deployment>)> {
+    let n = targets.len();
+    let (ordered, plan) = rollouts::plan(state, policy, targets).await?;
+    let with_rollout = plan.is_some();
+    let mut dep = state
+        .store
+        .create_deployment(kind, bundle, &ordered, plan, Utc::now())
+        .await?;
+    tracing::info!(deployment.id = %dep.id, kind = kind.as_str(), version = %dep.bundle_version, targets = n, "deployment created");
+    if with_rollout {
+        emit_deployment(state, &dep);
+        // Opens the first wave (unless `start_at` is ahead) before the reply.
+        dep = state.rollouts.evaluate(state, &dep.id).await?;
+    } else {
+        state.heartbeats.touch(ordered.iter().map(String::as_str));
+        emit_deployment(state, &dep);
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(deployment_json(state, &dep).await?),
+    ))
 }
 
 /// `POST /deployments`.
@@ -113,22 +151,19 @@ pub async fn create(
         ));
     }
     let targets: Vec<String> = targets.into_iter().collect();
-    let dep = state
-        .store
-        .create_deployment(DeploymentKind::Deploy, &bundle, &targets, Utc::now())
-        .await?;
-    state.heartbeats.touch(targets.iter().map(String::as_str));
-    tracing::info!(deployment.id = %dep.id, version = %dep.bundle_version, targets = targets.len(), "deployment created");
-    emit_deployment(&state, &dep);
-    Ok((
-        StatusCode::CREATED,
-        Json(deployment_json(&state, &dep).await?),
-    ))
+    create_with_rollout(
+        &state,
+        DeploymentKind::Deploy,
+        &bundle,
+        targets,
+        req.rollout.as_ref(),
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
-    status: Option<TargetStatus>,
+    status: Option<DeploymentStatus>,
     limit: Option<usize>,
     /// `false` leaves each deployment's targets out (SPEC §1.5).
     devices: Option<bool>,
@@ -219,7 +254,13 @@ pub async fn cancel(
     let dep = loop {
         let step = state
             .store
-            .cancel_deployment_step(&id, after.as_deref(), CANCEL_CHUNK, Utc::now())
+            .cancel_deployment_step(
+                &id,
+                after.as_deref(),
+                CANCEL_CHUNK,
+                "cancelled by an operator",
+                Utc::now(),
+            )
             .await?;
         state
             .heartbeats
@@ -231,6 +272,37 @@ pub async fn cancel(
     };
     tracing::info!(deployment.id = %id, status = dep.status.as_str(), "deployment cancelled");
     emit_deployment(&state, &dep);
+    if dep.rollout.is_some() {
+        state.rollouts.evaluate(&state, &id).await?;
+    }
+    Ok(Json(deployment_json(&state, &dep).await?))
+}
+
+/// `POST /deployments/{id}/pause` (SPEC §6): no new deliveries; in-flight targets
+/// finish. 409 for a finished, already paused, or rollout-less deployment.
+pub async fn pause(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Deployment>> {
+    state.store.deployment(&id).await?;
+    caller.require_operator()?;
+    let dep = state.rollouts.pause(&state, &id).await?;
+    tracing::info!(deployment.id = %id, "rollout paused by operator");
+    Ok(Json(deployment_json(&state, &dep).await?))
+}
+
+/// `POST /deployments/{id}/resume` (SPEC §6): continue, accepting the failures so far;
+/// opens the next wave if the current one is good. 409 when it is not paused.
+pub async fn resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Deployment>> {
+    state.store.deployment(&id).await?;
+    caller.require_operator()?;
+    let dep = state.rollouts.resume(&state, &id).await?;
+    tracing::info!(deployment.id = %id, "rollout resumed by operator");
     Ok(Json(deployment_json(&state, &dep).await?))
 }
 
@@ -345,6 +417,17 @@ pub async fn result(
             state
                 .events
                 .emit(ServerEvent::device(device.to_summary(Utc::now())));
+            if deployment.rollout.is_some() {
+                // The result is stored; a failing gate step is logged, not the device's
+                // problem (the timer retries it).
+                if let Err(e) = state
+                    .rollouts
+                    .on_result(&state, &id, &device_id, target.status)
+                    .await
+                {
+                    tracing::warn!(error = %e, "rollout step after a result failed");
+                }
+            }
             Ok(Json(target.into_wire()))
         }
         // Durable too: the store syncs a repeat, whose first copy may still be flushing.

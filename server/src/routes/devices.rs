@@ -23,7 +23,7 @@ use tracing::instrument;
 use super::{Access, check_len, device_access, limit};
 use crate::auth::{Caller, hash_token, mint_token, secret_eq};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::routes::deployments::{deployment_json, emit_deployment};
+use crate::routes::deployments::emit_deployment;
 use crate::state::AppState;
 use crate::store::NewRegistration;
 
@@ -404,15 +404,12 @@ pub async fn rollback(
             )));
         }
     }
-    let dep = state
-        .store
-        .create_deployment(DeploymentKind::Rollback, &bundle, &ids, Utc::now())
-        .await?;
-    state.heartbeats.touch(ids.iter().map(String::as_str));
-    tracing::info!(deployment.id = %dep.id, version = %dep.bundle_version, targets = ids.len(), "rollback created");
-    emit_deployment(&state, &dep);
-    Ok((
-        StatusCode::CREATED,
-        Json(deployment_json(&state, &dep).await?),
-    ))
+    super::deployments::create_with_rollout(
+        &state,
+        DeploymentKind::Rollback,
+        &bundle,
+        ids,
+        req.rollout.as_ref(),
+    )
+    .await
 }

@@ -3,8 +3,8 @@
 //! apart on what a result or a config update means.
 
 use kernex_common::api::{
-    Admission, BundleCommand, Command, ConfigUpdate, DeploymentKind, DeviceConfig, HistoryRecord,
-    LastDeployment, ResultReport, ResultStatus, TargetStatus,
+    Admission, BundleCommand, Command, ConfigUpdate, DeploymentKind, DeploymentStatus,
+    DeviceConfig, HistoryRecord, LastDeployment, ResultReport, ResultStatus, TargetStatus,
 };
 
 use kernex_common::update_signing::SignedDocument;
@@ -97,7 +97,8 @@ pub fn decide_result(
         }
         return Ok(ResultDecision::Repeat);
     }
-    if target.status.is_final() {
+    // A target that timed out still takes the device's real result (SPEC §6).
+    if target.status.is_final() && target.status != TargetStatus::TimedOut {
         return Ok(ResultDecision::Repeat);
     }
     Ok(ResultDecision::Apply)
@@ -117,15 +118,18 @@ pub fn apply_result(
         ResultStatus::Success => TargetStatus::Success,
         ResultStatus::Failed => TargetStatus::Failed,
     };
-    dep.shift(target.status, to, now);
+    let was = target.status;
     target.status = to;
     target.error_message = r.error_message.clone();
     target.log_tail = r.log_tail.clone();
     target.report_id = Some(r.report_id.clone());
     target.updated_at = now;
+    target.result_at = Some(now);
     if to == TargetStatus::Success {
         target.progress_pct = Some(100);
     }
+    super::rollout::count_result(dep, target, was);
+    dep.shift(was, to, now);
     let new_version = match (r.status, &r.rolled_back_to) {
         (ResultStatus::Success, _) => Some(dep.bundle_version.clone()),
         (ResultStatus::Failed, Some(v)) => Some(v.clone()),
@@ -178,9 +182,10 @@ pub fn cancel_target(
 }
 
 /// Move a pending target to `in_progress` as its command is delivered. `false` when it
-/// is not pending (already delivered, or finished meanwhile).
+/// is not pending (already delivered, or finished meanwhile) or its rollout is paused
+/// (a pause holds new deliveries; in-flight targets finish).
 pub fn deliver(dep: &mut DeploymentRecord, target: &mut TargetRecord, now: Ts) -> bool {
-    if target.status != TargetStatus::Pending {
+    if target.status != TargetStatus::Pending || dep.status == DeploymentStatus::Paused {
         return false;
     }
     target.status = TargetStatus::InProgress;

@@ -25,8 +25,8 @@ pub mod sled_store; // the embedded sled backend
 
 use async_trait::async_trait;
 use kernex_common::api::{
-    Admission, ConfigUpdate, DeploymentKind, DeviceConfig, HeartbeatRecord, HeartbeatRequest,
-    HistoryRecord, OnlineStatus, ProgressReport, ResultReport, TargetStatus,
+    Admission, ConfigUpdate, DeploymentKind, DeploymentStatus, DeviceConfig, HeartbeatRecord,
+    HeartbeatRequest, HistoryRecord, OnlineStatus, ProgressReport, ResultReport, TargetStatus,
 };
 use kernex_common::update_signing::{SignedDocument, TrustSet};
 use serde_json::Value;
@@ -110,8 +110,8 @@ pub struct FleetCounts {
     pub devices_pending: u64,
     pub devices_accepted: u64,
     pub devices_rejected: u64,
-    /// Deployments by status, in [`TargetStatus::ALL`] order.
-    pub deployments: [u64; 5],
+    /// Deployments by status, in [`DeploymentStatus::ALL`] order.
+    pub deployments: [u64; 7],
     /// Devices by online status (SPEC §1.2), whatever their admission.
     pub online: u64,
     pub offline: u64,
@@ -142,6 +142,52 @@ pub struct CancelStep {
     pub cancelled: Vec<String>,
     /// Where the next step starts; `None` when every target was looked at.
     pub next: Option<String>,
+}
+
+/// A change to a rollout that touches only its deployment record (the rules are in
+/// [`crate::service::rollout`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RolloutUpdate {
+    /// Open wave `k` (its targets are released after, by [`Store::release_step`]).
+    OpenWave(usize),
+    /// Pause with this reason (an operator, or a gate); `Conflict` when not allowed.
+    Pause(String),
+    /// Resume; `Conflict` when not paused.
+    Resume,
+    /// The failure gate aborts (the caller then cancels what was not delivered).
+    Abort(String),
+}
+
+/// What a [`RolloutUpdate`] did.
+#[derive(Debug, Clone)]
+pub struct RolloutUpdated {
+    pub deployment: DeploymentRecord,
+    /// The update changed something.
+    pub changed: bool,
+    /// A resume found the current wave good: the next wave should open.
+    pub advance: bool,
+}
+
+/// One step of releasing the current wave's targets.
+#[derive(Debug, Clone)]
+pub struct ReleaseStep {
+    pub deployment: DeploymentRecord,
+    /// Devices whose target became deliverable.
+    pub released: Vec<String>,
+    /// The wave has no more targets after this step's.
+    pub done: bool,
+}
+
+/// One step of timing out a wave's targets.
+#[derive(Debug, Clone)]
+pub struct TimeoutStep {
+    pub deployment: DeploymentRecord,
+    pub timed_out: Vec<String>,
+    /// The rollout position the next step starts after; `None` when the wave was
+    /// looked at whole.
+    pub next: Option<u64>,
+    /// The earliest deadline among this step's targets still unfinished.
+    pub next_deadline: Option<Ts>,
 }
 
 /// The storage interface. Every write is durable when it returns (see the module doc).
@@ -264,11 +310,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Create a deployment of `bundle` to `target_ids`; every target must exist and be
     /// accepted at commit time.
+    /// With a `rollout` (SPEC §6) `target_ids` are in rollout order and every target
+    /// starts `waiting`: none is deliverable until its wave opens.
     async fn create_deployment(
         &self,
         kind: DeploymentKind,
         bundle: &BundleRecord,
         target_ids: &[String],
+        rollout: Option<RolloutState>,
         now: Ts,
     ) -> Result<DeploymentRecord>;
     async fn deployment(&self, id: &str) -> Result<DeploymentRecord>;
@@ -281,11 +330,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Newest first, optionally only those with `status`.
     async fn list_deployments(
         &self,
-        status: Option<TargetStatus>,
+        status: Option<DeploymentStatus>,
         limit: usize,
     ) -> Result<Vec<DeploymentRecord>>;
     /// Cancel, among the next `chunk` targets after `after` (device-id order), those that
-    /// have not received the deployment yet. Each step is its own short transaction, so
+    /// have not received the deployment yet (`waiting` or `pending`), saying `reason`. Each step is its own short transaction, so
     /// a 100,000-target cancel never holds the store for long; call again with
     /// [`CancelStep::next`] until it is `None`; the last step makes the whole cancel
     /// durable.
@@ -294,8 +343,45 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         id: &str,
         after: Option<&str>,
         chunk: usize,
+        reason: &str,
         now: Ts,
     ) -> Result<CancelStep>;
+
+    // --------------------------------------------------------------- rollouts
+
+    /// Apply a change to a rollout's state, durably.
+    async fn update_rollout(
+        &self,
+        id: &str,
+        update: &RolloutUpdate,
+        now: Ts,
+    ) -> Result<RolloutUpdated>;
+    /// Release up to `max` (at most one short transaction's worth) waiting targets of the
+    /// current wave, in rollout order from where the last release stopped.
+    async fn release_step(&self, id: &str, max: usize, now: Ts) -> Result<ReleaseStep>;
+    /// Time out, among the next `chunk` targets of `wave` after rollout position `after`,
+    /// those past their deadline.
+    async fn time_out_step(
+        &self,
+        id: &str,
+        wave: usize,
+        after: Option<u64>,
+        chunk: usize,
+        now: Ts,
+    ) -> Result<TimeoutStep>;
+    /// Record a soak's verdict on a success; the deployment when it changed.
+    async fn record_soak(
+        &self,
+        id: &str,
+        device_id: &str,
+        ok: bool,
+        now: Ts,
+    ) -> Result<Option<DeploymentRecord>>;
+    /// Deployments with a rollout that were not final when last looked at (what the
+    /// rollout driver rebuilds its set from at start).
+    async fn active_rollouts(&self) -> Result<Vec<DeploymentRecord>>;
+    /// A rollout is final: drop it from [`Store::active_rollouts`].
+    async fn retire_rollout(&self, id: &str) -> Result<()>;
     /// Record a device's progress on its target; `Forbidden` when it is not a target.
     async fn record_progress(
         &self,

@@ -3,8 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use kernex_common::api::{
-    Admission, BundleInfo, Counts, Deployment, DeploymentDevice, DeploymentKind, DeviceDetail,
-    DeviceSummary, LastDeployment, OnlineStatus, Phase, TargetStatus,
+    Admission, BundleInfo, Counts, Deployment, DeploymentDevice, DeploymentKind, DeploymentStatus,
+    DeviceDetail, DeviceSummary, LastDeployment, OnlineStatus, Phase, Rollout, RolloutPolicy,
+    TargetStatus, Wave,
 };
 use kernex_common::manifest::Manifest;
 use serde::{Deserialize, Serialize};
@@ -185,7 +186,7 @@ pub struct DeploymentRecord {
     pub bundle_version: String,
     pub checksum_sha256: String,
     pub size_bytes: u64,
-    pub status: TargetStatus,
+    pub status: DeploymentStatus,
     pub created_at: Ts,
     pub updated_at: Ts,
     pub completed_at: Option<Ts>,
@@ -194,6 +195,78 @@ pub struct DeploymentRecord {
     /// indexed in chunks after its record commits); a start-up finishes the job.
     #[serde(default)]
     pub indexing: bool,
+    /// Its rollout (SPEC §6), when it was created with a policy.
+    #[serde(default)]
+    pub rollout: Option<RolloutState>,
+}
+
+/// Where a rollout stands, stored with its deployment (the rules that move it are in
+/// [`crate::service::rollout`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutState {
+    /// The policy with its defaults filled.
+    pub policy: RolloutPolicy,
+    pub waves: Vec<WaveState>,
+    /// Waves opened so far (0 before the first; the current wave is `opened - 1`).
+    pub opened: usize,
+    /// Set while paused (by an operator or a gate), with why.
+    pub paused_reason: Option<String>,
+    /// Failures an operator's resume accepted: the gate trips again only above this.
+    pub accepted_failures: u64,
+}
+
+/// One wave's numbers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WaveState {
+    pub pct: u8,
+    /// Its own targets.
+    pub targets: u64,
+    pub success: u64,
+    pub healthy: u64,
+    pub failed: u64,
+    pub opened_at: Option<Ts>,
+    /// Targets made deliverable so far (pacing releases them over time).
+    pub released: u64,
+    /// Rollout position of the last target looked at by a release (the next resumes
+    /// after it).
+    pub cursor: Option<u64>,
+}
+
+impl RolloutState {
+    pub fn to_wire(&self) -> Rollout {
+        let p = &self.policy;
+        Rollout {
+            first_tag: p.first_tag.clone(),
+            success_threshold_pct: p.success_threshold_pct,
+            soak_seconds: p.soak_seconds,
+            max_failures: p.max_failures,
+            max_failure_pct: p.max_failure_pct,
+            on_failure: p.on_failure,
+            auto_advance: p.auto_advance,
+            target_timeout_seconds: p.target_timeout_seconds,
+            max_per_minute: p.max_per_minute,
+            start_at: p.start_at,
+            current_wave: self.opened.saturating_sub(1),
+            waves: self
+                .waves
+                .iter()
+                .map(|w| Wave {
+                    pct: w.pct,
+                    targets: w.targets,
+                    success: w.success,
+                    healthy: w.healthy,
+                    failed: w.failed,
+                    opened_at: w.opened_at,
+                })
+                .collect(),
+            paused_reason: self.paused_reason.clone(),
+        }
+    }
+
+    /// Failures so far (failed, timed out, failed soaks) over every wave.
+    pub fn failures(&self) -> u64 {
+        self.waves.iter().map(|w| w.failed).sum()
+    }
 }
 
 impl DeploymentRecord {
@@ -210,13 +283,19 @@ impl DeploymentRecord {
             completed_at: self.completed_at,
             counts: self.counts,
             devices: targets.into_iter().map(TargetRecord::into_wire).collect(),
+            rollout: self.rollout.as_ref().map(RolloutState::to_wire),
         }
     }
 
     /// Apply a count change and derive status / completion from the counts.
     pub fn shift(&mut self, from: TargetStatus, to: TargetStatus, now: Ts) {
         self.counts.shift(from, to);
-        self.status = self.counts.overall();
+        self.refresh(now);
+    }
+
+    /// Derive status and completion from the counts and the rollout (SPEC §6).
+    pub fn refresh(&mut self, now: Ts) {
+        self.status = crate::service::rollout::status(&self.counts, self.rollout.as_ref());
         self.updated_at = now;
         if self.status.is_final() && self.completed_at.is_none() {
             self.completed_at = Some(now);
@@ -236,6 +315,18 @@ pub struct TargetRecord {
     pub updated_at: Ts,
     /// The result's `report_id`, once a result arrived.
     pub report_id: Option<String>,
+    /// Its rollout wave (0 without a rollout).
+    #[serde(default)]
+    pub wave: u32,
+    /// When it became deliverable (its wave opened, or pacing released it).
+    #[serde(default)]
+    pub released_at: Option<Ts>,
+    /// When its first final result arrived.
+    #[serde(default)]
+    pub result_at: Option<Ts>,
+    /// The soak's verdict on a success: `None` while soaking (or not a success).
+    #[serde(default)]
+    pub soak_ok: Option<bool>,
 }
 
 impl TargetRecord {

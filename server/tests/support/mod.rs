@@ -106,6 +106,33 @@ impl TestApp {
         self.dir.path()
     }
 
+    /// Stop this server and start a new one on the same data dir (as a restart does:
+    /// only what the store holds survives). Waits for the old one to release the dir.
+    pub async fn restart(self) -> TestApp {
+        let TestApp { dir, state, router } = self;
+        state.heartbeats.close().await.unwrap();
+        state.store.sync().await.unwrap();
+        state.shutdown.cancel();
+        drop(router);
+        drop(state);
+        let mut settings = ServerSettings::for_data_dir(dir.path());
+        settings.admin_token = Some(ADMIN.into());
+        settings.enrollment_token = Some(ENROLL.into());
+        for _ in 0..400 {
+            match kernex_server::open(&settings) {
+                Ok(state) => {
+                    let router = kernex_server::router(state.clone());
+                    return TestApp { dir, state, router };
+                }
+                Err(kernex_server::StartError::Locked(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                }
+                Err(e) => panic!("restart: {e}"),
+            }
+        }
+        panic!("the old server never released its data dir");
+    }
+
     pub async fn send(&self, req: Request<Body>) -> Resp {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();

@@ -2,7 +2,7 @@
 //! `counters` tree by the same transactions that change what they count, so a scrape
 //! reads a handful of keys at any fleet size.
 
-use kernex_common::api::{Admission, TargetStatus};
+use kernex_common::api::{Admission, DeploymentStatus};
 
 use super::*;
 
@@ -14,13 +14,15 @@ fn admission_key(a: Admission) -> &'static str {
     }
 }
 
-fn status_key(s: TargetStatus) -> &'static str {
+fn status_key(s: DeploymentStatus) -> &'static str {
     match s {
-        TargetStatus::Pending => "deployments.pending",
-        TargetStatus::InProgress => "deployments.in_progress",
-        TargetStatus::Success => "deployments.success",
-        TargetStatus::Failed => "deployments.failed",
-        TargetStatus::Cancelled => "deployments.cancelled",
+        DeploymentStatus::Scheduled => "deployments.scheduled",
+        DeploymentStatus::Pending => "deployments.pending",
+        DeploymentStatus::InProgress => "deployments.in_progress",
+        DeploymentStatus::Paused => "deployments.paused",
+        DeploymentStatus::Success => "deployments.success",
+        DeploymentStatus::Failed => "deployments.failed",
+        DeploymentStatus::Cancelled => "deployments.cancelled",
     }
 }
 
@@ -62,8 +64,8 @@ pub(super) fn tx_admission(
 /// A deployment moved from one status to another (`None`: it is new).
 pub(super) fn tx_deployment(
     tree: &TransactionalTree,
-    before: Option<TargetStatus>,
-    after: TargetStatus,
+    before: Option<DeploymentStatus>,
+    after: DeploymentStatus,
 ) -> TxResult<()> {
     if before == Some(after) {
         return Ok(());
@@ -82,8 +84,8 @@ impl SledStore {
                 .get(key)?
                 .map_or(0, |v| u64::try_from(read_i64(&v)).unwrap_or(0)))
         };
-        let mut deployments = [0; 5];
-        for (slot, status) in deployments.iter_mut().zip(TargetStatus::ALL) {
+        let mut deployments = [0; 7];
+        for (slot, status) in deployments.iter_mut().zip(DeploymentStatus::ALL) {
             *slot = read(status_key(status))?;
         }
         let devices_pending = read(admission_key(Admission::Pending))?;

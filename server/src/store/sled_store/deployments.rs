@@ -4,14 +4,17 @@
 use std::ops::Bound;
 
 use kernex_common::api::{
-    Admission, DeploymentKind, ProgressReport, ResultReport, ResultStatus, TargetStatus,
+    Admission, DeploymentKind, DeploymentStatus, ProgressReport, ResultReport, ResultStatus,
+    TargetStatus,
 };
 
 use super::counters::tx_deployment;
+use super::rollouts::wave_key;
 
 /// Targets one creation step writes (one short transaction each).
-const CREATE_CHUNK: usize = 256;
+pub(super) const CREATE_CHUNK: usize = 256;
 use super::*;
+use crate::service::rollout;
 use crate::service::rules::{self, ResultDecision};
 
 impl SledStore {
@@ -27,11 +30,16 @@ impl SledStore {
     ///
     /// A crash in step 3 is finished at the next start ([`SledStore::finish_indexing`]);
     /// a crash before step 2 leaves target records no deployment names (never read).
+    ///
+    /// With a rollout, targets are written `waiting` with their wave (and the
+    /// `wave_targets` order), and step 3 is left to the rollout driver, which releases
+    /// each wave's targets in chunks as the wave opens.
     pub(super) fn create_deployment(
         &self,
         kind: DeploymentKind,
         bundle: &BundleRecord,
         target_ids: &[String],
+        mut rollout: Option<RolloutState>,
         now: Ts,
     ) -> Result<DeploymentRecord> {
         if !self.bundles.contains_key(bundle.id.as_bytes())? {
@@ -55,14 +63,30 @@ impl SledStore {
         }
         let id = new_id();
         let mut written = Vec::with_capacity(target_ids.len());
-        for chunk in target_ids.chunks(CREATE_CHUNK) {
-            written.extend(self.write_targets(&id, bundle, chunk, now)?);
+        let mut written_waves = Vec::new();
+        for (i, chunk) in target_ids.chunks(CREATE_CHUNK).enumerate() {
+            let waves: Option<Vec<(u32, u64)>> = rollout.as_ref().map(|r| {
+                (0..chunk.len())
+                    .map(|j| {
+                        let pos = (i * CREATE_CHUNK + j) as u64;
+                        (rollout::wave_of(r, pos), pos)
+                    })
+                    .collect()
+            });
+            let (ids, ws) = self.write_targets(&id, bundle, chunk, waves.as_deref(), now)?;
+            written.extend(ids);
+            written_waves.extend(ws);
         }
         if written.is_empty() {
             return Err(StoreError::Invalid(
                 "none of the target devices is accepted any more".into(),
             ));
         }
+        if let Some(r) = rollout.as_mut() {
+            rollout::recount(r, &written_waves);
+        }
+        let waiting = rollout.is_some();
+        let n = written.len() as u64;
         let mut dep = DeploymentRecord {
             id,
             kind,
@@ -70,23 +94,27 @@ impl SledStore {
             bundle_version: bundle.version.clone(),
             checksum_sha256: bundle.checksum_sha256.clone(),
             size_bytes: bundle.size_bytes,
-            status: TargetStatus::Pending,
+            status: DeploymentStatus::Pending,
             created_at: now,
             updated_at: now,
             completed_at: None,
             counts: kernex_common::api::Counts {
-                pending: written.len() as u64,
+                pending: if waiting { 0 } else { n },
+                waiting: if waiting { n } else { 0 },
                 ..Default::default()
             },
-            indexing: true,
+            indexing: !waiting,
+            rollout,
         };
+        dep.refresh(now);
         (
             &self.deployments,
             &self.bundle_open,
             &self.bundles,
             &self.counters,
+            &self.rollouts_active,
         )
-            .transaction(|(deployments, bundle_open, bundles, counters)| {
+            .transaction(|(deployments, bundle_open, bundles, counters, active)| {
                 if bundles.get(bundle.id.as_bytes())?.is_none() {
                     return abort(StoreError::Invalid(format!(
                         "bundle {} no longer exists",
@@ -97,9 +125,15 @@ impl SledStore {
                 tx_deployment(counters, None, dep.status)?;
                 let n = tx_get::<u64>(bundle_open, &bundle.id)?.unwrap_or(0);
                 tx_put(bundle_open, &bundle.id, &(n + 1))?;
+                if waiting {
+                    active.insert(dep.id.as_bytes(), &[])?;
+                }
                 Ok(())
             })
             .map_err(tx_err)?;
+        if waiting {
+            return Ok(dep);
+        }
         for chunk in written.chunks(CREATE_CHUNK) {
             if let Some(changed) = self.index_targets(&dep.id, chunk, now)? {
                 dep = changed;
@@ -108,38 +142,59 @@ impl SledStore {
         self.finish_indexing_mark(&dep.id)
     }
 
-    /// Step 1 of a creation: the target records of one chunk; the devices written.
+    /// Step 1 of a creation: the target records of one chunk (`waiting` in their wave
+    /// when `waves` gives each device's); the devices written, and their waves.
     fn write_targets(
         &self,
         deployment_id: &str,
         bundle: &BundleRecord,
         device_ids: &[String],
+        waves: Option<&[(u32, u64)]>,
         now: Ts,
-    ) -> Result<Vec<String>> {
-        (&self.targets, &self.device_bundles, &self.devices)
-            .transaction(|(targets, device_bundles, devices)| {
+    ) -> Result<(Vec<String>, Vec<u32>)> {
+        (
+            &self.targets,
+            &self.device_bundles,
+            &self.devices,
+            &self.wave_targets,
+        )
+            .transaction(|(targets, device_bundles, devices, wave_targets)| {
                 let mut written = Vec::with_capacity(device_ids.len());
-                for device_id in device_ids {
+                let mut written_waves = Vec::new();
+                for (i, device_id) in device_ids.iter().enumerate() {
                     if !tx_get::<DeviceRecord>(devices, device_id)?
                         .is_some_and(|d| d.admission == Admission::Accepted)
                     {
                         continue;
                     }
+                    let wave = waves.and_then(|w| w.get(i).copied());
                     let t = TargetRecord {
                         device_id: device_id.clone(),
-                        status: TargetStatus::Pending,
+                        status: if wave.is_some() {
+                            TargetStatus::Waiting
+                        } else {
+                            TargetStatus::Pending
+                        },
                         phase: None,
                         progress_pct: None,
                         error_message: None,
                         log_tail: None,
                         updated_at: now,
                         report_id: None,
+                        wave: wave.map_or(0, |w| w.0),
+                        released_at: None,
+                        result_at: None,
+                        soak_ok: None,
                     };
                     tx_put(targets, key2(deployment_id, device_id), &t)?;
                     device_bundles.insert(key2(device_id, &bundle.id), &[])?;
+                    if let Some((w, pos)) = wave {
+                        wave_targets.insert(wave_key(deployment_id, w, pos, device_id), &[])?;
+                        written_waves.push(w);
+                    }
                     written.push(device_id.clone());
                 }
-                Ok(written)
+                Ok((written, written_waves))
             })
             .map_err(tx_err)
     }
@@ -193,7 +248,7 @@ impl SledStore {
                     if !changed {
                         return Ok(None);
                     }
-                    if dep.status.is_final() {
+                    if !before.is_final() && dep.status.is_final() {
                         tx_release_bundle(bundle_open, &dep.bundle_id)?;
                     }
                     tx_put(deployments, deployment_id, &dep)?;
@@ -284,7 +339,7 @@ impl SledStore {
     /// Newest first, optionally only those with `status`.
     pub(super) fn list_deployments(
         &self,
-        status: Option<TargetStatus>,
+        status: Option<DeploymentStatus>,
         limit: usize,
     ) -> Result<Vec<DeploymentRecord>> {
         let mut out = Vec::new();
@@ -307,6 +362,7 @@ impl SledStore {
         id: &str,
         after: Option<&str>,
         chunk: usize,
+        reason: &str,
         now: Ts,
     ) -> Result<CancelStep> {
         self.deployment(id)?;
@@ -321,9 +377,11 @@ impl SledStore {
         let next = (page.len() == chunk.max(1))
             .then(|| page.last().map(|t| t.device_id.clone()))
             .flatten();
+        let undelivered =
+            |s: TargetStatus| matches!(s, TargetStatus::Pending | TargetStatus::Waiting);
         let pending: Vec<String> = page
             .into_iter()
-            .filter(|t| t.status == TargetStatus::Pending)
+            .filter(|t| undelivered(t.status))
             .map(|t| t.device_id)
             .collect();
         let (deployment, cancelled) = (
@@ -345,13 +403,8 @@ impl SledStore {
                         let Some(mut t) = tx_get::<TargetRecord>(targets, &key)? else {
                             continue;
                         };
-                        if t.status != TargetStatus::Pending
-                            || !rules::cancel_target(
-                                &mut dep,
-                                &mut t,
-                                "cancelled by an operator",
-                                now,
-                            )
+                        if !undelivered(t.status)
+                            || !rules::cancel_target(&mut dep, &mut t, reason, now)
                         {
                             continue;
                         }
@@ -510,7 +563,8 @@ impl SledStore {
                     device_open.remove(key2(device_id, deployment_id))?;
                     tx_put(history, key2(device_id, &record.id), &record)?;
                     tx_put(devices, device_id, &device)?;
-                    if dep.status.is_final() {
+                    // A late result after a timeout may find the deployment final already.
+                    if !before.is_final() && dep.status.is_final() {
                         tx_release_bundle(bundle_open, &dep.bundle_id)?;
                     }
                     tx_put(deployments, deployment_id, &dep)?;
@@ -567,7 +621,7 @@ pub(super) fn tx_cancel_target(
         return Ok(None);
     }
     tx_put(t.targets, &key, &target)?;
-    if dep.status.is_final() {
+    if !before.is_final() && dep.status.is_final() {
         tx_release_bundle(t.bundle_open, &dep.bundle_id)?;
     }
     tx_put(t.deployments, dep_id, &dep)?;
@@ -576,7 +630,7 @@ pub(super) fn tx_cancel_target(
 }
 
 /// One unfinished deployment of this bundle fewer.
-fn tx_release_bundle(open: &TransactionalTree, bundle_id: &str) -> TxResult<()> {
+pub(super) fn tx_release_bundle(open: &TransactionalTree, bundle_id: &str) -> TxResult<()> {
     match tx_get::<u64>(open, bundle_id)?.unwrap_or(0) {
         0 | 1 => {
             open.remove(bundle_id.as_bytes())?;
@@ -632,7 +686,7 @@ mod tests {
             store.insert_bundle(&b).unwrap();
             // Steps 1 and 2 of a creation, then the "crash": one chunk indexed only.
             let dep_id = new_id();
-            let written = store.write_targets(&dep_id, &b, &ids, now).unwrap();
+            let written = store.write_targets(&dep_id, &b, &ids, None, now).unwrap().0;
             assert_eq!(written.len(), 600);
             let dep = DeploymentRecord {
                 id: dep_id.clone(),
@@ -641,7 +695,7 @@ mod tests {
                 bundle_version: b.version.clone(),
                 checksum_sha256: b.checksum_sha256.clone(),
                 size_bytes: 1,
-                status: TargetStatus::Pending,
+                status: DeploymentStatus::Pending,
                 created_at: now,
                 updated_at: now,
                 completed_at: None,
@@ -650,6 +704,7 @@ mod tests {
                     ..Default::default()
                 },
                 indexing: true,
+                rollout: None,
             };
             store
                 .deployments
@@ -684,14 +739,14 @@ mod tests {
             .unwrap();
         // The up-front check names the rejected device.
         let err = store
-            .create_deployment(DeploymentKind::Deploy, &b, &ids, now)
+            .create_deployment(DeploymentKind::Deploy, &b, &ids, None, now)
             .unwrap_err();
         assert!(matches!(err, StoreError::Invalid(_)), "{err}");
         // Past that check (as if it was rejected meanwhile), its chunk leaves it out.
-        let written = store.write_targets("d", &b, &ids, now).unwrap();
+        let written = store.write_targets("d", &b, &ids, None, now).unwrap().0;
         assert_eq!(written, [ids[0].clone(), ids[2].clone()]);
         let dep = store
-            .create_deployment(DeploymentKind::Deploy, &b, &[ids[0].clone()], now)
+            .create_deployment(DeploymentKind::Deploy, &b, &[ids[0].clone()], None, now)
             .unwrap();
         assert_eq!(dep.counts.pending, 1);
         assert!(!dep.indexing);

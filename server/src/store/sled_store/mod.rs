@@ -28,6 +28,8 @@
 //! | `counters` | name | i64 BE (fleet counts for `/metrics`, kept in the same transactions) |
 //! | `bundle_signatures` | bundle_id | signed metadata and every signature (JSON, SPEC §7) |
 //! | `trust` | `current` | the newest trust document (JSON, SPEC §7) |
+//! | `wave_targets` | deployment_id ‖ wave (u32 BE) ‖ position (u64 BE) device_id | — (a rollout's waves in rollout order) |
+//! | `rollouts_active` | deployment_id | — (rollouts not yet final: what the rollout driver watches) |
 //!
 //! Beside the trees, `live/` holds each device's live record (last report and the
 //! history chunk being filled): in memory, made durable by a write-ahead log and
@@ -54,6 +56,7 @@ mod online; // online/offline counts by expiry second
 mod signing; // bundle signatures and the trust document
 #[cfg(test)]
 mod test_support; // builders for the unit tests
+mod rollouts; // rollout waves, releases, timeouts, soak verdicts
 mod tokens; // operator and device tokens
 
 use std::path::Path;
@@ -61,8 +64,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use kernex_common::api::{
-    Admission, ConfigUpdate, DeploymentKind, DeviceConfig, HeartbeatRecord, HistoryRecord,
-    ProgressReport, ResultReport, TargetStatus,
+    Admission, ConfigUpdate, DeploymentKind, DeploymentStatus, DeviceConfig, HeartbeatRecord,
+    HistoryRecord, ProgressReport, ResultReport, TargetStatus,
 };
 use kernex_common::update_signing::{SignedDocument, TrustSet};
 use serde::Serialize;
@@ -126,6 +129,8 @@ pub struct SledStore {
     counters: sled::Tree,
     bundle_signatures: sled::Tree,
     trust: sled::Tree,
+    wave_targets: sled::Tree,
+    rollouts_active: sled::Tree,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -171,6 +176,8 @@ impl SledStore {
             counters: t("counters")?,
             bundle_signatures: t("bundle_signatures")?,
             trust: t("trust")?,
+            wave_targets: t("wave_targets")?,
+            rollouts_active: t("rollouts_active")?,
             flusher: Arc::new(Flusher::start(db.clone())),
             online: Arc::new(OnlineTracker::default()),
             token_cache: Arc::default(),
@@ -404,11 +411,12 @@ impl Store for SledStore {
         kind: DeploymentKind,
         bundle: &BundleRecord,
         target_ids: &[String],
+        rollout: Option<RolloutState>,
         now: Ts,
     ) -> Result<DeploymentRecord> {
         durable!(
             self,
-            SledStore::create_deployment(self, kind, bundle, target_ids, now)
+            SledStore::create_deployment(self, kind, bundle, target_ids, rollout, now)
         )
     }
     async fn deployment(&self, id: &str) -> Result<DeploymentRecord> {
@@ -423,7 +431,7 @@ impl Store for SledStore {
     }
     async fn list_deployments(
         &self,
-        status: Option<TargetStatus>,
+        status: Option<DeploymentStatus>,
         limit: usize,
     ) -> Result<Vec<DeploymentRecord>> {
         SledStore::list_deployments(self, status, limit)
@@ -433,14 +441,54 @@ impl Store for SledStore {
         id: &str,
         after: Option<&str>,
         chunk: usize,
+        reason: &str,
         now: Ts,
     ) -> Result<CancelStep> {
-        let step = SledStore::cancel_deployment_step(self, id, after, chunk, now)?;
+        let step = SledStore::cancel_deployment_step(self, id, after, chunk, reason, now)?;
         // Durable when the whole cancel is done (the caller answers only then).
         if step.next.is_none() {
             self.sync().await?;
         }
         Ok(step)
+    }
+    async fn update_rollout(
+        &self,
+        id: &str,
+        update: &RolloutUpdate,
+        now: Ts,
+    ) -> Result<RolloutUpdated> {
+        durable!(self, SledStore::update_rollout(self, id, update, now))
+    }
+    async fn release_step(&self, id: &str, max: usize, now: Ts) -> Result<ReleaseStep> {
+        durable!(self, SledStore::release_step(self, id, max, now))
+    }
+    async fn time_out_step(
+        &self,
+        id: &str,
+        wave: usize,
+        after: Option<u64>,
+        chunk: usize,
+        now: Ts,
+    ) -> Result<TimeoutStep> {
+        durable!(
+            self,
+            SledStore::time_out_step(self, id, wave, after, chunk, now)
+        )
+    }
+    async fn record_soak(
+        &self,
+        id: &str,
+        device_id: &str,
+        ok: bool,
+        now: Ts,
+    ) -> Result<Option<DeploymentRecord>> {
+        durable!(self, SledStore::record_soak(self, id, device_id, ok, now))
+    }
+    async fn active_rollouts(&self) -> Result<Vec<DeploymentRecord>> {
+        SledStore::active_rollouts(self)
+    }
+    async fn retire_rollout(&self, id: &str) -> Result<()> {
+        durable!(self, SledStore::retire_rollout(self, id))
     }
     async fn record_progress(
         &self,
