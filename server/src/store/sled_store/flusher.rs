@@ -26,6 +26,21 @@ pub struct Flusher {
     requested: AtomicU64,
     wake: mpsc::Sender<u64>,
     flushed: watch::Receiver<Flushed>,
+    /// Joined on drop, so the thread's handle on the database is gone (and the data
+    /// dir's lock released) when the last store handle is: a restore or check can
+    /// hand the dir to a server in the same process.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        // Closing the channel ends the loop after the flush in progress, if any.
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.wake, closed));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Flusher {
@@ -36,15 +51,20 @@ impl Flusher {
         let spawned = std::thread::Builder::new()
             .name("kernex-flush".into())
             .spawn(move || flush_loop(&db, &requests, &tx));
-        if let Err(e) = spawned {
-            // Without the thread every sync would wait forever; say so loudly. `sync`
-            // then fails at once (the channel's receiver is gone).
-            tracing::error!(error = %e, "could not start the flush thread");
-        }
+        let thread = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Without the thread every sync would wait forever; say so loudly.
+                // `sync` then fails at once (the channel's receiver is gone).
+                tracing::error!(error = %e, "could not start the flush thread");
+                None
+            }
+        };
         Flusher {
             requested: AtomicU64::new(0),
             wake,
             flushed,
+            thread,
         }
     }
 

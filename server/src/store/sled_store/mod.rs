@@ -35,6 +35,7 @@
 //! [`Flusher::sync`] (group commit: one fsync for every write waiting on it) before
 //! they return; heartbeats ride sled's own flush every 500 ms.
 
+mod backup; // export and import as domain records
 mod beats; // heartbeat live records and history
 mod bundles; // bundle records
 mod config; // versioned device config
@@ -91,6 +92,9 @@ pub struct SledStore {
     online: Arc<OnlineTracker>,
     token_cache: Arc<tokens::TokenCache>,
     dirty: Arc<beats::DirtyLive>,
+    /// Every write holds it shared; an export holds it exclusively, so its snapshot is
+    /// consistent across trees (sled has no multi-tree snapshot).
+    gate: Arc<tokio::sync::RwLock<()>>,
     options: SledOptions,
     devices: sled::Tree,
     live: sled::Tree,
@@ -161,6 +165,7 @@ impl SledStore {
             online: Arc::new(OnlineTracker::default()),
             token_cache: Arc::default(),
             dirty: Arc::default(),
+            gate: Arc::default(),
             options,
             db,
         };
@@ -202,6 +207,11 @@ impl SledStore {
         !self.operator_tokens.is_empty()
     }
 
+    /// [`Store::fleet_counts`] without a runtime (`kernex-server check`).
+    pub fn fleet_counts_blocking(&self) -> Result<FleetCounts> {
+        self.fleet_counts(chrono::Utc::now())
+    }
+
     /// Bytes sled uses on disk (benchmarks report growth per heartbeat).
     pub fn size_on_disk(&self) -> Result<u64> {
         self.db.size_on_disk().map_err(StoreError::backend)
@@ -225,10 +235,13 @@ impl From<sled::Error> for StoreError {
     }
 }
 
-/// Run a sync body, then make it durable before returning.
+/// Run a sync body (behind the export gate), then make it durable before returning.
 macro_rules! durable {
     ($self:ident, $body:expr) => {{
-        let out = $body;
+        let out = {
+            let _writing = $self.gate.read().await;
+            $body
+        };
         $self.sync().await?;
         out
     }};
@@ -274,11 +287,16 @@ impl Store for SledStore {
     }
 
     async fn write_beats(&self, beats: Vec<Beat>) -> Result<()> {
-        // A batch is a few hundred µs of sled work: off the async workers.
+        // A batch is a few hundred µs of sled work: off the async workers. During an
+        // export the batch waits here; the beat writer keeps queueing in memory.
+        let writing = self.gate.clone().read_owned().await;
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.write_beats_blocking(&beats))
-            .await
-            .map_err(StoreError::backend)?
+        tokio::task::spawn_blocking(move || {
+            let _writing = writing;
+            store.write_beats_blocking(&beats)
+        })
+        .await
+        .map_err(StoreError::backend)?
     }
     async fn heartbeats(&self, device_id: &str, limit: usize) -> Result<Vec<HeartbeatRecord>> {
         SledStore::heartbeats(self, device_id, limit)
@@ -297,6 +315,7 @@ impl Store for SledStore {
     ) -> Result<Option<DeploymentRecord>> {
         // Not synced: a delivery lost in a crash is delivered again (the agent
         // de-duplicates by deployment id).
+        let _writing = self.gate.read().await;
         SledStore::deliver(self, deployment_id, device_id, now)
     }
 
@@ -394,7 +413,10 @@ impl Store for SledStore {
         chunk: usize,
         now: Ts,
     ) -> Result<CancelStep> {
-        let step = SledStore::cancel_deployment_step(self, id, after, chunk, now)?;
+        let step = {
+            let _writing = self.gate.read().await;
+            SledStore::cancel_deployment_step(self, id, after, chunk, now)?
+        };
         // Durable when the whole cancel is done (the caller answers only then).
         if step.next.is_none() {
             self.sync().await?;
@@ -408,6 +430,7 @@ impl Store for SledStore {
         now: Ts,
     ) -> Result<TargetRecord> {
         // Progress is advisory: not synced (the result that follows is).
+        let _writing = self.gate.read().await;
         SledStore::record_progress(self, deployment_id, report, now)
     }
     async fn apply_result(
@@ -435,6 +458,28 @@ impl Store for SledStore {
 
     async fn fleet_counts(&self, now: Ts) -> Result<FleetCounts> {
         SledStore::fleet_counts(self, now)
+    }
+
+    async fn export(&self, mut sink: Box<dyn RecordSink>) -> Result<()> {
+        // Writes wait while the records are read; reads go on.
+        let exclusive = self.gate.clone().write_owned().await;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _exclusive = exclusive;
+            store.export_blocking(sink.as_mut())
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+    async fn import(&self, source: RecordSource) -> Result<RecordCounts> {
+        let exclusive = self.gate.clone().write_owned().await;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _exclusive = exclusive;
+            store.import_blocking(source)
+        })
+        .await
+        .map_err(StoreError::backend)?
     }
 }
 
