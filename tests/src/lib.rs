@@ -14,6 +14,8 @@ use anyhow::{Context, Result, bail};
 
 /// `kernex-agent` state dirs, one-shot commands and daemons, bundles and polling.
 pub mod agent;
+/// A fleet built over HTTP, and every answer an operator can read about it.
+pub mod fleet;
 
 /// Path of a workspace binary. `cargo test --workspace` builds every binary before the
 /// tests run, so it is normally used as is; when it is missing or older than its sources
