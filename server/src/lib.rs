@@ -103,7 +103,20 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
 /// (whose message names `check` and `restore`).
 pub fn open_store(data_dir: &Path, options: SledOptions) -> Result<SledStore, StartError> {
     create_private_dir(data_dir)?;
-    SledStore::open(&data_dir.join("db"), options).map_err(|e| {
+    // sled 0.34 can panic on some damaged logs instead of returning an error: that is
+    // a store that cannot be read too, and gets the same message.
+    let opened = std::panic::catch_unwind(|| SledStore::open(&data_dir.join("db"), options))
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("sled panicked while opening");
+            Err(StoreError::Backend(format!(
+                "sled panicked while opening: {why}"
+            )))
+        });
+    opened.map_err(|e| {
         if e.is_locked() {
             StartError::Locked(data_dir.to_path_buf())
         } else {
