@@ -95,6 +95,8 @@ pub struct SledStore {
     /// Every write holds it shared; an export holds it exclusively, so its snapshot is
     /// consistent across trees (sled has no multi-tree snapshot).
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// sled's directory (the log file `db` is in it).
+    dir: std::path::PathBuf,
     options: SledOptions,
     devices: sled::Tree,
     live: sled::Tree,
@@ -161,11 +163,12 @@ impl SledStore {
             device_success: t("device_success")?,
             reports: t("reports")?,
             counters: t("counters")?,
-            flusher: Arc::new(Flusher::start(db.clone())),
+            flusher: Arc::new(Flusher::start(db.clone(), dir)),
             online: Arc::new(OnlineTracker::default()),
             token_cache: Arc::default(),
             dirty: Arc::default(),
             gate: Arc::default(),
+            dir: dir.to_path_buf(),
             options,
             db,
         };
@@ -175,10 +178,13 @@ impl SledStore {
         Ok(store)
     }
 
-    /// Make everything written so far durable (blocking; for the CLI and shutdown).
+    /// Make everything written so far durable (blocking; for the CLI and shutdown):
+    /// sled's flush, then an fsync of its log (see `flusher.rs` for why both).
     pub fn flush_blocking(&self) -> Result<()> {
         self.db.flush().map_err(StoreError::backend)?;
-        Ok(())
+        std::fs::File::open(self.dir.join("db"))
+            .and_then(|log| log.sync_all())
+            .map_err(StoreError::backend)
     }
 
     /// [`Store::work_snapshot`] without a runtime (start-up).
