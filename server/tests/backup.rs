@@ -23,6 +23,7 @@ struct Fleet {
     done_dep: String,
     open_dep: String,
     bundle_id: String,
+    bundle2_id: String,
     ops_token: String,
 }
 
@@ -56,7 +57,7 @@ async fn populate(app: &TestApp) -> Fleet {
             .expect(StatusCode::OK);
     }
     let bundle = app.bundle("1.0.0").await;
-    app.bundle("2.0.0").await;
+    let bundle2 = app.bundle("2.0.0").await;
     let done = app.deploy("1.0.0", &[&a, &b]).await;
     let done_dep = done["id"].as_str().unwrap().to_owned();
     for dev in [&a, &b] {
@@ -88,6 +89,7 @@ async fn populate(app: &TestApp) -> Fleet {
         done_dep,
         open_dep: open["id"].as_str().unwrap().to_owned(),
         bundle_id: bundle["id"].as_str().unwrap().to_owned(),
+        bundle2_id: bundle2["id"].as_str().unwrap().to_owned(),
         ops_token,
     }
 }
@@ -298,8 +300,16 @@ async fn restore_refuses_a_damaged_or_foreign_file_and_leaves_the_dir_empty() {
         .position(|w| w == needle.as_bytes())
         .unwrap();
     flipped[at + 512 + 100] ^= 0xff; // inside its data, past the 512-byte tar header
-    // Cut off in the middle (a download that broke off).
+    // Cut off in the middle (a download that broke off), and cut exactly where the
+    // last bundle's entry begins (what is left is a well-formed, shorter tar).
     let truncated = good[..good.len() / 2].to_vec();
+    let last = format!("kernex-backup/bundles/{}.tar.gz", f.bundle2_id);
+    let at_entry = good
+        .windows(last.len())
+        .position(|w| w == last.as_bytes())
+        .unwrap();
+    let mut at_boundary = good[..at_entry].to_vec();
+    at_boundary.extend_from_slice(&[0; 1024]);
     // Not a backup at all.
     let mut foreign = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
@@ -313,6 +323,7 @@ async fn restore_refuses_a_damaged_or_foreign_file_and_leaves_the_dir_empty() {
     for (name, bytes, says) in [
         ("flipped", flipped, "damaged in the backup"),
         ("truncated", truncated, ""),
+        ("at_boundary", at_boundary, "the backup ends early"),
         ("foreign", foreign, "not a kernex backup"),
     ] {
         let file = scratch.path().join(format!("{name}.tar"));

@@ -79,6 +79,17 @@ fn restore_into(file: File, data_dir: &Path) -> Result<Restored, BackupError> {
         restore_bundle(&store, &bundle_dir, id, entry)?;
         bundle_files += 1;
     }
+    // A stream cut at an entry boundary reads as a shorter archive: the header's
+    // counts tell.
+    let listed: u64 = header.records.values().sum();
+    if records.total() != listed || bundle_files != header.bundle_files.len() {
+        return Err(BackupError::Format(format!(
+            "the backup ends early: {} of {listed} records and {bundle_files} of {} bundle \
+             files (a download that broke off?)",
+            records.total(),
+            header.bundle_files.len()
+        )));
+    }
     File::open(&bundle_dir)?.sync_all()?;
     store.flush_blocking()?;
     Ok(Restored {
