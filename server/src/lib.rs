@@ -13,6 +13,7 @@
 //! ```
 
 pub mod auth; // bearer tokens, the Caller extractor
+pub mod backup; // backup format, restore, check
 pub mod error; // ApiError and rejection mapping
 pub mod events; // live event broadcast
 pub mod listen; // accept loop: connection cap, header and stall timeouts
@@ -48,6 +49,14 @@ pub enum StartError {
         "the data dir {0} is in use by another process (a running kernex-server?); stop it or use the HTTP API"
     )]
     Locked(PathBuf),
+    /// The store would not open or read back: nothing is served (SPEC §2).
+    #[error(
+        "the store in {0} cannot be read ({1}); refusing to serve a damaged store. \
+         See what is wrong: `kernex-server check --data-dir {0}`. To recover, restore your \
+         newest backup into a new data dir: `kernex-server restore --from BACKUP_FILE \
+         --data-dir {0}.restored`, then start with `--data-dir {0}.restored`"
+    )]
+    Unreadable(PathBuf, String),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -86,7 +95,9 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
         connections: settings.connections,
         signatures,
     };
-    let work = store.work_snapshot_blocking()?;
+    let work = store
+        .work_snapshot_blocking()
+        .map_err(|e| unreadable(&settings.data_dir, e))?;
     Ok(AppState::new(Arc::new(store), work, limits, bundle_dir))
 }
 
@@ -106,16 +117,34 @@ fn signature_policy(
         .map_err(StartError::Settings)
 }
 
-/// Open the sled store, telling a held lock apart from other failures.
+/// Open the sled store, telling a held lock apart from a store that cannot be read
+/// (whose message names `check` and `restore`).
 pub fn open_store(data_dir: &Path, options: SledOptions) -> Result<SledStore, StartError> {
     create_private_dir(data_dir)?;
-    SledStore::open(&data_dir.join("db"), options).map_err(|e| {
+    // sled 0.34 can panic on some damaged logs instead of returning an error: that is
+    // a store that cannot be read too, and gets the same message.
+    let opened = std::panic::catch_unwind(|| SledStore::open(&data_dir.join("db"), options))
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("sled panicked while opening");
+            Err(StoreError::Backend(format!(
+                "sled panicked while opening: {why}"
+            )))
+        });
+    opened.map_err(|e| {
         if e.is_locked() {
             StartError::Locked(data_dir.to_path_buf())
         } else {
-            StartError::Store(e)
+            unreadable(data_dir, e)
         }
     })
+}
+
+fn unreadable(data_dir: &Path, e: StoreError) -> StartError {
+    StartError::Unreadable(data_dir.to_path_buf(), e.to_string())
 }
 
 /// Create a directory (and missing parents) only its owner may enter (0700, SPEC §1.9).

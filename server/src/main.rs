@@ -1,5 +1,7 @@
 //! `kernex-server`: thin CLI over the library.
 
+use std::path::Path;
+
 use anyhow::Context;
 use clap::Parser;
 use kernex_server::settings::{Cli, Command, ServeArgs, TokenCommand, default_data_dir};
@@ -22,6 +24,13 @@ fn run_cli() -> anyhow::Result<()> {
         Some(Command::Token {
             command: TokenCommand::Create { name, data_dir },
         }) => token_create(&name, data_dir.unwrap_or_else(default_data_dir)),
+        Some(Command::Backup { to, data_dir }) => {
+            backup(&data_dir.unwrap_or_else(default_data_dir), &to)
+        }
+        Some(Command::Restore { from, data_dir }) => {
+            restore(&from, &data_dir.unwrap_or_else(default_data_dir))
+        }
+        Some(Command::Check { data_dir }) => check(&data_dir.unwrap_or_else(default_data_dir)),
         Some(Command::Serve(args)) => run(args),
         None => run(cli.serve),
     }
@@ -42,6 +51,69 @@ fn token_create(name: &str, data_dir: std::path::PathBuf) -> anyhow::Result<()> 
         .with_context(|| format!("creating token {name:?}"))?;
     println!("{token}");
     Ok(())
+}
+
+fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<()> {
+    let header = kernex_server::backup::backup_data_dir(data_dir, to)
+        .with_context(|| format!("backing up {}", data_dir.display()))?;
+    let records: u64 = header.records.values().sum();
+    println!(
+        "wrote {}: {records} records, {} bundle files (format {} v{})",
+        to.display(),
+        header.bundle_files.len(),
+        header.format,
+        header.format_version
+    );
+    for id in &header.missing_bundle_files {
+        eprintln!("warning: bundle {id} has a record but no file; it is not in the backup");
+    }
+    Ok(())
+}
+
+fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let done = kernex_server::backup::restore_data_dir(from, data_dir)
+        .with_context(|| format!("restoring {} into {}", from.display(), data_dir.display()))?;
+    println!(
+        "restored {} into {}: {} records ({}), {} bundle files; written by kernex-server {} at {}",
+        from.display(),
+        data_dir.display(),
+        done.records.total(),
+        done.records,
+        done.bundle_files,
+        done.header.server_version,
+        done.header.created_at.to_rfc3339()
+    );
+    for id in &done.header.missing_bundle_files {
+        eprintln!(
+            "warning: bundle {id} had no file when the backup was made; it cannot be downloaded"
+        );
+    }
+    Ok(())
+}
+
+/// Exit 0 when sound; 1 with the problems and the restore command.
+fn check(data_dir: &Path) -> anyhow::Result<()> {
+    let report = kernex_server::backup::check_data_dir(data_dir)
+        .with_context(|| format!("checking {}", data_dir.display()))?;
+    if report.sound() {
+        println!(
+            "{}: sound; {} records ({}), {} bundle files verified",
+            data_dir.display(),
+            report.records.total(),
+            report.records,
+            report.bundle_files
+        );
+        return Ok(());
+    }
+    eprintln!("{}: NOT sound:", data_dir.display());
+    for p in &report.problems {
+        eprintln!("  - {p}");
+    }
+    if report.unlisted > 0 {
+        eprintln!("  … and {} more", report.unlisted);
+    }
+    eprintln!("{}", kernex_server::backup::restore_hint(data_dir));
+    std::process::exit(1);
 }
 
 fn run(args: ServeArgs) -> anyhow::Result<()> {

@@ -13,7 +13,9 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::listen::BodyStall;
-use crate::routes::{bundles, config, deployments, devices, events, health, signing, tokens};
+use crate::routes::{
+    backup, bundles, config, deployments, devices, events, health, signing, tokens,
+};
 use crate::state::AppState;
 
 /// Largest JSON body accepted (SPEC §1.8). Bundle uploads have their own limit.
@@ -22,6 +24,7 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
 /// The whole HTTP surface: `/api/v1/...`, `/healthz`, `/metrics`.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
+        .route("/backup", get(backup::download))
         .route("/devices/register", post(devices::register))
         .route("/devices/rollback", post(devices::rollback))
         .route("/devices", get(devices::list))

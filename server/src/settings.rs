@@ -31,6 +31,27 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Write a backup of a data dir no server holds (a running server: GET /api/v1/backup).
+    Backup {
+        /// The backup file to write (written beside it, then renamed into place).
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long, env = "KERNEX_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Fill an empty (or new) data dir from a backup file.
+    Restore {
+        /// The backup file to read.
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, env = "KERNEX_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Verify a data dir no server holds: exit 0 when sound, 1 with what is wrong.
+    Check {
+        #[arg(long, env = "KERNEX_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -53,6 +53,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/tokens"),
     ("POST", "/api/v1/tokens"),
     ("DELETE", "/api/v1/tokens/{name}"),
+    ("GET", "/api/v1/backup"),
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
@@ -1219,6 +1220,19 @@ async fn real_responses_conform_to_the_document() {
     spec.check("DELETE", "/api/v1/tokens/{name}", &r, 204);
     let r = app.delete("/api/v1/tokens/ci-bot").await;
     spec.check("DELETE", "/api/v1/tokens/{name}", &r, 404);
+
+    // ---- backup
+    let backup = "/api/v1/backup";
+    let r = app.get(backup).await;
+    spec.check(get, backup, &r, 200);
+    assert!(
+        r.body.len() > 1024 && r.body.len() % 512 == 0,
+        "a whole tar stream"
+    );
+    let r = app.call(Method::GET, backup, None, None).await;
+    spec.check(get, backup, &r, 401);
+    let r = app.call(Method::GET, backup, Some(&dev.token), None).await;
+    spec.check(get, backup, &r, 403);
 
     // ---- device deletion
     let r = app.delete(&format!("/api/v1/devices/{}", pending.id)).await;

@@ -18,6 +18,10 @@ pub mod fault_proxy;
 
 /// `kernex-agent` state dirs, one-shot commands and daemons, bundles and polling.
 pub mod agent;
+/// A fleet built over HTTP, and every answer an operator can read about it.
+pub mod fleet;
+/// The power-loss shim: a durable image of a data dir, kept by an `LD_PRELOAD` library.
+pub mod power_loss;
 
 /// Path of a workspace binary. `cargo test --workspace` builds every binary before the
 /// tests run, so it is normally used as is; when it is missing or older than its sources
@@ -97,13 +101,23 @@ impl ServerProcess {
 
     /// Start with extra command-line arguments.
     pub fn start_with(data_dir: &Path, admin: &str, enroll: &str, extra: &[&str]) -> Result<Self> {
-        Self::spawn("127.0.0.1:0", data_dir, admin, enroll, extra)
+        Self::spawn("127.0.0.1:0", data_dir, admin, enroll, extra, &[])
+    }
+
+    /// Start with extra environment variables (e.g. an `LD_PRELOAD`).
+    pub fn start_with_env(
+        data_dir: &Path,
+        admin: &str,
+        enroll: &str,
+        env: &[(String, String)],
+    ) -> Result<Self> {
+        Self::spawn("127.0.0.1:0", data_dir, admin, enroll, &[], env)
     }
 
     /// Start listening on `listen` (e.g. the address of a server that was killed, so its
     /// devices find it again after an outage).
     pub fn start_on(data_dir: &Path, admin: &str, enroll: &str, listen: &str) -> Result<Self> {
-        Self::spawn(listen, data_dir, admin, enroll, &[])
+        Self::spawn(listen, data_dir, admin, enroll, &[], &[])
     }
 
     /// Start again on the data dir and address of a server that was stopped (a restart
@@ -115,9 +129,20 @@ impl ServerProcess {
         enroll: &str,
         listen: &str,
     ) -> Result<Self> {
+        Self::restart_on_with_env(data_dir, admin, enroll, listen, &[]).await
+    }
+
+    /// [`Self::restart_on`] with extra environment variables (e.g. an `LD_PRELOAD`).
+    pub async fn restart_on_with_env(
+        data_dir: &Path,
+        admin: &str,
+        enroll: &str,
+        listen: &str,
+        env: &[(String, String)],
+    ) -> Result<Self> {
         let mut last = None;
         for _ in 0..40 {
-            match Self::start_on(data_dir, admin, enroll, listen) {
+            match Self::spawn(listen, data_dir, admin, enroll, &[], env) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }
@@ -133,12 +158,14 @@ impl ServerProcess {
         admin: &str,
         enroll: &str,
         extra: &[&str],
+        env: &[(String, String)],
     ) -> Result<Self> {
         let mut child = Command::new(bin("kernex-server")?)
             .args(["--listen", listen, "--log-level", "info"])
             .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("KERNEX_ADMIN_TOKEN", admin)
             .env("KERNEX_ENROLLMENT_TOKEN", enroll)
             .stdin(Stdio::null())

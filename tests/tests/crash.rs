@@ -9,6 +9,9 @@
 //! flight may be the state found afterwards. Each device's config and tags have a single
 //! writer, so "the last acknowledged value" is well defined.
 //!
+//! The power-loss variant runs the same load and checks, but each kill also throws away
+//! every write the server had not fsynced (`kernex_tests::power_loss`).
+//!
 //! `KX_CRASH_SEED=<n>` repeats a run's random choices (each run prints its seed); the
 //! timing of the load still varies.
 #![allow(clippy::unwrap_used)]
@@ -29,6 +32,7 @@ use kernex_common::api::{
 use kernex_common::signing::{DeviceKey, DevicePublicKey, ENROLLMENT_HEADER, SIGNATURE_HEADER};
 use kernex_tests::ServerProcess;
 use kernex_tests::agent::{TEST_KEY_BITS, fast_bundle};
+use kernex_tests::power_loss::DurableImage;
 use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -37,6 +41,11 @@ use sha2::{Digest, Sha256};
 const ADMIN: &str = "crash-admin";
 const ENROLL: &str = "crash-enroll";
 const KILLS: usize = 3;
+/// Power losses per run (`KX_POWER_LOSS_KILLS` overrides). One by default: from the
+/// second power loss on, sled 0.34 refused to reopen the image in our runs ("corrupt
+/// snapshot file found, crc does not match" — the snapshot sled writes while
+/// recovering); whether sled or the shim's model is at fault is not settled yet.
+const POWER_LOSS_KILLS: usize = 1;
 /// Devices registered before the load; they take the config, tag and deployment writes.
 const BASE_DEVICES: usize = 6;
 /// Registrations the load may make per round (keys are made up front).
@@ -60,12 +69,34 @@ const REQUEST_LIMIT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_and_heartbeats_survive_sigkill_under_load() {
+    crash_under_load(false).await;
+}
+
+/// The same load and checks, but each kill is a power loss: the shim in
+/// `tests/shim/durable_image.c` keeps what was fsynced, and the data dir is replaced by
+/// that before the restart (see `kernex_tests::power_loss`). The only way to show that a
+/// 2xx means on disk, not merely in the page cache.
+#[tokio::test]
+async fn acknowledged_writes_and_heartbeats_survive_power_loss_under_load() {
+    crash_under_load(true).await;
+}
+
+async fn crash_under_load(power_loss: bool) {
+    let what = if power_loss { "power-loss" } else { "crash" };
     let started = Instant::now();
     let (mut rng, seed) = Rng::seeded();
-    eprintln!("crash test: seed {seed} (KX_CRASH_SEED={seed} repeats its choices)");
+    eprintln!("{what} test: seed {seed} (KX_CRASH_SEED={seed} repeats its choices)");
+    let kills = if power_loss {
+        std::env::var("KX_POWER_LOSS_KILLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(POWER_LOSS_KILLS)
+    } else {
+        KILLS
+    };
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Crashing::start(&dir.path().join("server"));
-    let mut keys = make_keys(BASE_DEVICES + KILLS * NEW_PER_ROUND).await;
+    let mut server = Crashing::start(&dir.path().join("server"), power_loss);
+    let mut keys = make_keys(BASE_DEVICES + kills * NEW_PER_ROUND).await;
     let setup = Load::new(&server.api());
     let mut devices = Vec::new();
     for n in 0..BASE_DEVICES {
@@ -80,7 +111,7 @@ async fn acknowledged_writes_and_heartbeats_survive_sigkill_under_load() {
     let setup_took = started.elapsed().as_secs_f64();
 
     let mut figures = Figures::default();
-    for round in 1..=KILLS {
+    for round in 1..=kills {
         let load = Load::new(&server.api());
         let acked_before = fleet.acknowledged();
         let running = fleet.spawn(&load, round, &mut rng);
@@ -96,7 +127,7 @@ async fn acknowledged_writes_and_heartbeats_survive_sigkill_under_load() {
         }
         let in_flight = load.writes_in_flight.load(Ordering::SeqCst);
         let kill_at = Instant::now();
-        server.kill();
+        let lost_bytes = server.kill();
         load.stop.store(true, Ordering::SeqCst);
         fleet.join(running).await;
         let no_reply = load.assert_clean(Some(kill_at));
@@ -108,9 +139,10 @@ async fn acknowledged_writes_and_heartbeats_survive_sigkill_under_load() {
         let check = Check::new(&server.api(), kill_at).run(&mut fleet).await;
         eprintln!(
             "round {round}: killed {:.2} s into the load with {in_flight} durable writes \
-             in flight; {} heartbeats and {} writes acknowledged, {no_reply} requests \
-             unanswered; restart {:.2} s; checks {:.2} s: {} write checks, {} heartbeats \
-             required and found, {} of {} from the last second lost (allowed)",
+             in flight ({lost_bytes} bytes not fsynced thrown away); {} heartbeats and {} \
+             writes acknowledged, {no_reply} requests unanswered; restart {:.2} s; checks \
+             {:.2} s: {} write checks, {} heartbeats required and found, {} of {} from the \
+             last second lost (allowed)",
             (kill_at - load_started).as_secs_f64(),
             acked.heartbeats,
             acked.writes(),
@@ -127,7 +159,7 @@ async fn acknowledged_writes_and_heartbeats_survive_sigkill_under_load() {
     let total = fleet.acknowledged();
     let warnings = server.warnings();
     eprintln!(
-        "crash test: {KILLS} kills, {:.1} s in all (keys and setup {setup_took:.1} s)\n\
+        "{what} test: {kills} kills, {:.1} s in all (keys and setup {setup_took:.1} s)\n\
          \x20 writes acknowledged: {} registrations, {} config PUTs, {} tag PATCHes, \
          {} tokens, {} bundles, {} deployments, {} results (+{} re-sent with the same \
          report id)\n\
@@ -174,16 +206,23 @@ struct Crashing {
     data_dir: PathBuf,
     addr: String,
     earlier_logs: Mutex<Vec<String>>,
+    /// Set for power loss: the durable image a kill falls back to.
+    durable: Option<DurableImage>,
 }
 
 impl Crashing {
-    fn start(data_dir: &Path) -> Self {
-        let server = ServerProcess::start(data_dir, ADMIN, ENROLL).unwrap();
+    fn start(data_dir: &Path, power_loss: bool) -> Self {
+        let durable = power_loss.then(|| DurableImage::new(data_dir).unwrap());
+        let env = durable.as_ref().map(DurableImage::env).unwrap_or_default();
+        let server = ServerProcess::start_with_env(data_dir, ADMIN, ENROLL, &env).unwrap();
         Crashing {
             addr: server.addr.clone(),
             server: Some(server),
-            data_dir: data_dir.to_path_buf(),
+            data_dir: durable
+                .as_ref()
+                .map_or_else(|| data_dir.to_path_buf(), |d| d.data_dir.clone()),
             earlier_logs: Mutex::new(Vec::new()),
+            durable,
         }
     }
 
@@ -191,11 +230,13 @@ impl Crashing {
         format!("http://{}/api/v1", self.addr)
     }
 
-    /// SIGKILL: no clean shutdown, no final flush.
-    fn kill(&mut self) {
+    /// SIGKILL: no clean shutdown, no final flush; under power loss the data dir then
+    /// keeps only what was fsynced. The bytes thrown away.
+    fn kill(&mut self) -> u64 {
         let server = self.server.take().expect("the server is running");
         self.earlier_logs.lock().unwrap().extend(server.logs());
         server.kill().unwrap();
+        self.durable.as_ref().map_or(0, |d| d.lose_power().unwrap())
     }
 
     /// What the servers logged at WARN or ERROR so far.
@@ -211,9 +252,15 @@ impl Crashing {
     }
 
     async fn restart(&mut self) {
-        let server = ServerProcess::restart_on(&self.data_dir, ADMIN, ENROLL, &self.addr)
-            .await
-            .unwrap();
+        let env = self
+            .durable
+            .as_ref()
+            .map(DurableImage::env)
+            .unwrap_or_default();
+        let server =
+            ServerProcess::restart_on_with_env(&self.data_dir, ADMIN, ENROLL, &self.addr, &env)
+                .await
+                .unwrap();
         self.server = Some(server);
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP handlers, one file per area. Routing lives in `crate::router`.
 
+pub mod backup; // GET /backup, streamed snapshot
 pub mod bundles; // upload, list, download (Range), delete
 pub mod config; // versioned device config
 pub mod deployments; // deployments, progress, results

@@ -20,6 +20,7 @@
 //!   failures are `Backend`, with no engine type in the signature.
 
 mod error; // StoreError
+mod export; // the store as a stream of domain records (backups)
 mod records; // stored record types
 pub mod sled_store; // the embedded sled backend
 
@@ -32,6 +33,7 @@ use kernex_common::update_signing::{SignedDocument, TrustSet};
 use serde_json::Value;
 
 pub use error::{Result, StoreError};
+pub use export::{BackupRecord, LiveSnapshot, RecordCounts, RecordSink, RecordSource};
 pub use records::*;
 pub use sled_store::{SledOptions, SledStore};
 
@@ -406,6 +408,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Fleet-wide counts, kept on writes; `now` splits online from offline.
     async fn fleet_counts(&self, now: Ts) -> Result<FleetCounts>;
+
+    // ---------------------------------------------------------------- backups
+
+    /// Emit every primary record to `sink`, in export order ([`export`]), as one
+    /// consistent snapshot: writes wait until it returns (heartbeats queue in the beat
+    /// writer's memory), reads go on.
+    async fn export(&self, sink: Box<dyn RecordSink>) -> Result<()>;
+    /// Fill an empty store from records in export order and rebuild its indexes,
+    /// durable on return; `Conflict` when the store holds anything already.
+    async fn import(&self, source: RecordSource) -> Result<RecordCounts>;
 }
 
 /// A fresh time-ordered id (UUIDv7, simple form: 32 hex chars, sorts by creation time).

@@ -102,6 +102,16 @@ impl TestApp {
         TestApp { dir, state, router }
     }
 
+    /// A server on an existing data dir (e.g. one a restore filled), with the usual
+    /// enrollment token and no admin token of its own: the store's tokens decide.
+    pub fn on_dir(dir: TempDir) -> Self {
+        let mut settings = ServerSettings::for_data_dir(dir.path());
+        settings.enrollment_token = Some(ENROLL.into());
+        let state = kernex_server::open(&settings).unwrap();
+        let router = kernex_server::router(state.clone());
+        TestApp { dir, state, router }
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }

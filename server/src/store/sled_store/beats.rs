@@ -430,7 +430,54 @@ impl SledStore {
         }
         Ok(())
     }
+}
 
+impl SledStore {
+    /// Set a device's live record from a backup, after its heartbeats were replayed
+    /// (they rebuilt the history; this restores what only the last report said).
+    pub(super) fn import_live(&self, device_id: &str, s: &LiveSnapshot) -> Result<()> {
+        let interval = get::<DeviceRecord>(&self.devices, device_id)?.map_or(
+            kernex_common::api::DeviceConfig::DEFAULT_POLLING_INTERVAL,
+            |d| d.polling_interval,
+        );
+        let old = self.rings().stored_live(device_id)?;
+        let old_expiry = old.as_ref().map(|o| online::expiry(o.at_ns, o.interval));
+        let ring = self
+            .options
+            .heartbeat_retention
+            .clamp(1, u64::from(u32::MAX));
+        let (seq, ring, open) = match old {
+            Some(o) => (o.seq, o.ring, o.open),
+            None => (0, ring, Vec::new()),
+        };
+        let at_ns = to_ns(s.last_heartbeat);
+        let live = StoredLive {
+            at_ns,
+            agent_version: s.agent_version.clone(),
+            agent_status: s.agent_status.clone(),
+            cpu_pct: s.cpu_pct,
+            memory_mb: s.memory_mb,
+            config_version: s.config_version,
+            queued_reports: s.queued_reports,
+            reported_version: match (&s.reported_version, s.reported_at) {
+                (Some(v), Some(at)) => Some((v.clone(), to_ns(at))),
+                _ => None,
+            },
+            seq,
+            ring,
+            interval,
+            open,
+        };
+        // In memory only: the import snapshots the table when it is done.
+        self.live_table
+            .put(device_id, encode(&live)?.into_boxed_slice());
+        self.online
+            .moved(old_expiry, online::expiry(at_ns, interval));
+        Ok(())
+    }
+}
+
+impl SledStore {
     /// Fill the online tracker from the live records (at open).
     pub(super) fn rebuild_online(&self) -> Result<()> {
         let mut damaged = 0u64;

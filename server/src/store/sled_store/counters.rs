@@ -109,6 +109,14 @@ impl SledStore {
         if !self.counters.is_empty() || (self.devices.is_empty() && self.deployments.is_empty()) {
             return Ok(());
         }
+        self.recount()?;
+        self.flush_blocking()
+    }
+
+    /// Count devices by admission and deployments by status from the records (and
+    /// refill the pending index), replacing whatever the counters said.
+    pub(super) fn recount(&self) -> Result<()> {
+        self.counters.clear()?;
         let mut totals: std::collections::HashMap<&'static str, i64> = Default::default();
         for v in self.devices.iter().values() {
             let d: DeviceRecord = dec(&v?)?;
@@ -124,6 +132,6 @@ impl SledStore {
         for (key, n) in totals {
             self.counters.insert(key, &n.to_be_bytes())?;
         }
-        self.flush_blocking()
+        Ok(())
     }
 }

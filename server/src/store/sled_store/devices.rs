@@ -484,7 +484,7 @@ fn tx_pending(tree: &TransactionalTree, device_id: &str, admission: Admission) -
 }
 
 /// `expiry (ms since the epoch, u64 BE) ‖ signature hash`: sorts by expiry.
-fn expiry_key(until: Ts, signature_hash: &str) -> Vec<u8> {
+pub(super) fn expiry_key(until: Ts, signature_hash: &str) -> Vec<u8> {
     let ms = u64::try_from(until.timestamp_millis()).unwrap_or(0);
     let mut k = ms.to_be_bytes().to_vec();
     k.extend_from_slice(signature_hash.as_bytes());

@@ -169,6 +169,10 @@ impl LiveTable {
         Some(old)
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| lock(s).is_empty())
+    }
+
     /// Every record, one shard at a time (a shard's lock is held while `f` runs on it).
     pub fn for_each(&self, mut f: impl FnMut(&str, &[u8])) {
         for shard in &self.shards {

@@ -44,6 +44,7 @@
 //! beat log is fsynced every 200 ms and sealed chunks ride sled's own flush every 500 ms
 //! (a snapshot of the live records flushes sled first).
 
+mod backup; // export and import as domain records
 mod beats; // heartbeat live records and history
 mod bundles; // bundle records
 mod config; // versioned device config
@@ -53,10 +54,10 @@ mod devices; // registration, listing, admission
 mod flusher; // group commit of fsyncs
 mod live_table; // live records in memory, a write-ahead log and snapshots
 mod online; // online/offline counts by expiry second
+mod rollouts; // rollout waves, releases, timeouts, soak verdicts
 mod signing; // bundle signatures and the trust document
 #[cfg(test)]
 mod test_support; // builders for the unit tests
-mod rollouts; // rollout waves, releases, timeouts, soak verdicts
 mod tokens; // operator and device tokens
 
 use std::path::Path;
@@ -104,6 +105,11 @@ pub struct SledStore {
     live_table: Arc<live_table::LiveTable>,
     /// Held by the beat writer per batch and by device deletion (see `beats.rs`).
     beats_lock: Arc<std::sync::Mutex<()>>,
+    /// Every write holds it shared; an export holds it exclusively, so its snapshot is
+    /// consistent across trees (sled has no multi-tree snapshot).
+    gate: Arc<tokio::sync::RwLock<()>>,
+    /// sled's directory (the log file `db` is in it).
+    dir: std::path::PathBuf,
     options: SledOptions,
     devices: sled::Tree,
     device_keys: sled::Tree,
@@ -178,11 +184,13 @@ impl SledStore {
             trust: t("trust")?,
             wave_targets: t("wave_targets")?,
             rollouts_active: t("rollouts_active")?,
-            flusher: Arc::new(Flusher::start(db.clone())),
+            flusher: Arc::new(Flusher::start(db.clone(), dir)),
             online: Arc::new(OnlineTracker::default()),
             token_cache: Arc::default(),
             live_table,
             beats_lock: Arc::default(),
+            gate: Arc::default(),
+            dir: dir.to_path_buf(),
             options,
             db,
         };
@@ -192,10 +200,13 @@ impl SledStore {
         Ok(store)
     }
 
-    /// Make everything written so far durable (blocking; for the CLI and shutdown).
+    /// Make everything written so far durable (blocking; for the CLI and shutdown):
+    /// sled's flush, then an fsync of its log (see `flusher.rs` for why both).
     pub fn flush_blocking(&self) -> Result<()> {
         self.db.flush().map_err(StoreError::backend)?;
-        Ok(())
+        std::fs::File::open(self.dir.join("db"))
+            .and_then(|log| log.sync_all())
+            .map_err(StoreError::backend)
     }
 
     /// [`Store::work_snapshot`] without a runtime (start-up).
@@ -222,6 +233,11 @@ impl SledStore {
 
     pub fn has_operator_tokens_blocking(&self) -> bool {
         !self.operator_tokens.is_empty()
+    }
+
+    /// [`Store::fleet_counts`] without a runtime (`kernex-server check`).
+    pub fn fleet_counts_blocking(&self) -> Result<FleetCounts> {
+        self.fleet_counts(chrono::Utc::now())
     }
 
     /// Bytes the store uses on disk: sled and the live-record files (benchmarks report
@@ -252,10 +268,13 @@ impl From<sled::Error> for StoreError {
     }
 }
 
-/// Run a sync body, then make it durable before returning.
+/// Run a sync body (behind the export gate), then make it durable before returning.
 macro_rules! durable {
     ($self:ident, $body:expr) => {{
-        let out = $body;
+        let out = {
+            let _writing = $self.gate.read().await;
+            $body
+        };
         $self.sync().await?;
         out
     }};
@@ -301,11 +320,16 @@ impl Store for SledStore {
     }
 
     async fn write_beats(&self, beats: Vec<Beat>) -> Result<()> {
-        // A batch is a few hundred µs of sled work: off the async workers.
+        // A batch is a few hundred µs of sled work: off the async workers. During an
+        // export the batch waits here; the beat writer keeps queueing in memory.
+        let writing = self.gate.clone().read_owned().await;
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.write_beats_blocking(&beats))
-            .await
-            .map_err(StoreError::backend)?
+        tokio::task::spawn_blocking(move || {
+            let _writing = writing;
+            store.write_beats_blocking(&beats)
+        })
+        .await
+        .map_err(StoreError::backend)?
     }
     async fn heartbeats(&self, device_id: &str, limit: usize) -> Result<Vec<HeartbeatRecord>> {
         SledStore::heartbeats(self, device_id, limit)
@@ -324,6 +348,7 @@ impl Store for SledStore {
     ) -> Result<Option<DeploymentRecord>> {
         // Not synced: a delivery lost in a crash is delivered again (the agent
         // de-duplicates by deployment id).
+        let _writing = self.gate.read().await;
         SledStore::deliver(self, deployment_id, device_id, now)
     }
 
@@ -444,7 +469,10 @@ impl Store for SledStore {
         reason: &str,
         now: Ts,
     ) -> Result<CancelStep> {
-        let step = SledStore::cancel_deployment_step(self, id, after, chunk, reason, now)?;
+        let step = {
+            let _writing = self.gate.read().await;
+            SledStore::cancel_deployment_step(self, id, after, chunk, reason, now)?
+        };
         // Durable when the whole cancel is done (the caller answers only then).
         if step.next.is_none() {
             self.sync().await?;
@@ -497,6 +525,7 @@ impl Store for SledStore {
         now: Ts,
     ) -> Result<TargetRecord> {
         // Progress is advisory: not synced (the result that follows is).
+        let _writing = self.gate.read().await;
         SledStore::record_progress(self, deployment_id, report, now)
     }
     async fn apply_result(
@@ -524,6 +553,28 @@ impl Store for SledStore {
 
     async fn fleet_counts(&self, now: Ts) -> Result<FleetCounts> {
         SledStore::fleet_counts(self, now)
+    }
+
+    async fn export(&self, mut sink: Box<dyn RecordSink>) -> Result<()> {
+        // Writes wait while the records are read; reads go on.
+        let exclusive = self.gate.clone().write_owned().await;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _exclusive = exclusive;
+            store.export_blocking(sink.as_mut())
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+    async fn import(&self, source: RecordSource) -> Result<RecordCounts> {
+        let exclusive = self.gate.clone().write_owned().await;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _exclusive = exclusive;
+            store.import_blocking(source)
+        })
+        .await
+        .map_err(StoreError::backend)?
     }
 }
 

@@ -25,6 +25,15 @@ fn wave_prefix(deployment_id: &str, wave: u32) -> Vec<u8> {
     k
 }
 
+/// (wave, position, device id) of a [`wave_key`] of `deployment_id`.
+pub(super) fn split_wave_key(deployment_id: &str, key: &[u8]) -> Option<(u32, u64, String)> {
+    let rest = key.get(deployment_id.len() + 1..)?;
+    let wave = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    let position = u64::from_be_bytes(rest.get(4..12)?.try_into().ok()?);
+    let device_id = std::str::from_utf8(rest.get(12..)?).ok()?.to_owned();
+    Some((wave, position, device_id))
+}
+
 /// The device id of a [`wave_key`].
 fn wave_key_device(deployment_id: &str, key: &[u8]) -> String {
     let at = (deployment_id.len() + 1 + 4 + 8).min(key.len());

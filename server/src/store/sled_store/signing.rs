@@ -38,6 +38,12 @@ impl SledStore {
             .map_err(tx_err)
     }
 
+    /// Store a trust document as it is (a restore: it was checked when first stored).
+    pub(super) fn import_trust_document(&self, doc: &SignedDocument) -> Result<()> {
+        self.trust.insert(TRUST_KEY, serde_json::to_vec(doc)?)?;
+        Ok(())
+    }
+
     pub(super) fn trust_document(&self) -> Result<Option<SignedDocument>> {
         get(&self.trust, TRUST_KEY)
     }
