@@ -224,19 +224,25 @@ static void persist(int fd, struct file *f) {
     mkdirs_for(ipath);
     int ifd = real_open(ipath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (ifd < 0) return;
+    /* Read through a descriptor of our own: `fd` may be write-only (O_WRONLY, O_APPEND
+     * logs), and the kernel persists a file's data whatever mode it was written in. */
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    int rfd = real_open(link, O_RDONLY | O_CLOEXEC);
     struct stat st;
-    if (fstat(fd, &st) == 0) {
+    if (rfd >= 0 && fstat(fd, &st) == 0) {
         if (f->trunc_to >= 0) real_ftruncate(ifd, f->trunc_to);
         if (f->whole) {
-            copy_range(fd, ifd, 0, st.st_size);
+            copy_range(rfd, ifd, 0, st.st_size);
         } else {
             for (size_t k = 0; k < f->n; k++) {
                 off_t end = f->ranges[k].end < st.st_size ? f->ranges[k].end : st.st_size;
-                copy_range(fd, ifd, f->ranges[k].start, end);
+                copy_range(rfd, ifd, f->ranges[k].start, end);
             }
         }
         real_ftruncate(ifd, st.st_size);
     }
+    if (rfd >= 0) close(rfd);
     close(ifd);
     f->n = 0;
     f->whole = 0;

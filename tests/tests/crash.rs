@@ -41,11 +41,11 @@ use sha2::{Digest, Sha256};
 const ADMIN: &str = "crash-admin";
 const ENROLL: &str = "crash-enroll";
 const KILLS: usize = 3;
-/// Power losses per run (`KX_POWER_LOSS_KILLS` overrides). One by default: from the
-/// second power loss on, sled 0.34 refused to reopen the image in our runs ("corrupt
-/// snapshot file found, crc does not match" — the snapshot sled writes while
-/// recovering); whether sled or the shim's model is at fault is not settled yet.
-const POWER_LOSS_KILLS: usize = 1;
+/// Power losses per run (`KX_POWER_LOSS_KILLS` overrides). (Once the shim read a
+/// write-only descriptor's data as zeros, which made sled's snapshot written while
+/// recovering look corrupt at the second power loss; it reads through its own
+/// descriptor now.)
+const POWER_LOSS_KILLS: usize = 3;
 /// Devices registered before the load; they take the config, tag and deployment writes.
 const BASE_DEVICES: usize = 6;
 /// Registrations the load may make per round (keys are made up front).

@@ -334,11 +334,14 @@ impl LiveTable {
             let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
             let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
             payload.resize(len, 0);
-            let whole = match r.read_exact(&mut payload) {
-                Ok(()) => crc32fast::hash(&payload) == crc,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => false,
-                Err(e) => return Err(e),
-            };
+            // No frame is empty: a zero header is a hole a power loss left (the file grew
+            // but its data never reached the disk), and crc32("") is 0.
+            let whole = len > 0
+                && match r.read_exact(&mut payload) {
+                    Ok(()) => crc32fast::hash(&payload) == crc,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => false,
+                    Err(e) => return Err(e),
+                };
             if !whole {
                 tracing::warn!(
                     segment = %path.display(),
@@ -486,7 +489,9 @@ mod tests {
         frame(&mut buf, b"one");
         frame(&mut buf, b"two");
         t.append(&buf).unwrap();
-        // A crash mid-append: half a frame.
+        // A power loss can leave zeros where unsynced frames were; a crash mid-append
+        // leaves half a frame. Either ends the log.
+        t.append(&[0u8; 24]).unwrap();
         let mut torn = Vec::new();
         frame(&mut torn, b"three");
         t.append(&torn[..torn.len() - 2]).unwrap();
