@@ -20,6 +20,8 @@ pub mod fault_proxy;
 pub mod agent;
 /// A fleet built over HTTP, and every answer an operator can read about it.
 pub mod fleet;
+/// An operator's HTTP calls (one token, JSON in and out).
+pub mod operator;
 /// The power-loss shim: a durable image of a data dir, kept by an `LD_PRELOAD` library.
 pub mod power_loss;
 

@@ -15,7 +15,8 @@ use kernex_tests::agent::{
     Agent, GATE_ENV, RUNS_ENV, STARTED_ENV, eventually, fast_bundle, fixture_bundle, gated_bundle,
     wait_for_file,
 };
-use reqwest::{Method, StatusCode};
+use kernex_tests::operator::OperatorApi;
+use reqwest::Method;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "e2e-admin";
@@ -24,80 +25,17 @@ const ENROLL: &str = "e2e-enroll";
 /// How long a test waits for something that should happen "soon" on a slow machine.
 const PATIENCE: Duration = Duration::from_secs(90);
 
-/// Operator calls with the admin token.
-struct Api {
-    http: reqwest::Client,
-    base: String,
+/// Operator calls with the admin token; what these tests add to them.
+type Api = OperatorApi;
+
+trait AgentTestApi {
+    async fn device(&self, device: &str) -> Value;
+    async fn history_of(&self, device: &str, deployment: &str) -> Vec<Value>;
+    async fn set_config(&self, device: &str, body: Value) -> Value;
+    async fn bundle_bytes_served(&self) -> u64;
 }
 
-impl Api {
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}/api/v1{path}", self.base))
-            .bearer_auth(ADMIN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method.clone(), path, body).await;
-        assert!(status.is_success(), "{method} {path} → {status}: {v}");
-        v
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        self.ok(Method::GET, path, None).await
-    }
-
-    async fn upload(&self, archive: Vec<u8>) -> Value {
-        let form = reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(archive).file_name("bundle.tar.gz"),
-        );
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/bundles", self.base))
-            .bearer_auth(ADMIN)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert_eq!(status, StatusCode::CREATED, "upload: {text}");
-        serde_json::from_str(&text).unwrap()
-    }
-
-    /// Create a deployment of `version` to `device`; its id.
-    async fn deploy(&self, version: &str, device: &str) -> String {
-        let d = self
-            .ok(
-                Method::POST,
-                "/deployments",
-                Some(json!({"bundle_version": version, "target_device_ids": [device]})),
-            )
-            .await;
-        d["id"].as_str().unwrap().to_owned()
-    }
-
-    /// This device's entry in a deployment.
-    async fn target(&self, deployment: &str, device: &str) -> Value {
-        let d = self.get(&format!("/deployments/{deployment}")).await;
-        d["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["device_id"] == device)
-            .cloned()
-            .unwrap_or_else(|| panic!("{device} is not a target of {d}"))
-    }
-
+impl AgentTestApi for OperatorApi {
     async fn device(&self, device: &str) -> Value {
         self.get(&format!("/devices/{device}")).await
     }
@@ -175,10 +113,7 @@ impl World {
             agent = agent.env(var, dir.path().join(var.to_lowercase()));
         }
         World {
-            api: Api {
-                http: kernex_tests::client(),
-                base: server.url(""),
-            },
+            api: Api::new(server.url(""), ADMIN),
             dir,
             server: Some(server),
             addr,
@@ -1034,10 +969,7 @@ mod daemon {
 
         let server =
             ServerProcess::start_on(&dir.path().join("server"), ADMIN, ENROLL, &addr).unwrap();
-        let api = Api {
-            http: kernex_tests::client(),
-            base: server.url(""),
-        };
+        let api = Api::new(server.url(""), ADMIN);
         // The backoff is capped at 60 s, so it is back within about a minute at worst.
         let devices = eventually("the device to register", PATIENCE, || async {
             let list = api.get("/devices").await;

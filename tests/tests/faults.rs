@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use kernex_tests::ServerProcess;
 use kernex_tests::agent::{Agent, AgentDaemon, eventually, pack_dir};
 use kernex_tests::fault_proxy::{Direction, Fault, FaultProxy, Rule, proxy_to};
-use reqwest::{Method, StatusCode};
+use kernex_tests::operator::OperatorApi;
+use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -25,76 +26,14 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// The file each deploy script appends `<deployment id> <version>` to.
 const RUNS_ENV: &str = "KX_FAULTS_RUNS";
 
-/// Operator calls with the admin token, straight to the server.
-struct Api {
-    http: reqwest::Client,
-    base: String,
+/// Operator calls with the admin token, straight to the server; what these tests add.
+type Api = OperatorApi;
+
+trait FaultTestApi {
+    async fn history(&self, device: &str) -> Vec<Value>;
 }
 
-impl Api {
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}/api/v1{path}", self.base))
-            .bearer_auth(ADMIN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method.clone(), path, body).await;
-        assert!(status.is_success(), "{method} {path} → {status}: {v}");
-        v
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        self.ok(Method::GET, path, None).await
-    }
-
-    async fn upload(&self, archive: Vec<u8>) {
-        let form = reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(archive).file_name("bundle.tar.gz"),
-        );
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/bundles", self.base))
-            .bearer_auth(ADMIN)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        assert_eq!(
-            status,
-            StatusCode::CREATED,
-            "{}",
-            resp.text().await.unwrap()
-        );
-    }
-
-    async fn deploy(&self, version: &str, device: &str) -> String {
-        let body = json!({"bundle_version": version, "target_device_ids": [device]});
-        let d = self.ok(Method::POST, "/deployments", Some(body)).await;
-        d["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn target(&self, deployment: &str, device: &str) -> Value {
-        let d = self.get(&format!("/deployments/{deployment}")).await;
-        d["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["device_id"] == device)
-            .cloned()
-            .unwrap_or_else(|| panic!("{device} is not a target of {d}"))
-    }
-
+impl FaultTestApi for OperatorApi {
     /// The device's server-side history, newest first.
     async fn history(&self, device: &str) -> Vec<Value> {
         let h = self
@@ -128,10 +67,7 @@ impl World {
         for (k, v) in env {
             agent = agent.env(k, v);
         }
-        let api = Api {
-            http: kernex_tests::client(),
-            base: server.url(""),
-        };
+        let api = Api::new(server.url(""), ADMIN);
         agent.once_ok().await;
         let device = agent.device_id();
         let cfg = json!({"polling_interval": 5, "heartbeat_timeout": 2});
