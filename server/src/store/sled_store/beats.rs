@@ -230,7 +230,7 @@ impl Rings<'_> {
                 encode(&chunk)?,
             )?;
         }
-        self.table.put(id, encode(&live)?.into_boxed_slice());
+        self.table.put(id, &encode(&live)?);
         Ok(live)
     }
 
@@ -314,7 +314,7 @@ pub(super) fn open_live_table(
         for kv in tree.iter() {
             let (k, v) = kv?;
             let key = std::str::from_utf8(&k).map_err(StoreError::codec)?;
-            table.put(key, v.to_vec().into_boxed_slice());
+            table.put(key, &v);
         }
         table
             .snapshot(|| Ok(()))
@@ -469,8 +469,7 @@ impl SledStore {
             open,
         };
         // In memory only: the import snapshots the table when it is done.
-        self.live_table
-            .put(device_id, encode(&live)?.into_boxed_slice());
+        self.live_table.put(device_id, &encode(&live)?);
         self.online
             .moved(old_expiry, online::expiry(at_ns, interval));
         Ok(())
