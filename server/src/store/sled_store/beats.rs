@@ -372,10 +372,11 @@ impl SledStore {
             .append(&frames)
             .map_err(StoreError::backend)?
         {
-            let db = self.db.clone();
-            // Sealed chunks durable before the records stop carrying their beats.
+            // Sealed chunks durable before the records stop carrying their beats: sled's
+            // flush and an fsync of its log (sled's flush alone is no fsync).
+            let store = self.clone();
             self.live_table
-                .snapshot_in_background(move || db.flush().map(|_| ()).map_err(io::Error::other));
+                .snapshot_in_background(move || store.flush_blocking().map_err(io_error));
         }
         Ok(())
     }
