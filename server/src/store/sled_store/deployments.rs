@@ -248,11 +248,7 @@ impl SledStore {
                     if !changed {
                         return Ok(None);
                     }
-                    if !before.is_final() && dep.status.is_final() {
-                        tx_release_bundle(bundle_open, &dep.bundle_id)?;
-                    }
-                    tx_put(deployments, deployment_id, &dep)?;
-                    tx_deployment(counters, Some(before), dep.status)?;
+                    tx_store_deployment(deployments, bundle_open, counters, before, &dep)?;
                     Ok(Some(dep))
                 },
             )
@@ -412,11 +408,7 @@ impl SledStore {
                         device_open.remove(key2(device_id, id))?;
                         cancelled.push(device_id.clone());
                     }
-                    if !before.is_final() && dep.status.is_final() {
-                        tx_release_bundle(bundle_open, &dep.bundle_id)?;
-                    }
-                    tx_put(deployments, id, &dep)?;
-                    tx_deployment(counters, Some(before), dep.status)?;
+                    tx_store_deployment(deployments, bundle_open, counters, before, &dep)?;
                     Ok((dep, cancelled))
                 },
             )
@@ -564,11 +556,7 @@ impl SledStore {
                     tx_put(history, key2(device_id, &record.id), &record)?;
                     tx_put(devices, device_id, &device)?;
                     // A late result after a timeout may find the deployment final already.
-                    if !before.is_final() && dep.status.is_final() {
-                        tx_release_bundle(bundle_open, &dep.bundle_id)?;
-                    }
-                    tx_put(deployments, deployment_id, &dep)?;
-                    tx_deployment(counters, Some(before), dep.status)?;
+                    tx_store_deployment(deployments, bundle_open, counters, before, &dep)?;
                     Ok(Ok((dep, t, record, device)))
                 },
             )
@@ -621,16 +609,28 @@ pub(super) fn tx_cancel_target(
         return Ok(None);
     }
     tx_put(t.targets, &key, &target)?;
-    if !before.is_final() && dep.status.is_final() {
-        tx_release_bundle(t.bundle_open, &dep.bundle_id)?;
-    }
-    tx_put(t.deployments, dep_id, &dep)?;
-    tx_deployment(t.counters, Some(before), dep.status)?;
+    tx_store_deployment(t.deployments, t.bundle_open, t.counters, before, &dep)?;
     Ok(Some(dep))
 }
 
+/// Store a deployment changed inside a transaction: its record, the per-status
+/// counters, and one user fewer for its bundle once it became final.
+pub(super) fn tx_store_deployment(
+    deployments: &TransactionalTree,
+    bundle_open: &TransactionalTree,
+    counters: &TransactionalTree,
+    before: DeploymentStatus,
+    dep: &DeploymentRecord,
+) -> TxResult<()> {
+    if !before.is_final() && dep.status.is_final() {
+        tx_release_bundle(bundle_open, &dep.bundle_id)?;
+    }
+    tx_put(deployments, &dep.id, dep)?;
+    tx_deployment(counters, Some(before), dep.status)
+}
+
 /// One unfinished deployment of this bundle fewer.
-pub(super) fn tx_release_bundle(open: &TransactionalTree, bundle_id: &str) -> TxResult<()> {
+fn tx_release_bundle(open: &TransactionalTree, bundle_id: &str) -> TxResult<()> {
     match tx_get::<u64>(open, bundle_id)?.unwrap_or(0) {
         0 | 1 => {
             open.remove(bundle_id.as_bytes())?;

@@ -6,7 +6,7 @@
 use kernex_common::api::TargetStatus;
 
 use super::counters::tx_deployment;
-use super::deployments::{CREATE_CHUNK, tx_release_bundle};
+use super::deployments::{CREATE_CHUNK, tx_store_deployment};
 use super::*;
 use crate::service::{rollout, rules};
 
@@ -190,11 +190,7 @@ impl SledStore {
                         device_open.insert(key2(device_id, id), &[])?;
                         released.push(device_id.clone());
                     }
-                    if !before.is_final() && dep.status.is_final() {
-                        tx_release_bundle(bundle_open, &dep.bundle_id)?;
-                    }
-                    tx_put(deployments, id, &dep)?;
-                    tx_deployment(counters, Some(before), dep.status)?;
+                    tx_store_deployment(deployments, bundle_open, counters, before, &dep)?;
                     Ok((dep, released))
                 },
             )
@@ -253,11 +249,7 @@ impl SledStore {
                         }
                     }
                     if !timed_out.is_empty() {
-                        if !before.is_final() && dep.status.is_final() {
-                            tx_release_bundle(bundle_open, &dep.bundle_id)?;
-                        }
-                        tx_put(deployments, id, &dep)?;
-                        tx_deployment(counters, Some(before), dep.status)?;
+                        tx_store_deployment(deployments, bundle_open, counters, before, &dep)?;
                     }
                     Ok((dep, timed_out, next_deadline))
                 },
