@@ -18,6 +18,7 @@ pub mod error; // ApiError and rejection mapping
 pub mod events; // live event broadcast
 pub mod listen; // accept loop: connection cap, header and stall timeouts
 pub mod metrics; // Prometheus registry
+mod open_pg; // start-up on PostgreSQL (SPEC §8)
 pub mod router; // every route
 pub mod routes; // handlers
 pub mod service; // rules above the store; the heartbeat path
@@ -78,14 +79,11 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
     }
     // Settings first: a refused flag must not leave the store opened (and locked).
     let signatures = signature_policy(settings)?;
-    let options = SledOptions {
-        heartbeat_retention: settings.heartbeat_retention.max(1),
+    let bundle_dir = settings.bundle_dir();
+    let (store, work) = match settings.database_url.as_deref() {
+        Some(url) => open_pg::open(url, settings, &bundle_dir)?,
+        None => open_sled(settings, &bundle_dir)?,
     };
-    let store = open_store(&settings.data_dir, options)?;
-    let bundle_dir = settings.data_dir.join("bundles");
-    create_private_dir(&bundle_dir)?;
-    clean_bundle_dir(&store, &bundle_dir)?;
-    bootstrap_admin(&store, settings)?;
     let limits = Limits {
         enrollment_token,
         max_bundle_size: settings.max_bundle_size,
@@ -95,10 +93,26 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
         connections: settings.connections,
         signatures,
     };
+    Ok(AppState::new(store, work, limits, bundle_dir))
+}
+
+/// The embedded store in the data dir, cleaned up and bootstrapped, with what the work
+/// index is built from.
+fn open_sled(
+    settings: &ServerSettings,
+    bundle_dir: &Path,
+) -> Result<(Arc<dyn store::Store>, store::WorkSnapshot), StartError> {
+    let options = SledOptions {
+        heartbeat_retention: settings.heartbeat_retention.max(1),
+    };
+    let store = open_store(&settings.data_dir, options)?;
+    create_private_dir(bundle_dir)?;
+    clean_bundle_dir(&store, bundle_dir)?;
+    bootstrap_admin(&store, settings)?;
     let work = store
         .work_snapshot_blocking()
         .map_err(|e| unreadable(&settings.data_dir, e))?;
-    Ok(AppState::new(Arc::new(store), work, limits, bundle_dir))
+    Ok((Arc::new(store), work))
 }
 
 /// `--trust-key` files read and `--require-signatures` checked against them.

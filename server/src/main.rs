@@ -30,10 +30,21 @@ fn run_cli() -> anyhow::Result<()> {
         Some(Command::Restore { from, data_dir }) => {
             restore(&from, &data_dir.unwrap_or_else(default_data_dir))
         }
+        Some(Command::Migrate { database_url }) => migrate(&database_url),
         Some(Command::Check { data_dir }) => check(&data_dir.unwrap_or_else(default_data_dir)),
         Some(Command::Serve(args)) => run(args),
         None => run(cli.serve),
     }
+}
+
+fn migrate(url: &str) -> anyhow::Result<()> {
+    let applied = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(kernex_server::store::PgStore::migrate(url))
+        .with_context(|| format!("database {}", kernex_server::settings::redact_url(url)))?;
+    println!("database schema up to date ({applied} migrations)");
+    Ok(())
 }
 
 fn token_create(name: &str, data_dir: std::path::PathBuf) -> anyhow::Result<()> {

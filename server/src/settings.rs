@@ -47,6 +47,12 @@ pub enum Command {
         #[arg(long, env = "KERNEX_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Bring a PostgreSQL database's schema up to date (the server also does it at start).
+    Migrate {
+        /// `postgres://user@host:port/database` (SPEC §8).
+        #[arg(long, env = "KERNEX_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
     /// Verify a data dir no server holds: exit 0 when sound, 1 with what is wrong.
     Check {
         #[arg(long, env = "KERNEX_DATA_DIR")]
@@ -130,6 +136,19 @@ pub struct ServeArgs {
     /// keys (0 = off), so an operator token alone cannot ship code.
     #[arg(long, env = "KERNEX_REQUIRE_SIGNATURES", default_value_t = 0)]
     pub require_signatures: usize,
+    /// Store everything in this PostgreSQL database instead of the embedded sled store
+    /// (`postgres://user:password@host:5432/kernex`), so several replicas can share it
+    /// (SPEC §8). The data dir then holds only admin.token and, without --blob-dir,
+    /// the bundles.
+    #[arg(long, env = "KERNEX_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Database connections this process keeps open at most.
+    #[arg(long, env = "KERNEX_DATABASE_CONNECTIONS", default_value_t = 16)]
+    pub database_connections: u32,
+    /// Where bundle archives live [default: <data-dir>/bundles]. Replicas on one database
+    /// need a directory they all share (an NFS or similar mount).
+    #[arg(long, env = "KERNEX_BLOB_DIR")]
+    pub blob_dir: Option<PathBuf>,
     #[arg(long, env = "KERNEX_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
@@ -153,6 +172,11 @@ impl std::fmt::Debug for ServeArgs {
             .field("heartbeat_retention", &self.heartbeat_retention)
             .field("log_level", &self.log_level)
             .field("tls_cert", &self.tls_cert)
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|u| redact_url(u)),
+            )
+            .field("blob_dir", &self.blob_dir)
             .finish()
     }
 }
@@ -172,6 +196,11 @@ pub struct ServerSettings {
     /// `--trust-key` files and `--require-signatures` (SPEC §7).
     pub trust_keys: Vec<PathBuf>,
     pub require_signatures: usize,
+    /// PostgreSQL instead of sled (SPEC §8).
+    pub database_url: Option<String>,
+    pub database_connections: u32,
+    /// Bundle archives [default: `<data_dir>/bundles`].
+    pub blob_dir: Option<PathBuf>,
 }
 
 /// Connection and request limits (SPEC §1.9), applied by [`crate::serve`] and the router.
@@ -217,6 +246,11 @@ impl std::fmt::Debug for ServerSettings {
             .field("connections", &self.connections)
             .field("trust_keys", &self.trust_keys)
             .field("require_signatures", &self.require_signatures)
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|u| redact_url(u)),
+            )
+            .field("blob_dir", &self.blob_dir)
             .finish()
     }
 }
@@ -236,7 +270,38 @@ impl ServerSettings {
             connections: ConnLimits::default(),
             trust_keys: Vec::new(),
             require_signatures: 0,
+            database_url: None,
+            database_connections: 16,
+            blob_dir: None,
         }
+    }
+
+    /// Where bundle archives live.
+    pub fn bundle_dir(&self) -> PathBuf {
+        self.blob_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("bundles"))
+    }
+}
+
+/// A database URL with its password hidden, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => match authority[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..scheme_end],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -260,6 +325,9 @@ impl ServeArgs {
             },
             trust_keys: self.trust_keys.clone(),
             require_signatures: self.require_signatures,
+            database_url: self.database_url.clone().filter(|u| !u.is_empty()),
+            database_connections: self.database_connections,
+            blob_dir: self.blob_dir.clone(),
         }
     }
 }

@@ -21,6 +21,7 @@
 
 mod error; // StoreError
 mod export; // the store as a stream of domain records (backups)
+pub mod pg_store; // the PostgreSQL backend (SPEC §8)
 mod records; // stored record types
 pub mod sled_store; // the embedded sled backend
 
@@ -34,6 +35,7 @@ use serde_json::Value;
 
 pub use error::{Result, StoreError};
 pub use export::{BackupRecord, LiveSnapshot, RecordCounts, RecordSink, RecordSource};
+pub use pg_store::{PgOptions, PgStore};
 pub use records::*;
 pub use sled_store::{SledOptions, SledStore};
 

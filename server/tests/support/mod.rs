@@ -78,11 +78,56 @@ pub struct Device {
     pub key: DeviceKey,
 }
 
-/// One server with its own data dir.
+/// One server with its own data dir (and, on PostgreSQL, its own database).
 pub struct TestApp {
     pub dir: TempDir,
     pub state: AppState,
     pub router: Router,
+    /// The database this server uses, when the suite runs on PostgreSQL.
+    pub database_url: Option<String>,
+}
+
+/// The backend matrix (SPEC §8): with `KERNEX_TEST_DATABASE_URL` set (any database of a
+/// PostgreSQL cluster the tests may create databases on), every [`TestApp`] runs on a
+/// fresh database of that cluster; unset, on sled.
+pub fn postgres() -> bool {
+    matches!(std::env::var("KERNEX_TEST_DATABASE_URL"), Ok(url) if !url.is_empty())
+}
+
+/// A fresh, empty database for one server, when the suite runs on PostgreSQL.
+pub fn fresh_database() -> Option<String> {
+    let url = std::env::var("KERNEX_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let name = format!("kx_test_{}", uuid_like());
+    // On a thread of its own: the caller may be inside a runtime.
+    let created = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(kernex_server::store::pg_store::scratch_database(
+                &url, &name,
+            ))
+    })
+    .join()
+    .unwrap();
+    Some(created.expect("creating a test database (is KERNEX_TEST_DATABASE_URL's cluster up?)"))
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl TestApp {
@@ -96,10 +141,17 @@ impl TestApp {
         let mut settings = ServerSettings::for_data_dir(dir.path());
         settings.admin_token = Some(ADMIN.into());
         settings.enrollment_token = Some(ENROLL.into());
+        settings.database_url = fresh_database();
         tweak(&mut settings);
         let state = kernex_server::open(&settings).unwrap();
         let router = kernex_server::router(state.clone());
-        TestApp { dir, state, router }
+        let database_url = settings.database_url;
+        TestApp {
+            dir,
+            state,
+            router,
+            database_url,
+        }
     }
 
     /// A server on an existing data dir (e.g. one a restore filled), with the usual
@@ -109,7 +161,12 @@ impl TestApp {
         settings.enrollment_token = Some(ENROLL.into());
         let state = kernex_server::open(&settings).unwrap();
         let router = kernex_server::router(state.clone());
-        TestApp { dir, state, router }
+        TestApp {
+            dir,
+            state,
+            router,
+            database_url: None,
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -119,7 +176,12 @@ impl TestApp {
     /// Stop this server and start a new one on the same data dir (as a restart does:
     /// only what the store holds survives). Waits for the old one to release the dir.
     pub async fn restart(self) -> TestApp {
-        let TestApp { dir, state, router } = self;
+        let TestApp {
+            dir,
+            state,
+            router,
+            database_url,
+        } = self;
         state.heartbeats.close().await.unwrap();
         state.store.sync().await.unwrap();
         state.shutdown.cancel();
@@ -128,11 +190,17 @@ impl TestApp {
         let mut settings = ServerSettings::for_data_dir(dir.path());
         settings.admin_token = Some(ADMIN.into());
         settings.enrollment_token = Some(ENROLL.into());
+        settings.database_url = database_url.clone();
         for _ in 0..400 {
             match kernex_server::open(&settings) {
                 Ok(state) => {
                     let router = kernex_server::router(state.clone());
-                    return TestApp { dir, state, router };
+                    return TestApp {
+                        dir,
+                        state,
+                        router,
+                        database_url,
+                    };
                 }
                 Err(kernex_server::StartError::Locked(_)) => {
                     tokio::time::sleep(std::time::Duration::from_millis(25)).await;

@@ -1,0 +1,147 @@
+//! Start-up on PostgreSQL (SPEC §8): migrate, clean the blob dir, bootstrap the first
+//! operator token, read what the work index is built from.
+//!
+//! [`crate::open`] is called from async code and returns synchronously, so the start-up
+//! work runs on a runtime of its own, on a thread of its own, with a pool of its own
+//! that closes with it; the serving pool connects lazily, in the caller's runtime.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::Utc;
+
+use crate::auth::{hash_token, mint_token};
+use crate::store::{PgOptions, PgStore, Store, StoreError, WorkSnapshot};
+use crate::{ADMIN_TOKEN_FILE, ServerSettings, StartError, create_private_dir, write_secret};
+
+/// A file in a shared blob dir younger than this may belong to an upload another replica
+/// is still finishing: start-up leaves it alone.
+const IN_FLIGHT: Duration = Duration::from_secs(3600);
+
+pub(crate) fn open(
+    url: &str,
+    settings: &ServerSettings,
+    bundle_dir: &Path,
+) -> Result<(Arc<dyn Store>, WorkSnapshot), StartError> {
+    create_private_dir(&settings.data_dir)?;
+    create_private_dir(bundle_dir)?;
+    let options = PgOptions {
+        heartbeat_retention: settings.heartbeat_retention.max(1),
+        max_connections: settings.database_connections,
+    };
+    let work = std::thread::scope(|scope| {
+        scope
+            .spawn(|| prepare(url, settings, bundle_dir))
+            .join()
+            .unwrap_or_else(|_| Err(StartError::Settings("start-up thread panicked".into())))
+    })?;
+    let store = PgStore::connect_lazy(url, options).map_err(|e| database(url, e))?;
+    Ok((Arc::new(store), work))
+}
+
+fn prepare(
+    url: &str,
+    settings: &ServerSettings,
+    bundle_dir: &Path,
+) -> Result<WorkSnapshot, StartError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let options = PgOptions {
+            heartbeat_retention: settings.heartbeat_retention.max(1),
+            max_connections: 2,
+        };
+        let store = PgStore::connect(url, options)
+            .await
+            .map_err(|e| database(url, e))?;
+        let prepared = async {
+            clean_blob_dir(&store, bundle_dir).await?;
+            bootstrap_admin(&store, settings).await?;
+            Ok(store.work_snapshot().await?)
+        }
+        .await;
+        store.close().await;
+        prepared
+    })
+}
+
+fn database(url: &str, e: StoreError) -> StartError {
+    StartError::Settings(format!(
+        "database {}: {e}",
+        crate::settings::redact_url(url)
+    ))
+}
+
+/// Remove abandoned upload files and archives with no record, older than an hour (the
+/// dir may be shared with replicas that are uploading right now).
+async fn clean_blob_dir(store: &PgStore, bundle_dir: &Path) -> Result<(), StartError> {
+    let old = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > IN_FLIGHT)
+    };
+    let tmp = bundle_dir.join("tmp");
+    if tmp.is_dir() {
+        for entry in std::fs::read_dir(&tmp)? {
+            let path = entry?.path();
+            if path.is_file() && old(&path) {
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    for entry in std::fs::read_dir(bundle_dir)? {
+        let path = entry?.path();
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".tar.gz"))
+        else {
+            continue;
+        };
+        if old(&path) && matches!(store.bundle(id).await, Err(StoreError::NotFound(_))) {
+            tracing::warn!(path = %path.display(), "removing bundle file with no record");
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The `--admin-token`, or a first operator token written to `admin.token` when the
+/// database has none. Replicas starting together on an empty database race for it: the
+/// loser removes its file and says where the token is.
+async fn bootstrap_admin(store: &PgStore, settings: &ServerSettings) -> Result<(), StartError> {
+    let now = Utc::now();
+    if let Some(token) = settings.admin_token.as_deref().filter(|t| !t.is_empty()) {
+        store
+            .put_operator_token("admin", &hash_token(token), now)
+            .await?;
+        return Ok(());
+    }
+    if store.has_operator_tokens().await? {
+        return Ok(());
+    }
+    let token = mint_token("kxo_");
+    let path = settings.data_dir.join(ADMIN_TOKEN_FILE);
+    write_secret(&path, &format!("{token}\n"))?;
+    match store
+        .create_operator_token("admin", &hash_token(&token), now)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "generated the first operator token");
+            Ok(())
+        }
+        Err(StoreError::Conflict(_)) => {
+            std::fs::remove_file(&path)?;
+            tracing::info!(
+                "another replica generated the first operator token (its admin.token has it)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
