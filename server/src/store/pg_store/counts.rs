@@ -1,7 +1,89 @@
-//! PostgreSQL: fleet counts for /metrics.
+//! PostgreSQL: fleet counts for /metrics (devices by admission, deployments by status),
+//! kept in the `counters` table by the transactions that change what they count (the
+//! same names as sled's `counters` tree), so a scrape reads a handful of rows.
 #![allow(unused_variables)] // stubs: removed as each method is written
 
+use sqlx::PgConnection;
+
 use super::*;
+
+pub(super) fn admission_key(a: Admission) -> &'static str {
+    match a {
+        Admission::Pending => "devices.pending",
+        Admission::Accepted => "devices.accepted",
+        Admission::Rejected => "devices.rejected",
+    }
+}
+
+pub(super) fn status_key(s: DeploymentStatus) -> &'static str {
+    match s {
+        DeploymentStatus::Scheduled => "deployments.scheduled",
+        DeploymentStatus::Pending => "deployments.pending",
+        DeploymentStatus::InProgress => "deployments.in_progress",
+        DeploymentStatus::Paused => "deployments.paused",
+        DeploymentStatus::Success => "deployments.success",
+        DeploymentStatus::Failed => "deployments.failed",
+        DeploymentStatus::Cancelled => "deployments.cancelled",
+    }
+}
+
+/// Add `delta` to each named counter, inside the caller's transaction (one statement;
+/// zero deltas are skipped). Names are locked in sorted order, so two transactions
+/// bumping the same counters never deadlock.
+pub(super) async fn bump(conn: &mut PgConnection, changes: &[(&str, i64)]) -> Result<()> {
+    let mut changes: Vec<(&str, i64)> = changes.iter().copied().filter(|c| c.1 != 0).collect();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    changes.sort_by(|a, b| a.0.cmp(b.0));
+    let names: Vec<&str> = changes.iter().map(|c| c.0).collect();
+    let deltas: Vec<i64> = changes.iter().map(|c| c.1).collect();
+    sqlx::query(
+        "INSERT INTO counters (name, value) \
+         SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+         ON CONFLICT (name) DO UPDATE SET value = counters.value + EXCLUDED.value",
+    )
+    .bind(&names)
+    .bind(&deltas)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A device moved from one admission to another (`None`: it did not exist / no more).
+pub(super) async fn admission_moved(
+    conn: &mut PgConnection,
+    before: Option<Admission>,
+    after: Option<Admission>,
+) -> Result<()> {
+    if before == after {
+        return Ok(());
+    }
+    let mut changes = Vec::new();
+    if let Some(b) = before {
+        changes.push((admission_key(b), -1));
+    }
+    if let Some(a) = after {
+        changes.push((admission_key(a), 1));
+    }
+    bump(conn, &changes).await
+}
+
+/// A deployment moved from one status to another (`None`: it did not exist before).
+pub(super) async fn status_moved(
+    conn: &mut PgConnection,
+    before: Option<DeploymentStatus>,
+    after: DeploymentStatus,
+) -> Result<()> {
+    if before == Some(after) {
+        return Ok(());
+    }
+    let mut changes = vec![(status_key(after), 1)];
+    if let Some(b) = before {
+        changes.push((status_key(b), -1));
+    }
+    bump(conn, &changes).await
+}
 
 impl PgStore {
     pub(super) async fn fleet_counts(&self, now: Ts) -> Result<FleetCounts> {
