@@ -90,6 +90,17 @@ pub(super) async fn store_deployment(
     before: DeploymentStatus,
     dep: &DeploymentRecord,
 ) -> Result<()> {
+    store_deployment_row(conn, dep).await?;
+    counts::status_moved(conn, Some(before), dep.status).await
+}
+
+/// Store a deployment's row only; the caller moves its status counters (a transaction
+/// that changes several deployments bumps every counter once, in name order, at its
+/// end, so two of them never lock counter rows in opposite orders).
+pub(super) async fn store_deployment_row(
+    conn: &mut PgConnection,
+    dep: &DeploymentRecord,
+) -> Result<()> {
     sqlx::query(
         "UPDATE deployments SET status = $2, final = $3, doc = $4 WHERE deployment_id = $1",
     )
@@ -97,9 +108,9 @@ pub(super) async fn store_deployment(
     .bind(wire_name(&dep.status)?)
     .bind(dep.status.is_final())
     .bind(Json(dep))
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
-    counts::status_moved(conn, Some(before), dep.status).await
+    Ok(())
 }
 
 /// Store changed targets of one deployment (status, `open`, record), one statement.
@@ -145,8 +156,6 @@ pub(super) async fn share_devices(
 ) -> Result<HashMap<String, Admission>> {
     let mut sorted: Vec<&str> = device_ids.iter().map(String::as_str).collect();
     sorted.sort_unstable();
-    let accepted = wire_name(&Admission::Accepted)?;
-    let pending = wire_name(&Admission::Pending)?;
     let mut out = HashMap::with_capacity(sorted.len());
     for chunk in sorted.chunks(ROW_CHUNK) {
         let rows: Vec<(String, String)> = sqlx::query_as(
@@ -157,13 +166,8 @@ pub(super) async fn share_devices(
         .fetch_all(&mut *conn)
         .await?;
         for (id, a) in rows {
-            let a = if a == accepted {
-                Admission::Accepted
-            } else if a == pending {
-                Admission::Pending
-            } else {
-                Admission::Rejected
-            };
+            let a: Admission = serde_json::from_value(serde_json::Value::String(a))
+                .map_err(|e| StoreError::codec(format!("device {id}'s admission: {e}")))?;
             out.insert(id, a);
         }
     }
@@ -289,7 +293,6 @@ impl PgStore {
         .bind(Json(&dep))
         .execute(&mut *tx)
         .await?;
-        counts::status_moved(&mut tx, None, dep.status).await?;
         for (c, chunk) in ids.chunks(ROW_CHUNK).enumerate() {
             let base = c * ROW_CHUNK;
             let wave_of = |j: usize| waves.as_ref().and_then(|w| w.get(base + j).copied());
@@ -300,6 +303,8 @@ impl PgStore {
                 .collect();
             insert_targets(&mut tx, &dep.id, base, &targets).await?;
         }
+        // Counters last: their rows are shared by every deployment's transactions.
+        counts::status_moved(&mut tx, None, dep.status).await?;
         tx.commit().await?;
         Ok(dep)
     }

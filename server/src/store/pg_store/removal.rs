@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use sqlx::types::Json;
 
 use super::counts;
-use super::deployments::{lock_deployment, lock_target, store_deployment, store_targets};
+use super::deployments::{lock_deployment, lock_target, store_deployment_row, store_targets};
 use super::*;
 use crate::service::rules;
 
@@ -26,13 +26,18 @@ async fn lock_device(conn: &mut PgConnection, device_id: &str) -> Result<DeviceR
     doc.map(|d| d.0).ok_or_else(|| no_device(device_id))
 }
 
+/// Counter changes a transaction collects and applies once, at its end.
+type Deltas = Vec<(&'static str, i64)>;
+
 /// Cancel every open target of a device (its row is locked), deployment by deployment
-/// in id order; the deployments that changed.
+/// in id order; the deployments that changed. Their status counter moves are added to
+/// `deltas`.
 async fn cancel_open_targets(
     conn: &mut PgConnection,
     device_id: &str,
     reason: &str,
     now: Ts,
+    deltas: &mut Deltas,
 ) -> Result<Vec<DeploymentRecord>> {
     let open: Vec<String> = sqlx::query_scalar(
         "SELECT deployment_id FROM targets WHERE device_id = $1 AND open \
@@ -54,10 +59,32 @@ async fn cancel_open_targets(
             continue;
         }
         store_targets(conn, &dep_id, &[&t]).await?;
-        store_deployment(conn, before, &dep).await?;
+        store_deployment_row(conn, &dep).await?;
+        if before != dep.status {
+            deltas.push((counts::status_key(before), -1));
+            deltas.push((counts::status_key(dep.status), 1));
+        }
         changed.push(dep);
     }
     Ok(changed)
+}
+
+fn admission_deltas(before: Admission, after: Option<Admission>) -> Deltas {
+    if Some(before) == after {
+        return Vec::new();
+    }
+    let mut d = vec![(counts::admission_key(before), -1)];
+    d.extend(after.map(|a| (counts::admission_key(a), 1)));
+    d
+}
+
+/// One delta per counter name (the sum of what was collected).
+fn merge(deltas: Deltas) -> Deltas {
+    let mut sums = std::collections::BTreeMap::new();
+    for (name, d) in deltas {
+        *sums.entry(name).or_insert(0) += d;
+    }
+    sums.into_iter().collect()
 }
 
 /// Revoke a device's token.
@@ -81,12 +108,14 @@ impl PgStore {
     ) -> Result<(Device, Vec<DeploymentRecord>)> {
         let mut tx = self.pool.begin().await?;
         let mut d = lock_device(&mut tx, device_id).await?;
-        counts::admission_moved(&mut tx, Some(d.admission), Some(admission)).await?;
+        let mut deltas = admission_deltas(d.admission, Some(admission));
         d.admission = admission;
         let mut changed = Vec::new();
         if admission == Admission::Rejected {
             delete_device_token(&mut tx, device_id).await?;
-            changed = cancel_open_targets(&mut tx, device_id, "device was rejected", now).await?;
+            changed =
+                cancel_open_targets(&mut tx, device_id, "device was rejected", now, &mut deltas)
+                    .await?;
         }
         sqlx::query("UPDATE devices SET admission = $2, doc = $3 WHERE device_id = $1")
             .bind(device_id)
@@ -94,6 +123,7 @@ impl PgStore {
             .bind(Json(&d))
             .execute(&mut *tx)
             .await?;
+        counts::bump(&mut tx, &merge(deltas)).await?;
         tx.commit().await?;
         let live = self.live_of(device_id).await?;
         Ok((Device { record: d, live }, changed))
@@ -109,8 +139,9 @@ impl PgStore {
     ) -> Result<Vec<DeploymentRecord>> {
         let mut tx = self.pool.begin().await?;
         let d = lock_device(&mut tx, device_id).await?;
-        counts::admission_moved(&mut tx, Some(d.admission), None).await?;
-        let changed = cancel_open_targets(&mut tx, device_id, "device was deleted", now).await?;
+        let mut deltas = admission_deltas(d.admission, None);
+        let changed =
+            cancel_open_targets(&mut tx, device_id, "device was deleted", now, &mut deltas).await?;
         delete_device_token(&mut tx, device_id).await?;
         for table in ["history", "device_success"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE device_id = $1"))
@@ -123,6 +154,7 @@ impl PgStore {
             .bind(device_id)
             .execute(&mut *tx)
             .await?;
+        counts::bump(&mut tx, &merge(deltas)).await?;
         tx.commit().await?;
         Ok(changed)
     }
