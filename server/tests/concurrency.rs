@@ -136,66 +136,106 @@ async fn two_results_with_different_report_ids_apply_once() {
 /// report it), and the deployment's counts cover every target once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rejects_racing_a_creation_leave_no_target_open() {
-    const N: usize = 16;
+    removals_racing_a_creation(Removal::Reject).await;
+}
+
+/// The same with deletions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletions_racing_a_creation_leave_no_target_open() {
+    removals_racing_a_creation(Removal::Delete).await;
+}
+
+#[derive(Clone, Copy)]
+enum Removal {
+    Reject,
+    Delete,
+}
+
+async fn remove(app: &TestApp, id: &str, how: Removal) {
+    match how {
+        Removal::Reject => {
+            app.post(&format!("/api/v1/devices/{id}/reject"), json!({}))
+                .await
+                .expect(StatusCode::OK);
+        }
+        Removal::Delete => {
+            let r = app.delete(&format!("/api/v1/devices/{id}")).await;
+            assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+        }
+    }
+}
+
+/// Rounds of one creation racing removals of a third of its devices, each round's
+/// removals a little later than the last, so both outcomes come up.
+async fn removals_racing_a_creation(how: Removal) {
+    const N: usize = 9;
+    const ROUNDS: u64 = 4;
     let app = Arc::new(TestApp::new());
-    let mut devs = Vec::new();
-    for _ in 0..N {
-        devs.push(app.device().await);
-    }
     app.bundle("1.0.0").await;
-    let ids: Vec<String> = devs.iter().map(|d| d.id.clone()).collect();
-    let create = {
-        let app = Arc::clone(&app);
-        tokio::spawn(async move {
-            app.post(
-                "/api/v1/deployments",
-                json!({"bundle_version": "1.0.0", "target_device_ids": ids}),
-            )
-            .await
-        })
-    };
-    let rejects: Vec<_> = devs
-        .iter()
-        .step_by(3)
-        .map(|d| {
-            let (app, id) = (Arc::clone(&app), d.id.clone());
+    let mut created_count = 0;
+    for round in 0..ROUNDS {
+        let mut devs = Vec::new();
+        for _ in 0..N {
+            devs.push(app.device().await);
+        }
+        let ids: Vec<String> = devs.iter().map(|d| d.id.clone()).collect();
+        let create = {
+            let app = Arc::clone(&app);
             tokio::spawn(async move {
-                app.post(&format!("/api/v1/devices/{id}/reject"), json!({}))
-                    .await
+                app.post(
+                    "/api/v1/deployments",
+                    json!({"bundle_version": "1.0.0", "target_device_ids": ids}),
+                )
+                .await
             })
-        })
-        .collect();
-    for r in rejects {
-        r.await.unwrap().expect(StatusCode::OK);
-    }
-    let created = create.await.unwrap();
-    if created.status == StatusCode::BAD_REQUEST {
-        // A reject committed first: the creation named it and created nothing.
-        assert!(
-            created.json()["message"]
-                .as_str()
-                .unwrap()
-                .contains("not accepted")
-        );
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(round * 2)).await;
+        let removals: Vec<_> = devs
+            .iter()
+            .step_by(3)
+            .map(|d| {
+                let (app, id) = (Arc::clone(&app), d.id.clone());
+                tokio::spawn(async move { remove(&app, &id, how).await })
+            })
+            .collect();
+        for r in removals {
+            r.await.unwrap();
+        }
+        let created = create.await.unwrap();
+        if created.status == StatusCode::BAD_REQUEST {
+            // A removal committed first: the creation named it and created nothing.
+            let message = created.json()["message"].as_str().unwrap().to_owned();
+            assert!(
+                message.contains("not accepted") || message.contains("no device"),
+                "{message}"
+            );
+        } else {
+            created_count += 1;
+            let dep_id = s(&created.expect(StatusCode::CREATED)["id"]).to_owned();
+            check_removed_targets_cancelled(&app, &dep_id, &devs).await;
+        }
         let all = app.get("/api/v1/deployments").await.expect(StatusCode::OK);
-        assert_eq!(all.as_array().unwrap().len(), 0);
-        return;
+        assert_eq!(all.as_array().unwrap().len(), created_count);
+        assert_eq!(metric(&app, "pending").await, created_count as f64);
     }
-    let dep_id = s(&created.expect(StatusCode::CREATED)["id"]).to_owned();
-    let d = deployment(&app, &dep_id).await;
+}
+
+/// Every third device of `devs` was removed: its target is cancelled, the others' are
+/// pending, and the counts say so.
+async fn check_removed_targets_cancelled(app: &TestApp, dep_id: &str, devs: &[Device]) {
+    let d = deployment(app, dep_id).await;
     let ts = targets(&d);
-    assert_eq!(ts.len(), N);
-    let rejected: Vec<&str> = devs.iter().step_by(3).map(|d| d.id.as_str()).collect();
+    assert_eq!(ts.len(), devs.len());
+    let removed: Vec<&str> = devs.iter().step_by(3).map(|d| d.id.as_str()).collect();
     for t in &ts {
-        if rejected.contains(&s(&t["device_id"])) {
+        if removed.contains(&s(&t["device_id"])) {
             assert_eq!(t["status"], "cancelled", "{t}");
         } else {
             assert_eq!(t["status"], "pending", "{t}");
         }
     }
-    assert_eq!(count(&d, "cancelled"), rejected.len() as u64);
-    assert_eq!(count(&d, "pending"), (N - rejected.len()) as u64);
-    assert_eq!(metric(&app, "pending").await, 1.0);
+    assert_eq!(count(&d, "cancelled"), removed.len() as u64);
+    assert_eq!(count(&d, "pending"), (devs.len() - removed.len()) as u64);
 }
 
 /// A cancel racing the targets' results: each target ends either with its result or

@@ -1,8 +1,13 @@
 //! PostgreSQL: admission changes and deletions, which cancel what a device will never
-//! report. Each is one transaction that locks the device's row first (`FOR UPDATE`:
-//! deployment creations and releases hold it `FOR KEY SHARE`, so none can make a new
-//! target of this device open meanwhile), then the deployments it has open targets in,
-//! in id order, then those targets.
+//! report. Each is one transaction that locks the device's row first, then the
+//! deployments it has open targets in, in id order, then those targets.
+//!
+//! Deployment creations and releases hold the rows of their devices `FOR KEY SHARE`,
+//! so a rejection (`FOR UPDATE`) or a deletion (the `DELETE` of the row) waits for them
+//! and then sees, and cancels, the targets they made open; one that starts later finds
+//! the device rejected or gone. A deletion takes its row lock as `FOR NO KEY UPDATE`
+//! first, which a heartbeat batch's foreign-key checks (`FOR KEY SHARE`) do not wait
+//! for: the batch commits, then the `DELETE` goes on, so the two never deadlock.
 
 use sqlx::PgConnection;
 use sqlx::types::Json;
@@ -16,13 +21,22 @@ fn no_device(device_id: &str) -> StoreError {
     StoreError::NotFound(format!("no device {device_id:?}"))
 }
 
-/// Lock a device's row for a change of admission or a deletion, and read it.
-async fn lock_device(conn: &mut PgConnection, device_id: &str) -> Result<DeviceRecord> {
-    let doc: Option<Json<DeviceRecord>> =
-        sqlx::query_scalar("SELECT doc FROM devices WHERE device_id = $1 FOR UPDATE")
-            .bind(device_id)
-            .fetch_optional(conn)
-            .await?;
+/// Lock a device's row and read it: `FOR UPDATE` for a change of admission, `FOR NO
+/// KEY UPDATE` before a deletion (see the module doc).
+async fn lock_device(
+    conn: &mut PgConnection,
+    device_id: &str,
+    deleting: bool,
+) -> Result<DeviceRecord> {
+    let sql = if deleting {
+        "SELECT doc FROM devices WHERE device_id = $1 FOR NO KEY UPDATE"
+    } else {
+        "SELECT doc FROM devices WHERE device_id = $1 FOR UPDATE"
+    };
+    let doc: Option<Json<DeviceRecord>> = sqlx::query_scalar(sql)
+        .bind(device_id)
+        .fetch_optional(conn)
+        .await?;
     doc.map(|d| d.0).ok_or_else(|| no_device(device_id))
 }
 
@@ -107,7 +121,7 @@ impl PgStore {
         now: Ts,
     ) -> Result<(Device, Vec<DeploymentRecord>)> {
         let mut tx = self.pool.begin().await?;
-        let mut d = lock_device(&mut tx, device_id).await?;
+        let mut d = lock_device(&mut tx, device_id, false).await?;
         let mut deltas = admission_deltas(d.admission, Some(admission));
         d.admission = admission;
         let mut changed = Vec::new();
@@ -138,7 +152,14 @@ impl PgStore {
         now: Ts,
     ) -> Result<Vec<DeploymentRecord>> {
         let mut tx = self.pool.begin().await?;
-        let d = lock_device(&mut tx, device_id).await?;
+        let d = lock_device(&mut tx, device_id, true).await?;
+        // The row first: this waits for creations and releases that hold it, and makes
+        // later ones find no device. Tags, config, live record and heartbeats go with
+        // it (ON DELETE CASCADE).
+        sqlx::query("DELETE FROM devices WHERE device_id = $1")
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
         let mut deltas = admission_deltas(d.admission, None);
         let changed =
             cancel_open_targets(&mut tx, device_id, "device was deleted", now, &mut deltas).await?;
@@ -149,11 +170,6 @@ impl PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        // Tags, config, live record and heartbeats go with it (ON DELETE CASCADE).
-        sqlx::query("DELETE FROM devices WHERE device_id = $1")
-            .bind(device_id)
-            .execute(&mut *tx)
-            .await?;
         counts::bump(&mut tx, &merge(deltas)).await?;
         tx.commit().await?;
         Ok(changed)
