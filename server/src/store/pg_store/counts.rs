@@ -1,11 +1,14 @@
 //! PostgreSQL: fleet counts for /metrics (devices by admission, deployments by status),
 //! kept in the `counters` table by the transactions that change what they count (the
 //! same names as sled's `counters` tree), so a scrape reads a handful of rows.
-#![allow(unused_variables)] // stubs: removed as each method is written
 
 use sqlx::PgConnection;
 
 use super::*;
+
+/// Devices with a live record (they beat at least once): kept by the beat writer and
+/// [`super::beats::forget_live`]; online/offline/never are derived from it.
+pub(super) const BEATEN: &str = "devices.beaten";
 
 pub(super) fn admission_key(a: Admission) -> &'static str {
     match a {
@@ -86,7 +89,40 @@ pub(super) async fn status_moved(
 }
 
 impl PgStore {
+    /// A handful of counter rows, plus one index range count: the devices whose online
+    /// window is still open (`device_live_online`), O(online devices), never the fleet.
     pub(super) async fn fleet_counts(&self, now: Ts) -> Result<FleetCounts> {
-        Err(not_built("fleet_counts"))
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT name, value FROM counters")
+            .fetch_all(&self.pool)
+            .await?;
+        let online: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM device_live WHERE online_until > $1")
+                .bind(super::beats::online_threshold(now))
+                .fetch_one(&self.pool)
+                .await?;
+        let read = |key: &str| -> u64 {
+            rows.iter()
+                .find(|(name, _)| name == key)
+                .map_or(0, |(_, v)| u64::try_from(*v).unwrap_or(0))
+        };
+        let mut deployments = [0; 7];
+        for (slot, status) in deployments.iter_mut().zip(DeploymentStatus::ALL) {
+            *slot = read(status_key(status));
+        }
+        let devices_pending = read(admission_key(Admission::Pending));
+        let devices_accepted = read(admission_key(Admission::Accepted));
+        let devices_rejected = read(admission_key(Admission::Rejected));
+        let total = devices_pending + devices_accepted + devices_rejected;
+        let beaten = read(BEATEN);
+        let online = u64::try_from(online).unwrap_or(0).min(beaten);
+        Ok(FleetCounts {
+            devices_pending,
+            devices_accepted,
+            devices_rejected,
+            deployments,
+            online,
+            offline: beaten - online,
+            never: total.saturating_sub(beaten),
+        })
     }
 }
