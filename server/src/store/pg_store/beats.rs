@@ -22,10 +22,8 @@ use std::collections::HashMap;
 
 use chrono::Duration;
 use kernex_common::api::HeartbeatRequest;
-use sqlx::PgConnection;
 use sqlx::types::Json;
 
-use super::counts::{BEATEN, bump};
 use super::*;
 
 /// A live record from its stored form (`device_live.doc`: the backup format's
@@ -62,8 +60,8 @@ pub(super) fn online_threshold(now: Ts) -> Ts {
     now - Duration::seconds(1)
 }
 
-/// One round of a batch: upsert the live rows, write the ring slots, and count the
-/// devices that beat for the first time.
+/// One round of a batch: upsert the live rows, write the ring slots, drop slots past a
+/// lowered retention.
 const ROUND: &str = "\
 WITH input AS (
     SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::jsonb[], $5::jsonb[])
@@ -95,7 +93,7 @@ WITH input AS (
     DELETE FROM heartbeats h USING live
     WHERE h.device_id = live.device_id AND h.slot >= $6
 )
-SELECT count(*) FILTER (WHERE beats = 1) FROM live";
+SELECT count(*) FROM live";
 
 /// One round's columns, in device-id order.
 #[derive(Default)]
@@ -193,20 +191,17 @@ impl PgStore {
         }
         let ring = self.ring();
         let mut tx = self.pool.begin().await?;
-        let mut first_beats = 0i64;
         for round in rounds(beats) {
-            let n: i64 = sqlx::query_scalar(ROUND)
+            sqlx::query(ROUND)
                 .bind(&round.ids)
                 .bind(&round.at)
                 .bind(&round.online_until)
                 .bind(&round.live)
                 .bind(&round.beat)
                 .bind(ring)
-                .fetch_one(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
-            first_beats += n;
         }
-        bump(&mut tx, &[(BEATEN, first_beats)]).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -227,22 +222,4 @@ impl PgStore {
         .await?;
         Ok(rows.into_iter().map(|j| j.0).collect())
     }
-}
-
-/// Remove a device's live record and history in the caller's transaction, keeping the
-/// beaten-devices count (device deletion must call it: the `ON DELETE CASCADE` alone
-/// would leave `/metrics` counting the device as offline). Lock the device row first.
-#[allow(dead_code)] // until delete_device (removal.rs, branch pg-deploy) calls it
-pub(super) async fn forget_live(conn: &mut PgConnection, device_id: &str) -> Result<()> {
-    let gone = sqlx::query("DELETE FROM device_live WHERE device_id = $1")
-        .bind(device_id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-    sqlx::query("DELETE FROM heartbeats WHERE device_id = $1")
-        .bind(device_id)
-        .execute(&mut *conn)
-        .await?;
-    let gone = i64::try_from(gone).unwrap_or(0);
-    bump(conn, &[(BEATEN, -gone)]).await
 }

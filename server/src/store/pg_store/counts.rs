@@ -6,10 +6,6 @@ use sqlx::PgConnection;
 
 use super::*;
 
-/// Devices with a live record (they beat at least once): kept by the beat writer and
-/// [`super::beats::forget_live`]; online/offline/never are derived from it.
-pub(super) const BEATEN: &str = "devices.beaten";
-
 pub(super) fn admission_key(a: Admission) -> &'static str {
     match a {
         Admission::Pending => "devices.pending",
@@ -89,17 +85,20 @@ pub(super) async fn status_moved(
 }
 
 impl PgStore {
-    /// A handful of counter rows, plus one index range count: the devices whose online
-    /// window is still open (`device_live_online`), O(online devices), never the fleet.
+    /// The counter rows, plus online/offline/never from `device_live` (whose rows are
+    /// the devices that ever beat), counted by the database over `device_live_online`:
+    /// no row reaches this process, and deletions need no bookkeeping (the device's live
+    /// row goes with it).
     pub(super) async fn fleet_counts(&self, now: Ts) -> Result<FleetCounts> {
         let rows: Vec<(String, i64)> = sqlx::query_as("SELECT name, value FROM counters")
             .fetch_all(&self.pool)
             .await?;
-        let online: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM device_live WHERE online_until > $1")
-                .bind(super::beats::online_threshold(now))
-                .fetch_one(&self.pool)
-                .await?;
+        let (online, beaten): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE online_until > $1), count(*) FROM device_live",
+        )
+        .bind(super::beats::online_threshold(now))
+        .fetch_one(&self.pool)
+        .await?;
         let read = |key: &str| -> u64 {
             rows.iter()
                 .find(|(name, _)| name == key)
@@ -113,7 +112,7 @@ impl PgStore {
         let devices_accepted = read(admission_key(Admission::Accepted));
         let devices_rejected = read(admission_key(Admission::Rejected));
         let total = devices_pending + devices_accepted + devices_rejected;
-        let beaten = read(BEATEN);
+        let beaten = u64::try_from(beaten).unwrap_or(0);
         let online = u64::try_from(online).unwrap_or(0).min(beaten);
         Ok(FleetCounts {
             devices_pending,
