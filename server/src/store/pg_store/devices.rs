@@ -3,9 +3,8 @@
 //! A device is its `devices` row (the [`DeviceRecord`] in `doc`, with `fingerprint` and
 //! `admission` beside it) plus, once it beat, its `device_live` row. Tags are in the
 //! record and, for the tag queries, in `device_tags`.
-#![allow(unused_variables)] // stubs: removed as each method is written
 
-use kernex_common::api::Admission;
+use kernex_common::api::{Admission, OnlineStatus};
 use sqlx::PgConnection;
 use sqlx::types::Json;
 
@@ -28,7 +27,8 @@ fn device_from_row((record, live): DeviceRow) -> Device {
 }
 
 /// A device with its live record, read in the caller's transaction (`None`: no such
-/// device). `lock` takes the device row `FOR UPDATE` (the live row is not locked: only
+/// device). `lock` takes the device row `FOR NO KEY UPDATE` (it blocks other writers of
+/// the device, not the heartbeats' `FOR KEY SHARE`; the live row is not locked: only
 /// heartbeats write it).
 pub(super) async fn load_device(
     conn: &mut PgConnection,
@@ -38,7 +38,7 @@ pub(super) async fn load_device(
     let sql = format!(
         "SELECT {DEVICE_COLUMNS} FROM devices d LEFT JOIN device_live l USING (device_id) \
          WHERE d.device_id = $1{}",
-        if lock { " FOR UPDATE OF d" } else { "" }
+        if lock { " FOR NO KEY UPDATE OF d" } else { "" }
     );
     let row: Option<DeviceRow> = sqlx::query_as(&sql)
         .bind(device_id)
@@ -57,6 +57,12 @@ pub(super) async fn store_device_record(conn: &mut PgConnection, d: &DeviceRecor
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Can PostgreSQL hold this text? (Not U+0000.) A key with one names nothing stored, so
+/// lookups answer "not found" without asking the database.
+pub(super) fn storable(key: &str) -> bool {
+    !key.contains('\0')
 }
 
 fn no_device(device_id: &str) -> StoreError {
@@ -88,6 +94,9 @@ impl PgStore {
     }
 
     pub(super) async fn device(&self, device_id: &str) -> Result<Device> {
+        if !storable(device_id) {
+            return Err(no_device(device_id));
+        }
         let mut conn = self.pool.acquire().await?;
         load_device(&mut conn, device_id, false)
             .await?
@@ -95,6 +104,9 @@ impl PgStore {
     }
 
     pub(super) async fn device_exists(&self, device_id: &str) -> Result<bool> {
+        if !storable(device_id) {
+            return Ok(false);
+        }
         Ok(
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM devices WHERE device_id = $1)")
                 .bind(device_id)
@@ -103,16 +115,75 @@ impl PgStore {
         )
     }
 
-    pub(super) async fn list_devices(&self, filter: &DeviceFilter, now: Ts) -> Result<Vec<Device>> {
-        Err(not_built("list_devices"))
+    /// One page of devices ordered by id, after the cursor, matching the filter: one
+    /// query, driven by `device_tags`' primary key with a tag, else by `devices`'
+    /// primary key; the status filter compares `device_live.online_until`.
+    pub(super) async fn list_devices(&self, f: &DeviceFilter, now: Ts) -> Result<Vec<Device>> {
+        let mut sql = format!("SELECT {DEVICE_COLUMNS} FROM ");
+        sql.push_str(if f.tag.is_some() {
+            "device_tags t JOIN devices d ON d.device_id = t.device_id AND t.tag = $1 "
+        } else {
+            "devices d "
+        });
+        sql.push_str(
+            "LEFT JOIN device_live l ON l.device_id = d.device_id \
+             WHERE ($2::text IS NULL OR d.device_id > $2) \
+             AND ($3::text IS NULL OR d.admission = $3) ",
+        );
+        sql.push_str(match f.status {
+            None => "",
+            Some(OnlineStatus::Never) => "AND l.device_id IS NULL ",
+            Some(OnlineStatus::Online) => "AND l.online_until > $4 ",
+            Some(OnlineStatus::Offline) => "AND l.online_until <= $4 ",
+        });
+        sql.push_str("ORDER BY d.device_id LIMIT $5");
+        let admission = f.admission.as_ref().map(wire_name).transpose()?;
+        let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
+        let rows: Vec<DeviceRow> = sqlx::query_as(&sql)
+            .bind(&f.tag)
+            .bind(&f.after)
+            .bind(admission)
+            .bind(super::beats::online_threshold(now))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(device_from_row).collect())
     }
 
+    /// Accepted devices carrying any of `tags`, deduplicated, in id order.
     pub(super) async fn accepted_devices_with_tags(&self, tags: &[String]) -> Result<Vec<String>> {
-        Err(not_built("accepted_devices_with_tags"))
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT t.device_id FROM device_tags t \
+             JOIN devices d ON d.device_id = t.device_id \
+             WHERE t.tag = ANY($1) AND d.admission = 'accepted' ORDER BY t.device_id",
+        )
+        .bind(tags)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
+    /// Replace a device's tags (already validated): the record and `device_tags` in one
+    /// transaction, the device row locked.
     pub(super) async fn set_tags(&self, device_id: &str, tags: &[String]) -> Result<Device> {
-        Err(not_built("set_tags"))
+        let mut tx = self.pool.begin().await?;
+        let Some(mut device) = load_device(&mut tx, device_id, true).await? else {
+            return Err(no_device(device_id));
+        };
+        sqlx::query("DELETE FROM device_tags WHERE device_id = $1")
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO device_tags (tag, device_id) SELECT DISTINCT tag, $2 FROM UNNEST($1::text[]) AS tag",
+        )
+        .bind(tags)
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
+        device.record.tags = tags.to_vec();
+        store_device_record(&mut tx, &device.record).await?;
+        tx.commit().await?;
+        Ok(device)
     }
 }
 
@@ -145,7 +216,7 @@ async fn register_tx(
     // read and our insert is found by the second read (its row is then locked).
     for _ in 0..2 {
         let existing: Option<Json<DeviceRecord>> =
-            sqlx::query_scalar("SELECT doc FROM devices WHERE fingerprint = $1 FOR UPDATE")
+            sqlx::query_scalar("SELECT doc FROM devices WHERE fingerprint = $1 FOR NO KEY UPDATE")
                 .bind(&reg.fingerprint)
                 .fetch_optional(&mut *conn)
                 .await?;
