@@ -196,6 +196,78 @@ fn new_target(device_id: &str, wave: Option<u32>, now: Ts) -> TargetRecord {
     }
 }
 
+/// A creation's checks, under the locks that keep them true until it commits: the
+/// bundle still exists, and every named device exists and is accepted (a 400 names the
+/// first that is not, in the caller's order).
+async fn check_creation(
+    conn: &mut PgConnection,
+    bundle: &BundleRecord,
+    ids: &[String],
+) -> Result<()> {
+    let bundle_row: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM bundles WHERE bundle_id = $1 FOR KEY SHARE")
+            .bind(&bundle.id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if bundle_row.is_none() {
+        return Err(StoreError::Invalid(format!(
+            "bundle {} no longer exists",
+            bundle.version
+        )));
+    }
+    let admissions = share_devices(conn, ids).await?;
+    for device_id in ids {
+        match admissions.get(device_id) {
+            Some(Admission::Accepted) => {}
+            Some(_) => {
+                return Err(StoreError::Invalid(format!(
+                    "device {device_id} is not accepted"
+                )));
+            }
+            None => return Err(StoreError::Invalid(format!("no device {device_id:?}"))),
+        }
+    }
+    if ids.is_empty() {
+        return Err(StoreError::Invalid(
+            "none of the target devices is accepted any more".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A new deployment's record: `n` targets, all `pending`, or all `waiting` with a
+/// rollout.
+fn new_deployment(
+    kind: DeploymentKind,
+    bundle: &BundleRecord,
+    n: u64,
+    rollout: Option<RolloutState>,
+    now: Ts,
+) -> DeploymentRecord {
+    let waiting = rollout.is_some();
+    let mut dep = DeploymentRecord {
+        id: new_id(),
+        kind,
+        bundle_id: bundle.id.clone(),
+        bundle_version: bundle.version.clone(),
+        checksum_sha256: bundle.checksum_sha256.clone(),
+        size_bytes: bundle.size_bytes,
+        status: DeploymentStatus::Pending,
+        created_at: now,
+        updated_at: now,
+        completed_at: None,
+        counts: kernex_common::api::Counts {
+            pending: if waiting { 0 } else { n },
+            waiting: if waiting { n } else { 0 },
+            ..Default::default()
+        },
+        indexing: false,
+        rollout,
+    };
+    dep.refresh(now);
+    dep
+}
+
 impl PgStore {
     /// Create a deployment of `bundle` to `target_ids` in one transaction: the bundle's
     /// row and every target device's row are share-locked first, so a concurrent bundle
@@ -221,36 +293,7 @@ impl PgStore {
             .cloned()
             .collect();
         let mut tx = self.pool.begin().await?;
-        let bundle_row: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM bundles WHERE bundle_id = $1 FOR KEY SHARE")
-                .bind(&bundle.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if bundle_row.is_none() {
-            return Err(StoreError::Invalid(format!(
-                "bundle {} no longer exists",
-                bundle.version
-            )));
-        }
-        // Every named device must exist and be accepted (a 400 names the first that is
-        // not, in the caller's order).
-        let admissions = share_devices(&mut tx, &ids).await?;
-        for device_id in &ids {
-            match admissions.get(device_id) {
-                Some(Admission::Accepted) => {}
-                Some(_) => {
-                    return Err(StoreError::Invalid(format!(
-                        "device {device_id} is not accepted"
-                    )));
-                }
-                None => return Err(StoreError::Invalid(format!("no device {device_id:?}"))),
-            }
-        }
-        if ids.is_empty() {
-            return Err(StoreError::Invalid(
-                "none of the target devices is accepted any more".into(),
-            ));
-        }
+        check_creation(&mut tx, bundle, &ids).await?;
         let waves: Option<Vec<u32>> = rollout.as_ref().map(|r| {
             (0..ids.len() as u64)
                 .map(|pos| rollout::wave_of(r, pos))
@@ -260,27 +303,7 @@ impl PgStore {
             rollout::recount(r, w);
         }
         let waiting = rollout.is_some();
-        let n = ids.len() as u64;
-        let mut dep = DeploymentRecord {
-            id: new_id(),
-            kind,
-            bundle_id: bundle.id.clone(),
-            bundle_version: bundle.version.clone(),
-            checksum_sha256: bundle.checksum_sha256.clone(),
-            size_bytes: bundle.size_bytes,
-            status: DeploymentStatus::Pending,
-            created_at: now,
-            updated_at: now,
-            completed_at: None,
-            counts: kernex_common::api::Counts {
-                pending: if waiting { 0 } else { n },
-                waiting: if waiting { n } else { 0 },
-                ..Default::default()
-            },
-            indexing: false,
-            rollout,
-        };
-        dep.refresh(now);
+        let dep = new_deployment(kind, bundle, ids.len() as u64, rollout, now);
         sqlx::query(
             "INSERT INTO deployments (deployment_id, bundle_id, status, final, rollout_active, doc) \
              VALUES ($1, $2, $3, $4, $5, $6)",

@@ -2,6 +2,7 @@
 //! [`rules`]; this file applies it in one transaction, once per target.
 
 use kernex_common::api::ResultStatus;
+use sqlx::PgConnection;
 use sqlx::types::Json;
 
 use super::deployments::{
@@ -10,6 +11,42 @@ use super::deployments::{
 };
 use super::*;
 use crate::service::rules::{self, ResultDecision};
+
+/// Write what an applied result changed besides the deployment: the target (no
+/// longer open), the success mark, the history record and the device record.
+async fn store_applied(
+    conn: &mut PgConnection,
+    dep: &DeploymentRecord,
+    t: &TargetRecord,
+    record: &HistoryRecord,
+    device: &DeviceRecord,
+    status: ResultStatus,
+) -> Result<()> {
+    debug_assert!(!is_open(t.status));
+    store_targets(conn, &dep.id, &[t]).await?;
+    if status == ResultStatus::Success {
+        sqlx::query(
+            "INSERT INTO device_success (device_id, version) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&t.device_id)
+        .bind(&dep.bundle_version)
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query("INSERT INTO history (device_id, history_id, doc) VALUES ($1, $2, $3)")
+        .bind(&t.device_id)
+        .bind(&record.id)
+        .bind(Json(record))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE devices SET doc = $2 WHERE device_id = $1")
+        .bind(&device.device_id)
+        .bind(Json(device))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
 
 fn not_a_target() -> StoreError {
     StoreError::Forbidden("this device is not a target of the deployment".into())
@@ -97,29 +134,7 @@ impl PgStore {
         }
         let before = dep.status;
         let record = rules::apply_result(&mut dep, &mut t, &mut device, report, now);
-        debug_assert!(!is_open(t.status));
-        if report.status == ResultStatus::Success {
-            sqlx::query(
-                "INSERT INTO device_success (device_id, version) VALUES ($1, $2) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(device_id)
-            .bind(&dep.bundle_version)
-            .execute(&mut *tx)
-            .await?;
-        }
-        store_targets(&mut tx, deployment_id, &[&t]).await?;
-        sqlx::query("INSERT INTO history (device_id, history_id, doc) VALUES ($1, $2, $3)")
-            .bind(device_id)
-            .bind(&record.id)
-            .bind(Json(&record))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE devices SET doc = $2 WHERE device_id = $1")
-            .bind(device_id)
-            .bind(Json(&device))
-            .execute(&mut *tx)
-            .await?;
+        store_applied(&mut tx, &dep, &t, &record, &device, report.status).await?;
         // A late result after a timeout may find the deployment final already.
         store_deployment(&mut tx, before, &dep).await?;
         tx.commit().await?;
