@@ -286,3 +286,23 @@ async fn online_status_agrees_everywhere_and_follows_the_interval() {
         );
     }
 }
+
+/// Ids and names holding U+0000 (PostgreSQL text cannot) name nothing: 404 on both
+/// backends, never a 5xx.
+#[tokio::test]
+async fn keys_with_nul_name_nothing() {
+    let app = TestApp::new();
+    for path in [
+        "/api/v1/devices/%00",
+        "/api/v1/devices/a%00b/heartbeats",
+        "/api/v1/devices/%00/config",
+        "/api/v1/bundles/%00",
+        "/api/v1/bundles/%00/info",
+        "/api/v1/bundles/%00/signatures",
+    ] {
+        let r = app.get(path).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "GET {path}: {}", r.text());
+    }
+    let r = app.delete("/api/v1/tokens/%00").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+}

@@ -212,6 +212,9 @@ impl PgStore {
         device_id: &str,
         limit: usize,
     ) -> Result<Vec<HeartbeatRecord>> {
+        if !super::devices::storable(device_id) {
+            return Ok(Vec::new());
+        }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX).min(self.ring());
         let rows: Vec<Json<HeartbeatRecord>> = sqlx::query_scalar(
             "SELECT doc FROM heartbeats WHERE device_id = $1 ORDER BY seq DESC LIMIT $2",
