@@ -3,6 +3,11 @@
 //! A device is its `devices` row (the [`DeviceRecord`] in `doc`, with `fingerprint` and
 //! `admission` beside it) plus, once it beat, its `device_live` row. Tags are in the
 //! record and, for the tag queries, in `device_tags`.
+//!
+//! Row locks on `devices`: a write to one device (tags, config, registration) takes its
+//! row `FOR NO KEY UPDATE`; heartbeat batches take `FOR KEY SHARE`, which that does not
+//! block, so a beat never waits for an operator's edit (only a deletion waits for, and
+//! is waited on by, a batch holding the device).
 
 use kernex_common::api::{Admission, OnlineStatus};
 use sqlx::PgConnection;
