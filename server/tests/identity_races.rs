@@ -286,3 +286,52 @@ async fn online_status_agrees_everywhere_and_follows_the_interval() {
         );
     }
 }
+
+/// Ids and names holding U+0000 (PostgreSQL text cannot) name nothing: 404 on both
+/// backends, never a 5xx.
+#[tokio::test]
+async fn keys_with_nul_name_nothing() {
+    let app = TestApp::new();
+    for path in [
+        "/api/v1/devices/%00",
+        "/api/v1/devices/a%00b/heartbeats",
+        "/api/v1/devices/%00/config",
+        "/api/v1/bundles/%00",
+        "/api/v1/bundles/%00/info",
+        "/api/v1/bundles/%00/signatures",
+    ] {
+        let r = app.get(path).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "GET {path}: {}", r.text());
+    }
+    let r = app.delete("/api/v1/tokens/%00").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+}
+
+/// A beat carrying a stale interval (a replica that has not heard of a config change
+/// yet) is judged by the device's configured interval, like its summary.
+#[tokio::test]
+async fn the_online_window_follows_the_configured_interval_not_the_beat() {
+    let app = TestApp::new();
+    let dev = app.device().await;
+    // Configured 60 s (the default): online for 180 s. The beat says 5 s (15 s).
+    app.state
+        .store
+        .write_beats(vec![beat(&dev.id, "idle", 100, 5)])
+        .await
+        .unwrap();
+    let listed = app
+        .get("/api/v1/devices?status=online")
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(ids(&listed), vec![dev.id.clone()]);
+    assert_eq!(listed[0]["status"], "online");
+    // sled's /metrics bucket follows the beat's interval until the next beat
+    // (sled_store/online.rs); PostgreSQL's counts read the same window as the list.
+    if postgres() {
+        let metrics = app.get("/metrics").await.text();
+        assert!(
+            metrics.contains("kernex_devices_by_status{status=\"online\"} 1"),
+            "{metrics}"
+        );
+    }
+}

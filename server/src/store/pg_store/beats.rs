@@ -48,10 +48,9 @@ pub(super) fn live_from_doc(s: LiveSnapshot) -> LiveRecord {
 /// device is online while `online_until > now − 1 s` ([`online_threshold`]), which is
 /// exactly [`Device::online_status`]'s whole-second rule.
 pub(super) fn online_until(last_heartbeat: Ts, polling_interval: u64) -> Ts {
-    // Intervals are validated to ≤ 1 day; the clamp only keeps damaged data finite.
-    let window = i64::try_from(polling_interval.saturating_mul(3))
-        .unwrap_or(i64::MAX)
-        .min(100 * 365 * 86_400);
+    // Intervals are validated to ≤ 1 day; the clamp (as in ROUND) only keeps damaged
+    // data finite.
+    let window = i64::try_from(polling_interval.min(1_051_200_000) * 3).unwrap_or(i64::MAX);
     last_heartbeat + Duration::seconds(window)
 }
 
@@ -61,13 +60,19 @@ pub(super) fn online_threshold(now: Ts) -> Ts {
 }
 
 /// One round of a batch: upsert the live rows, write the ring slots, drop slots past a
-/// lowered retention.
+/// lowered retention. The online window is the device record's interval (what
+/// [`Device::online_status`] and `update_config` use, whichever replica took the beat),
+/// the beat's own only for a record without one.
 const ROUND: &str = "\
 WITH input AS (
-    SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::jsonb[], $5::jsonb[])
-        AS i (device_id, at, online_until, live, beat)
+    SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::bigint[], $4::jsonb[], $5::jsonb[])
+        AS i (device_id, at, interval, live, beat)
 ), known AS (
-    SELECT i.* FROM input i JOIN devices d ON d.device_id = i.device_id
+    SELECT i.device_id, i.at, i.live, i.beat,
+        i.at + make_interval(secs => (3 * least(1051200000,
+            coalesce((d.doc ->> 'polling_interval')::numeric, i.interval)))::float8)
+            AS online_until
+    FROM input i JOIN devices d ON d.device_id = i.device_id
     ORDER BY i.device_id
     FOR KEY SHARE OF d
 ), live AS (
@@ -100,7 +105,7 @@ SELECT count(*) FROM live";
 struct Round {
     ids: Vec<String>,
     at: Vec<Ts>,
-    online_until: Vec<Ts>,
+    interval: Vec<i64>,
     live: Vec<Json<LiveSnapshot>>,
     beat: Vec<Json<HeartbeatRecord>>,
 }
@@ -110,8 +115,8 @@ impl Round {
         let r = &Sanitized::of(&b.report);
         self.ids.push(b.device_id.clone());
         self.at.push(b.at);
-        self.online_until
-            .push(online_until(b.at, b.polling_interval));
+        self.interval
+            .push(i64::try_from(b.polling_interval).unwrap_or(i64::MAX));
         // A null `reported_version` keeps the stored one (see ROUND).
         self.live.push(Json(LiveSnapshot {
             last_heartbeat: b.at,
@@ -195,7 +200,7 @@ impl PgStore {
             sqlx::query(ROUND)
                 .bind(&round.ids)
                 .bind(&round.at)
-                .bind(&round.online_until)
+                .bind(&round.interval)
                 .bind(&round.live)
                 .bind(&round.beat)
                 .bind(ring)
@@ -212,6 +217,9 @@ impl PgStore {
         device_id: &str,
         limit: usize,
     ) -> Result<Vec<HeartbeatRecord>> {
+        if !super::devices::storable(device_id) {
+            return Ok(Vec::new());
+        }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX).min(self.ring());
         let rows: Vec<Json<HeartbeatRecord>> = sqlx::query_scalar(
             "SELECT doc FROM heartbeats WHERE device_id = $1 ORDER BY seq DESC LIMIT $2",

@@ -3,6 +3,7 @@
 
 use sqlx::types::Json;
 
+use super::devices::storable;
 use super::*;
 
 impl PgStore {
@@ -27,6 +28,9 @@ impl PgStore {
     }
 
     pub(super) async fn bundle(&self, id: &str) -> Result<BundleRecord> {
+        if !storable(id) {
+            return Err(StoreError::NotFound(format!("no bundle {id:?}")));
+        }
         let found: Option<Json<BundleRecord>> =
             sqlx::query_scalar("SELECT doc FROM bundles WHERE bundle_id = $1")
                 .bind(id)
@@ -38,6 +42,9 @@ impl PgStore {
     }
 
     pub(super) async fn bundle_version_exists(&self, version: &str) -> Result<bool> {
+        if !storable(version) {
+            return Ok(false);
+        }
         Ok(
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM bundles WHERE version = $1)")
                 .bind(version)
@@ -47,6 +54,9 @@ impl PgStore {
     }
 
     pub(super) async fn bundle_by_version(&self, version: &str) -> Result<Option<BundleRecord>> {
+        if !storable(version) {
+            return Ok(None);
+        }
         let found: Option<Json<BundleRecord>> =
             sqlx::query_scalar("SELECT doc FROM bundles WHERE version = $1")
                 .bind(version)

@@ -10,6 +10,9 @@ use crate::service::rules;
 impl PgStore {
     /// The device's config, or the defaults at version 1 if none was ever set.
     pub(super) async fn config(&self, device_id: &str) -> Result<DeviceConfig> {
+        if !super::devices::storable(device_id) {
+            return Ok(DeviceConfig::defaults(device_id));
+        }
         let stored: Option<Json<DeviceConfig>> =
             sqlx::query_scalar("SELECT doc FROM configs WHERE device_id = $1")
                 .bind(device_id)

@@ -3,6 +3,11 @@
 //! A device is its `devices` row (the [`DeviceRecord`] in `doc`, with `fingerprint` and
 //! `admission` beside it) plus, once it beat, its `device_live` row. Tags are in the
 //! record and, for the tag queries, in `device_tags`.
+//!
+//! Row locks on `devices`: a write to one device (tags, config, registration) takes its
+//! row `FOR NO KEY UPDATE`; heartbeat batches take `FOR KEY SHARE`, which that does not
+//! block, so a beat never waits for an operator's edit (only a deletion waits for, and
+//! is waited on by, a batch holding the device).
 
 use kernex_common::api::{Admission, OnlineStatus};
 use sqlx::PgConnection;
@@ -116,37 +121,55 @@ impl PgStore {
     }
 
     /// One page of devices ordered by id, after the cursor, matching the filter: one
-    /// query, driven by `device_tags`' primary key with a tag, else by `devices`'
-    /// primary key; the status filter compares `device_live.online_until`.
+    /// query naming only the filters given, so the planner walks an index in id order:
+    /// `device_tags`' primary key with a tag, `devices_by_admission` with an admission,
+    /// `devices`' primary key else; the status filter compares
+    /// `device_live.online_until`.
     pub(super) async fn list_devices(&self, f: &DeviceFilter, now: Ts) -> Result<Vec<Device>> {
-        let mut sql = format!("SELECT {DEVICE_COLUMNS} FROM ");
-        sql.push_str(if f.tag.is_some() {
-            "device_tags t JOIN devices d ON d.device_id = t.device_id AND t.tag = $1 "
-        } else {
-            "devices d "
-        });
-        sql.push_str(
-            "LEFT JOIN device_live l ON l.device_id = d.device_id \
-             WHERE ($2::text IS NULL OR d.device_id > $2) \
-             AND ($3::text IS NULL OR d.admission = $3) ",
-        );
-        sql.push_str(match f.status {
-            None => "",
-            Some(OnlineStatus::Never) => "AND l.device_id IS NULL ",
-            Some(OnlineStatus::Online) => "AND l.online_until > $4 ",
-            Some(OnlineStatus::Offline) => "AND l.online_until <= $4 ",
-        });
-        sql.push_str("ORDER BY d.device_id LIMIT $5");
         let admission = f.admission.as_ref().map(wire_name).transpose()?;
-        let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
-        let rows: Vec<DeviceRow> = sqlx::query_as(&sql)
-            .bind(&f.tag)
-            .bind(&f.after)
-            .bind(admission)
-            .bind(super::beats::online_threshold(now))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let mut q =
+            sqlx::QueryBuilder::<sqlx::Postgres>::new(format!("SELECT {DEVICE_COLUMNS} FROM "));
+        // The cursor is repeated on every table joined by id: the planner does not carry
+        // it across a merge join, and would read `device_live` from its start.
+        match &f.tag {
+            Some(tag) => {
+                q.push("device_tags t JOIN devices d ON d.device_id = t.device_id AND t.tag = ")
+                    .push_bind(tag);
+                if let Some(after) = &f.after {
+                    q.push(" AND t.device_id > ").push_bind(after);
+                }
+            }
+            None => {
+                q.push("devices d");
+            }
+        }
+        q.push(" LEFT JOIN device_live l ON l.device_id = d.device_id");
+        if let Some(after) = &f.after {
+            q.push(" AND l.device_id > ").push_bind(after);
+        }
+        q.push(" WHERE true");
+        if let Some(after) = &f.after {
+            q.push(" AND d.device_id > ").push_bind(after);
+        }
+        if let Some(a) = admission {
+            q.push(" AND d.admission = ").push_bind(a);
+        }
+        let threshold = super::beats::online_threshold(now);
+        match f.status {
+            None => {}
+            Some(OnlineStatus::Never) => {
+                q.push(" AND l.device_id IS NULL");
+            }
+            Some(OnlineStatus::Online) => {
+                q.push(" AND l.online_until > ").push_bind(threshold);
+            }
+            Some(OnlineStatus::Offline) => {
+                q.push(" AND l.online_until <= ").push_bind(threshold);
+            }
+        }
+        q.push(" ORDER BY d.device_id LIMIT ")
+            .push_bind(i64::try_from(f.limit).unwrap_or(i64::MAX));
+        let rows: Vec<DeviceRow> = q.build_query_as().fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(device_from_row).collect())
     }
 

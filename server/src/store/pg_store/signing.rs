@@ -4,6 +4,7 @@
 
 use sqlx::types::Json;
 
+use super::devices::storable;
 use super::*;
 use crate::service::signing::{merge_signatures, next_trust};
 
@@ -12,6 +13,9 @@ impl PgStore {
         &self,
         bundle_id: &str,
     ) -> Result<Option<SignedDocument>> {
+        if !storable(bundle_id) {
+            return Ok(None);
+        }
         let found: Option<Json<SignedDocument>> =
             sqlx::query_scalar("SELECT doc FROM bundle_signatures WHERE bundle_id = $1")
                 .bind(bundle_id)
@@ -27,6 +31,9 @@ impl PgStore {
         bundle_id: &str,
         doc: &SignedDocument,
     ) -> Result<SignedDocument> {
+        if !storable(bundle_id) {
+            return Err(StoreError::NotFound(format!("no bundle {bundle_id:?}")));
+        }
         let mut tx = self.pool.begin().await?;
         let exists: Option<i32> =
             sqlx::query_scalar("SELECT 1 FROM bundles WHERE bundle_id = $1 FOR NO KEY UPDATE")

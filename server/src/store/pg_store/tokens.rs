@@ -8,6 +8,7 @@
 
 use sqlx::PgConnection;
 
+use super::devices::storable;
 use super::*;
 
 const OPERATOR: &str = "operator";
@@ -109,6 +110,9 @@ impl PgStore {
     }
 
     pub(super) async fn operator_token_exists(&self, name: &str) -> Result<bool> {
+        if !storable(name) {
+            return Ok(false);
+        }
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM tokens WHERE kind = 'operator' AND name = $1)",
         )
@@ -126,6 +130,9 @@ impl PgStore {
     }
 
     pub(super) async fn delete_operator_token(&self, name: &str) -> Result<()> {
+        if !storable(name) {
+            return Err(StoreError::NotFound(format!("no token named {name:?}")));
+        }
         let deleted = sqlx::query("DELETE FROM tokens WHERE kind = 'operator' AND name = $1")
             .bind(name)
             .execute(&self.pool)
