@@ -13,6 +13,7 @@ use sqlx::PgConnection;
 use sqlx::types::Json;
 
 use super::counts;
+use super::devices::storable;
 use super::*;
 use crate::service::{rollout, rules};
 
@@ -38,6 +39,9 @@ pub(super) async fn lock_deployment(
     conn: &mut PgConnection,
     id: &str,
 ) -> Result<Option<DeploymentRecord>> {
+    if !storable(id) {
+        return Ok(None);
+    }
     let doc: Option<Json<DeploymentRecord>> =
         sqlx::query_scalar("SELECT doc FROM deployments WHERE deployment_id = $1 FOR UPDATE")
             .bind(id)
@@ -52,6 +56,9 @@ pub(super) async fn lock_target(
     deployment_id: &str,
     device_id: &str,
 ) -> Result<Option<TargetRecord>> {
+    if !storable(deployment_id) || !storable(device_id) {
+        return Ok(None);
+    }
     let doc: Option<Json<TargetRecord>> = sqlx::query_scalar(
         "SELECT doc FROM targets WHERE deployment_id = $1 AND device_id = $2 FOR UPDATE",
     )
@@ -154,7 +161,12 @@ pub(super) async fn share_devices(
     conn: &mut PgConnection,
     device_ids: &[String],
 ) -> Result<HashMap<String, Admission>> {
-    let mut sorted: Vec<&str> = device_ids.iter().map(String::as_str).collect();
+    // An id PostgreSQL cannot hold names no device.
+    let mut sorted: Vec<&str> = device_ids
+        .iter()
+        .map(String::as_str)
+        .filter(|id| storable(id))
+        .collect();
     sorted.sort_unstable();
     let mut out = HashMap::with_capacity(sorted.len());
     for chunk in sorted.chunks(ROW_CHUNK) {
@@ -333,6 +345,9 @@ impl PgStore {
     }
 
     pub(super) async fn deployment(&self, id: &str) -> Result<DeploymentRecord> {
+        if !storable(id) {
+            return Err(no_deployment(id));
+        }
         let doc: Option<Json<DeploymentRecord>> =
             sqlx::query_scalar("SELECT doc FROM deployments WHERE deployment_id = $1")
                 .bind(id)
@@ -348,6 +363,12 @@ impl PgStore {
         id: &str,
         filter: &TargetFilter,
     ) -> Result<Vec<TargetRecord>> {
+        if !storable(id) {
+            return Ok(Vec::new());
+        }
+        // Stored ids hold no U+0000, so the ids after a cursor holding one are the ids
+        // after its text before the first U+0000 (in byte order, as sled compares).
+        let after = filter.after.as_deref().map(before_nul);
         let status = filter.status.as_ref().map(wire_name).transpose()?;
         let docs: Vec<Json<TargetRecord>> = sqlx::query_scalar(
             "SELECT doc FROM targets WHERE deployment_id = $1 \
@@ -356,7 +377,7 @@ impl PgStore {
              ORDER BY device_id LIMIT $4",
         )
         .bind(id)
-        .bind(filter.after.as_deref())
+        .bind(after)
         .bind(status)
         .bind(sql_limit(filter.limit))
         .fetch_all(&self.pool)
@@ -393,6 +414,7 @@ impl PgStore {
         now: Ts,
     ) -> Result<CancelStep> {
         let chunk = chunk.max(1);
+        let after = after.map(before_nul);
         let mut tx = self.pool.begin().await?;
         let mut dep = lock_deployment(&mut tx, id)
             .await?
@@ -445,6 +467,11 @@ impl PgStore {
             next,
         })
     }
+}
+
+/// The text before the first U+0000 (all of it when there is none).
+fn before_nul(s: &str) -> &str {
+    s.split('\0').next().unwrap_or(s)
 }
 
 /// Insert one chunk of new targets; `base` is the rollout position of the first.

@@ -14,6 +14,7 @@ use sqlx::types::Json;
 
 use super::counts;
 use super::deployments::{lock_deployment, lock_target, store_deployment_row, store_targets};
+use super::devices::storable;
 use super::*;
 use crate::service::rules;
 
@@ -28,6 +29,9 @@ async fn lock_device(
     device_id: &str,
     deleting: bool,
 ) -> Result<DeviceRecord> {
+    if !storable(device_id) {
+        return Err(no_device(device_id));
+    }
     let sql = if deleting {
         "SELECT doc FROM devices WHERE device_id = $1 FOR NO KEY UPDATE"
     } else {
@@ -180,6 +184,9 @@ impl PgStore {
     /// `FOR KEY SHARE`, so either it commits first and is seen here, or it waits and
     /// then finds the bundle gone.
     pub(super) async fn delete_bundle(&self, id: &str) -> Result<BundleRecord> {
+        if !storable(id) {
+            return Err(StoreError::NotFound(format!("no bundle {id:?}")));
+        }
         let mut tx = self.pool.begin().await?;
         let doc: Option<Json<BundleRecord>> =
             sqlx::query_scalar("SELECT doc FROM bundles WHERE bundle_id = $1 FOR UPDATE")

@@ -9,6 +9,7 @@ use super::deployments::{
     is_open, lock_deployment, lock_target, no_deployment, sql_limit, store_deployment,
     store_targets,
 };
+use super::devices::storable;
 use super::*;
 use crate::service::rules::{self, ResultDecision};
 
@@ -92,6 +93,9 @@ impl PgStore {
         now: Ts,
     ) -> Result<ResultOutcome> {
         let device_id = report.device_id.as_str();
+        if !storable(device_id) || !storable(deployment_id) {
+            return Err(not_a_target());
+        }
         let mut tx = self.pool.begin().await?;
         // Lock order: device, deployment, target.
         let device: Option<Json<DeviceRecord>> =
@@ -160,6 +164,9 @@ impl PgStore {
     }
 
     pub(super) async fn is_target(&self, deployment_id: &str, device_id: &str) -> Result<bool> {
+        if !storable(deployment_id) || !storable(device_id) {
+            return Ok(false);
+        }
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM targets WHERE deployment_id = $1 AND device_id = $2)",
         )
@@ -175,6 +182,9 @@ impl PgStore {
         device_id: &str,
         limit: usize,
     ) -> Result<Vec<HistoryRecord>> {
+        if !storable(device_id) {
+            return Ok(Vec::new());
+        }
         let docs: Vec<Json<HistoryRecord>> = sqlx::query_scalar(
             "SELECT doc FROM history WHERE device_id = $1 ORDER BY history_id DESC LIMIT $2",
         )
@@ -186,6 +196,9 @@ impl PgStore {
     }
 
     pub(super) async fn device_ran_version(&self, device_id: &str, version: &str) -> Result<bool> {
+        if !storable(device_id) || !storable(version) {
+            return Ok(false);
+        }
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM device_success WHERE device_id = $1 AND version = $2)",
         )

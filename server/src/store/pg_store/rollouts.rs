@@ -251,6 +251,9 @@ impl PgStore {
     }
 
     pub(super) async fn retire_rollout(&self, id: &str) -> Result<()> {
+        if !super::devices::storable(id) {
+            return Ok(());
+        }
         sqlx::query("UPDATE deployments SET rollout_active = false WHERE deployment_id = $1")
             .bind(id)
             .execute(&self.pool)

@@ -6,6 +6,7 @@
 use sqlx::types::Json;
 
 use super::deployments::{lock_deployment, lock_target, store_deployment, store_targets};
+use super::devices::storable;
 use super::*;
 use crate::service::rules;
 
@@ -39,6 +40,9 @@ impl PgStore {
         &self,
         device_id: &str,
     ) -> Result<Vec<(DeploymentRecord, TargetStatus)>> {
+        if !storable(device_id) {
+            return Ok(Vec::new());
+        }
         let rows: Vec<(Json<DeploymentRecord>, Json<TargetRecord>)> = sqlx::query_as(
             "SELECT d.doc, t.doc FROM targets t \
              JOIN deployments d ON d.deployment_id = t.deployment_id \
@@ -84,6 +88,9 @@ impl PgStore {
         device_id: &str,
         bundle_id: &str,
     ) -> Result<bool> {
+        if !storable(device_id) || !storable(bundle_id) {
+            return Ok(false);
+        }
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM targets t \
                JOIN deployments d ON d.deployment_id = t.deployment_id \
