@@ -2,10 +2,19 @@
 //! is decided by [`rules`] and [`rollout`]; this file stores it, one transaction per
 //! change, and holds the row helpers the result, rollout and removal files share.
 //!
-//! Lock order (every transaction here keeps it, so replicas never deadlock): the
-//! `devices` rows (in device-id order), then the `deployments` rows (in id order), then
-//! the `targets` rows (in device-id order). A `targets.open` row is what sled's
-//! `device_open` index holds: a released, unfinished target (`pending`/`in_progress`).
+//! Lock order (every transaction here keeps it, so replicas never deadlock): a creation's
+//! `bundles` row, then `devices` rows (in device-id order), then `deployments` rows (in
+//! id order), then `targets` rows (in device-id order), and the `counters` rows last,
+//! once, in name order (they are shared by every deployment's transactions, so they are
+//! held for the shortest time). The device row modes say who waits for whom:
+//! - `FOR KEY SHARE`: a creation or a release (it must not make a target open for a
+//!   device being rejected or deleted), and a heartbeat batch's key check;
+//! - `FOR NO KEY UPDATE`: a result (it rewrites the device record), and a deletion
+//!   before its `DELETE`;
+//! - `FOR UPDATE`: a change of admission (it waits for creations and releases).
+//!
+//! A `targets.open` row is what sled's `device_open` index holds: a released, unfinished
+//! target (`pending`/`in_progress`); a rollout's `waiting` target is not open.
 
 use std::collections::{HashMap, HashSet};
 
