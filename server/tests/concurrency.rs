@@ -296,3 +296,78 @@ async fn a_cancel_racing_results_counts_each_target_once() {
         .await
         .expect(StatusCode::NO_CONTENT);
 }
+
+/// Two server replicas on one PostgreSQL database (SPEC §8) take the two results of each
+/// target, and a cancel, at once: each target is applied once, whichever replica took
+/// it, and both replicas then answer the same deployment and the same counts. (sled's
+/// data dir has one server; the body runs on PostgreSQL only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_apply_each_result_once() {
+    if !postgres() {
+        return;
+    }
+    const N: usize = 12;
+    let a = Arc::new(TestApp::new());
+    let url = a.database_url.clone();
+    let b = Arc::new(TestApp::with(|s| s.database_url = url));
+    let mut devs = Vec::new();
+    for _ in 0..N {
+        devs.push(a.device().await);
+    }
+    a.bundle("1.0.0").await;
+    let refs: Vec<&Device> = devs.iter().collect();
+    let dep = a.deploy("1.0.0", &refs).await;
+    let dep_id = s(&dep["id"]).to_owned();
+    assert_eq!(deployment(&b, &dep_id).await["counts"], dep["counts"]);
+
+    let mut tasks = Vec::new();
+    for (i, d) in devs.iter().enumerate() {
+        for (replica, status) in [(&a, "success"), (&b, "failed")] {
+            let (app, (id, token), dep_id) = (Arc::clone(replica), creds(d), dep_id.clone());
+            tasks.push(tokio::spawn(async move {
+                let body = json!({"device_id": id, "status": status,
+                                  "report_id": format!("{status}-{i}")});
+                post_result(&app, &token, &dep_id, body).await
+            }));
+        }
+    }
+    let cancel = {
+        let (b, dep_id) = (Arc::clone(&b), dep_id.clone());
+        tokio::spawn(async move {
+            b.post(&format!("/api/v1/deployments/{dep_id}/cancel"), json!({}))
+                .await
+        })
+    };
+    for t in tasks {
+        let (code, v) = t.await.unwrap();
+        assert_eq!(code, 200, "{v}");
+    }
+    let c = cancel.await.unwrap();
+    assert!(c.status.is_success(), "{}", c.text());
+
+    let on_a = deployment(&a, &dep_id).await;
+    let on_b = deployment(&b, &dep_id).await;
+    assert_eq!(on_a, on_b);
+    let finished = count(&on_a, "success") + count(&on_a, "failed") + count(&on_a, "cancelled");
+    assert_eq!(finished, N as u64, "{}", on_a["counts"]);
+    for dev in &devs {
+        let h = b
+            .get(&format!("/api/v1/devices/{}/bundle-history", dev.id))
+            .await
+            .expect(StatusCode::OK);
+        let t = targets(&on_a)
+            .into_iter()
+            .find(|t| t["device_id"] == dev.id.as_str())
+            .unwrap();
+        // A result applied leaves one record; a target cancelled first leaves none.
+        let expected = usize::from(t["status"] != "cancelled");
+        assert_eq!(h.as_array().unwrap().len(), expected, "{t}");
+    }
+    let status = s(&on_a["status"]).to_owned();
+    assert_eq!(metric(&a, &status).await, 1.0);
+    let (mut metrics_a, mut metrics_b) =
+        (deployment_metrics(&a).await, deployment_metrics(&b).await);
+    metrics_a.sort_by(|x, y| x.0.cmp(&y.0));
+    metrics_b.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(metrics_a, metrics_b);
+}
