@@ -108,6 +108,19 @@ impl PgStore {
         &self.pool
     }
 
+    /// Empty every table: a restore that failed after its records were committed undoes
+    /// itself (import only ever fills an empty database).
+    pub async fn clear_after_failed_restore(&self) -> Result<()> {
+        sqlx::query(
+            "TRUNCATE devices, device_tags, device_live, heartbeats, configs, tokens, \
+             registrations, bundles, bundle_signatures, trust, deployments, targets, reports, \
+             history, device_success, counters",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Close every connection (waits for the ones in use).
     pub async fn close(&self) {
         self.pool.close().await;
