@@ -64,6 +64,12 @@ impl Events {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<ServerEvent> {
-        self.tx.subscribe()
+        let rx = self.tx.subscribe();
+        if self.cluster.outbox.is_open() && self.tx.receiver_count() == 1 {
+            // The first subscriber here: other replicas start sending heartbeat events
+            // now rather than at the next periodic "listening".
+            self.cluster.outbox.send(Note::Listening);
+        }
+        rx
     }
 }
