@@ -349,7 +349,9 @@ async fn recount(conn: &mut PgConnection) -> Result<()> {
         "INSERT INTO counters (name, value) \
          SELECT 'devices.' || admission, count(*) FROM devices GROUP BY admission \
          UNION ALL \
-         SELECT 'deployments.' || status, count(*) FROM deployments GROUP BY status",
+         SELECT 'deployments.' || status, count(*) FROM deployments GROUP BY status \
+         UNION ALL \
+         SELECT 'devices.beaten', count(*) FROM device_live",
     )
     .execute(&mut *conn)
     .await?;
@@ -514,8 +516,9 @@ impl Import {
             .iter()
             .enumerate()
             .skip(usize::try_from(skip).unwrap_or(usize::MAX))
-            .map(|(seq, b)| {
-                let seq = seq as u64;
+            .map(|(i, b)| {
+                // Numbered from 1, as the beat writer numbers a device's beats.
+                let seq = i as u64 + 1;
                 (
                     i32::try_from(seq % self.retention).unwrap_or(i32::MAX),
                     i64::try_from(seq).unwrap_or(i64::MAX),
