@@ -270,22 +270,14 @@ async fn reject_and_delete_cancel_the_devices_unfinished_targets() {
 /// number per heartbeat.
 #[tokio::test]
 async fn lowered_retention_catches_up() {
-    use kernex_server::store::{SledOptions, SledStore, Store};
     let app = TestApp::new();
     let dev = app.device().await;
     let dir = app.data_dir().join("db");
+    let database_url = app.database_url.clone();
     drop(app.router);
     drop(app.state);
     let beat = || store_beat(&dev.id, "idle");
-    let open = |retention| {
-        SledStore::open(
-            &dir,
-            SledOptions {
-                heartbeat_retention: retention,
-            },
-        )
-    };
-    let store = open_when_released(|| open(20)).await;
+    let store = reopen(&dir, database_url.as_deref(), 20).await;
     for _ in 0..30 {
         store.write_beats(vec![beat()]).await.unwrap();
     }
@@ -294,11 +286,45 @@ async fn lowered_retention_catches_up() {
     store.write_beats(Vec::new()).await.unwrap();
     store.sync().await.unwrap();
     drop(store);
-    let store = open_when_released(|| open(3)).await;
+    let store = reopen(&dir, database_url.as_deref(), 3).await;
     for _ in 0..2 {
         store.write_beats(vec![beat()]).await.unwrap();
     }
     assert_eq!(store.heartbeats(&dev.id, 1000).await.unwrap().len(), 3);
+}
+
+/// The test server's store opened again with another heartbeat retention: its sled data
+/// dir (once the server released it), or its PostgreSQL database.
+async fn reopen(
+    dir: &std::path::Path,
+    database_url: Option<&str>,
+    retention: u64,
+) -> Box<dyn kernex_server::store::Store> {
+    use kernex_server::store::{PgOptions, PgStore, SledOptions, SledStore};
+    match database_url {
+        Some(url) => Box::new(
+            PgStore::connect(
+                url,
+                PgOptions {
+                    heartbeat_retention: retention,
+                    ..PgOptions::default()
+                },
+            )
+            .await
+            .unwrap(),
+        ),
+        None => Box::new(
+            open_when_released(|| {
+                SledStore::open(
+                    dir,
+                    SledOptions {
+                        heartbeat_retention: retention,
+                    },
+                )
+            })
+            .await,
+        ),
+    }
 }
 
 /// A heartbeat as the beat writer hands it to the store.
@@ -544,21 +570,13 @@ async fn device_summary_carries_its_last_deployment() {
 /// exactly the newest beats, newest first, at most the retention.
 #[tokio::test]
 async fn history_reads_the_newest_beats_across_chunks_and_laps() {
-    use kernex_server::store::{SledOptions, SledStore, Store};
     let app = TestApp::new();
     let dev = app.device().await;
     let dir = app.data_dir().join("db");
+    let database_url = app.database_url.clone();
     drop(app.router);
     drop(app.state);
-    let store = open_when_released(|| {
-        SledStore::open(
-            &dir,
-            SledOptions {
-                heartbeat_retention: 37,
-            },
-        )
-    })
-    .await;
+    let store = reopen(&dir, database_url.as_deref(), 37).await;
     let statuses = |hs: Vec<kernex_common::api::HeartbeatRecord>| -> Vec<String> {
         hs.into_iter().map(|h| h.status).collect()
     };

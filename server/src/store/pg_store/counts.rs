@@ -1,7 +1,6 @@
 //! PostgreSQL: fleet counts for /metrics (devices by admission, deployments by status),
 //! kept in the `counters` table by the transactions that change what they count (the
 //! same names as sled's `counters` tree), so a scrape reads a handful of rows.
-#![allow(unused_variables)] // stubs: removed as each method is written
 
 use sqlx::PgConnection;
 
@@ -86,7 +85,43 @@ pub(super) async fn status_moved(
 }
 
 impl PgStore {
+    /// The counter rows, plus online/offline/never from `device_live` (whose rows are
+    /// the devices that ever beat), counted by the database over `device_live_online`:
+    /// no row reaches this process, and deletions need no bookkeeping (the device's live
+    /// row goes with it).
     pub(super) async fn fleet_counts(&self, now: Ts) -> Result<FleetCounts> {
-        Err(not_built("fleet_counts"))
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT name, value FROM counters")
+            .fetch_all(&self.pool)
+            .await?;
+        let (online, beaten): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE online_until > $1), count(*) FROM device_live",
+        )
+        .bind(super::beats::online_threshold(now))
+        .fetch_one(&self.pool)
+        .await?;
+        let read = |key: &str| -> u64 {
+            rows.iter()
+                .find(|(name, _)| name == key)
+                .map_or(0, |(_, v)| u64::try_from(*v).unwrap_or(0))
+        };
+        let mut deployments = [0; 7];
+        for (slot, status) in deployments.iter_mut().zip(DeploymentStatus::ALL) {
+            *slot = read(status_key(status));
+        }
+        let devices_pending = read(admission_key(Admission::Pending));
+        let devices_accepted = read(admission_key(Admission::Accepted));
+        let devices_rejected = read(admission_key(Admission::Rejected));
+        let total = devices_pending + devices_accepted + devices_rejected;
+        let beaten = u64::try_from(beaten).unwrap_or(0);
+        let online = u64::try_from(online).unwrap_or(0).min(beaten);
+        Ok(FleetCounts {
+            devices_pending,
+            devices_accepted,
+            devices_rejected,
+            deployments,
+            online,
+            offline: beaten - online,
+            never: total.saturating_sub(beaten),
+        })
     }
 }

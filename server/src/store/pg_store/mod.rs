@@ -184,6 +184,15 @@ impl From<sqlx::Error> for StoreError {
         {
             return StoreError::Conflict(format!("already exists ({})", db.message()));
         }
+        // PostgreSQL text and jsonb cannot hold U+0000 (sled can): such input is refused
+        // as a client error, and its transaction changes nothing.
+        if let sqlx::Error::Database(db) = &e
+            && matches!(db.code().as_deref(), Some("22021" | "22P05"))
+        {
+            return StoreError::Invalid(
+                "text with a NUL character (U+0000) cannot be stored".into(),
+            );
+        }
         StoreError::backend(e)
     }
 }
