@@ -34,10 +34,11 @@ pub fn restore_database(
         imported: false,
     };
     let result = restore_archive(file, &mut into, bundle_dir);
-    if result.is_err() && into.imported {
-        if let Err(e) = runtime.block_on(store.clear_after_failed_restore()) {
-            tracing::error!(error = %e, "emptying the database after a failed restore failed");
-        }
+    if result.is_err()
+        && into.imported
+        && let Err(e) = runtime.block_on(store.clear_after_failed_restore())
+    {
+        tracing::error!(error = %e, "emptying the database after a failed restore failed");
     }
     runtime.block_on(store.close());
     result

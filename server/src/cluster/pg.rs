@@ -17,7 +17,7 @@ use crate::store::Result;
 /// The `LISTEN/NOTIFY` channel.
 const CHANNEL: &str = "kernex_cluster";
 /// The advisory lock whose holder runs the timers ("kernex" in ASCII).
-const LEASE_KEY: i64 = 0x006b_6572_6e65_78;
+const LEASE_KEY: i64 = 0x0000_6b65_726e_6578;
 /// How often the lease holder checks its connection, and others try to take it.
 const LEASE_CHECK: Duration = Duration::from_secs(1);
 /// Notes one envelope batch takes from the outbox at most.
@@ -191,7 +191,7 @@ async fn upkeep(state: Weak<Inner>) {
             state.cluster.outbox.send(Note::Listening);
         }
         n += 1;
-        if n % per_resync == 0 {
+        if n.is_multiple_of(per_resync) {
             resync(&state).await;
         }
     }

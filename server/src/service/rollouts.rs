@@ -198,7 +198,7 @@ pub fn start(state: Weak<Inner>) {
             }
             let shared = state.cluster.outbox.is_open();
             ticks += 1;
-            if shared && ticks % RELOAD_EVERY == 0 {
+            if shared && ticks.is_multiple_of(RELOAD_EVERY) {
                 state.rollouts.active.lock().await.clear();
             }
             let ids: Vec<String> = if loaded && !shared {

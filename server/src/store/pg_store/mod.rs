@@ -197,11 +197,6 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// A stub's answer until its method is written.
-fn not_built(method: &str) -> StoreError {
-    StoreError::Backend(format!("PostgreSQL: {method} is not implemented yet"))
-}
-
 /// An enum's wire name (`"accepted"`, `"in_progress"`…), as its serde form gives it:
 /// what the text columns beside `doc` hold.
 pub(super) fn wire_name<T: serde::Serialize>(value: &T) -> Result<String> {
