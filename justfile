@@ -12,6 +12,10 @@ default:
 serve *ARGS:
     cargo run --release -p kernex-server -- {{ if data_dir != "" { "--data-dir " + data_dir } else { "" } }} "$@"
 
+# A local PostgreSQL cluster and two server replicas on it, ports 8000 and 8001 (SPEC §8).
+serve-pg *ARGS:
+    bash scripts/serve-pg.sh "$@"
+
 # Mint an operator token on a stopped server's data dir.
 token NAME:
     cargo run --release -p kernex-server -- token create --name {{NAME}}
@@ -61,6 +65,12 @@ bench:
 bench-http *ARGS:
     cargo build --release -p kernex-server -p kernex-bench
     cargo run --release -q -p kernex-bench --bin kernex-bench-http -- "$@"
+
+# bench-http with kernex-server on PostgreSQL too (1 and 2 replicas), beside sled; it
+# starts a local cluster (target/pg-bench) for it.
+bench-http-pg *ARGS:
+    cargo build --release -p kernex-server -p kernex-bench
+    cargo run --release -q -p kernex-bench --bin kernex-bench-http -- --database-url "$(bash scripts/pg-cluster.sh start target/pg-bench 55435)" "$@"
 
 # Run a device agent against the local server (state in $KERNEX_STATE_DIR or the platform dir).
 agent *ARGS:

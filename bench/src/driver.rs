@@ -51,6 +51,12 @@ pub struct Args {
     /// Where device keys are cached [default: <target>/kernex-bench/keys].
     #[arg(long, value_name = "DIR")]
     pub keys_dir: Option<PathBuf>,
+    /// Also run kernex-server on PostgreSQL, one replica and two replicas (SPEC §8), side
+    /// by side with sled: a cluster URL (`postgres://user@host:port/postgres`) on which
+    /// the bench may create databases (`just serve-pg` or `scripts/pg-cluster.sh` starts
+    /// one).
+    #[arg(long, env = "KERNEX_BENCH_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
     /// Print each wrk report in full.
     #[arg(long, short)]
     pub verbose: bool,
@@ -146,6 +152,17 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// One kernex-server setup under test: its servers (two replicas share the load), the
+/// fleet registered on it and the wrk script that cycles through that fleet.
+struct Target {
+    label: &'static str,
+    servers: Vec<Server>,
+    script: PathBuf,
+    /// The sled data dir (its size is reported); none on PostgreSQL.
+    data_dir: Option<PathBuf>,
+    runs: Vec<Run>,
+}
+
 /// The whole benchmark.
 pub fn run(args: &Args) -> Result<()> {
     if args.connections < args.threads {
@@ -174,7 +191,6 @@ pub fn run(args: &Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| target.join("kernex-bench/keys"));
     let n = usize::try_from(args.devices)?;
-
     let keys = keys::load_or_generate(&keys_dir, n)?;
 
     // Declared before the servers, so it is removed after they are killed.
@@ -182,127 +198,306 @@ pub fn run(args: &Args) -> Result<()> {
         .prefix("kernex-bench-")
         .tempdir()
         .context("creating a temp dir")?;
-    let data_dir = work.path().join("data");
     let admin = format!("kxo_bench_{}", uuid::Uuid::new_v4().simple());
     let enroll = format!("kxe_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut server = Server::start(&server_bin, &data_dir, &admin, &enroll)?;
-    let noop = Noop::start(&noop_bin)?;
-    let kernex_url = format!("http://{}", server.addr);
-    let noop_url = format!("http://{}", noop.addr);
-    eprintln!(
-        "kernex-server on {kernex_url} (data in {}), kernex-noop on {noop_url}",
-        data_dir.display()
-    );
-
     let body = serde_json::to_string(&fleet::heartbeat_body())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let api = Api::new(kernex_url.clone(), admin)?;
-    let signed = keys::registrations(&keys)?;
-    let devices = runtime
-        .block_on(prepare(&api, &enroll, signed, &bundle_dir, &body))
-        .map_err(|e| with_log(e.context("setting up the fleet"), &server))?;
-    drop(runtime);
+    let setup = Setup {
+        bin: &server_bin,
+        work: work.path(),
+        admin: &admin,
+        enroll: &enroll,
+        keys: &keys,
+        bundle_dir: &bundle_dir,
+        body: &body,
+        threads: args.threads,
+    };
+    let mut targets = vec![setup.target("sled", 1, None)?];
+    if let Some(cluster) = &args.database_url {
+        targets.push(setup.target("pg x1", 1, Some(&fresh_database(cluster)?))?);
+        targets.push(setup.target("pg x2", 2, Some(&fresh_database(cluster)?))?);
+    }
+    let noop = Noop::start(&noop_bin)?;
+    let noop_url = format!("http://{}", noop.addr);
+    let noop_script = targets[0].script.clone();
+    let sled_dir = targets[0].data_dir.clone();
+    let before = sled_dir.as_deref().map(dir_size).unwrap_or_default();
 
-    let script = work.path().join("heartbeat.lua");
-    std::fs::write(&script, wrk::script(&devices, &body, args.threads))
-        .with_context(|| format!("writing {}", script.display()))?;
-
-    let before = dir_size(&data_dir);
     println!(
         "wrk -t{} -c{} -d{}s, {n} devices, {DEPLOYMENTS} deployments x {TARGETS_PER_DEPLOYMENT} \
          targets, config changed on every {CONFIG_EVERY}th device",
         args.threads, args.connections, args.duration
     );
-    println!(
-        "{:<7} {:>12} {:>8} {:>8}   {:>12} {:>8} {:>8}",
-        "round", "kernex req/s", "p99 ms", "cpu µs", "noop req/s", "p99 ms", "cpu µs"
-    );
-    let (mut kernex, mut noops) = (Vec::new(), Vec::new());
+    let mut header = format!("{:<7}", "round");
+    for t in &targets {
+        header += &format!(
+            " {:>14} {:>7} {:>7}",
+            format!("{} req/s", t.label),
+            "p99 ms",
+            "cpu µs"
+        );
+    }
+    header += &format!("   {:>12} {:>7} {:>7}", "noop req/s", "p99 ms", "cpu µs");
+    println!("{header}");
+    let mut noops = Vec::new();
     for round in 1..=args.rounds {
-        let k = measure(args, &script, round, "kernex", &kernex_url, &server.process)
-            .map_err(|e| with_log(e, &server))?;
-        let o = measure(args, &script, round, "noop", &noop_url, &noop.process)?;
-        println!(
-            "{round:<7} {:>12.0} {:>8.2} {:>8}   {:>12.0} {:>8.2} {:>8}",
-            k.report.requests_per_sec,
-            k.report.p99_ms,
-            us(k.cpu_us),
+        let mut line = format!("{round:<7}");
+        for t in &mut targets {
+            let r = measure_target(args, round, t)?;
+            line += &format!(
+                " {:>14.0} {:>7.2} {:>7}",
+                r.report.requests_per_sec,
+                r.report.p99_ms,
+                us(r.cpu_us)
+            );
+            t.runs.push(r);
+        }
+        let o = measure(
+            args,
+            &noop_script,
+            round,
+            "noop",
+            &[(&noop_url, &noop.process)],
+        )?;
+        line += &format!(
+            "   {:>12.0} {:>7.2} {:>7}",
             o.report.requests_per_sec,
             o.report.p99_ms,
             us(o.cpu_us)
         );
-        kernex.push(k);
+        println!("{line}");
         noops.push(o);
     }
     // A clean stop flushes what the group commit still holds, so "after" is what stays.
-    server.process.terminate(Duration::from_secs(30))?;
-    let after = dir_size(&data_dir);
+    for t in &mut targets {
+        for s in &mut t.servers {
+            s.process.terminate(Duration::from_secs(30))?;
+        }
+    }
+    summarise(&targets, &noops);
+    let beats: u64 = targets[0].runs.iter().map(|r| r.report.requests).sum();
+    if let Some(dir) = &sled_dir {
+        println!("sled data dir before the runs: {before}");
+        println!(
+            "sled data dir after {beats} heartbeats and a clean stop: {}",
+            dir_size(dir)
+        );
+    }
+    Ok(())
+}
 
+/// The medians of every target against the no-op server's.
+fn summarise(targets: &[Target], noops: &[Run]) {
     let rps = |v: &[Run]| median(v.iter().map(|r| r.report.requests_per_sec).collect());
     let p99 = |v: &[Run]| median(v.iter().map(|r| r.report.p99_ms).collect());
     let cpu = |v: &[Run]| {
         let all: Option<Vec<f64>> = v.iter().map(|r| r.cpu_us).collect();
         all.map(median)
     };
-    let (k_rps, o_rps, k_p99, o_p99) = (rps(&kernex), rps(&noops), p99(&kernex), p99(&noops));
-    let (k_cpu, o_cpu) = (cpu(&kernex), cpu(&noops));
-    println!(
-        "{:<7} {k_rps:>12.0} {k_p99:>8.2} {:>8}   {o_rps:>12.0} {o_p99:>8.2} {:>8}",
-        "median",
-        us(k_cpu),
-        us(o_cpu)
-    );
-    println!(
-        "kernex/noop: {:.3} of the throughput, {:.2}x the p99 latency{}",
-        k_rps / o_rps,
-        k_p99 / o_p99,
-        match k_cpu.zip(o_cpu) {
-            Some((k, o)) => format!(", {:.1}x the server CPU per heartbeat", k / o),
-            None => String::new(),
-        }
-    );
-    let beats: u64 = kernex.iter().map(|r| r.report.requests).sum();
-    println!("kernex data dir before the runs: {before}");
-    println!("kernex data dir after {beats} heartbeats and a clean stop: {after}");
-    Ok(())
+    let (o_rps, o_p99, o_cpu) = (rps(noops), p99(noops), cpu(noops));
+    let mut line = format!("{:<7}", "median");
+    for t in targets {
+        line += &format!(
+            " {:>14.0} {:>7.2} {:>7}",
+            rps(&t.runs),
+            p99(&t.runs),
+            us(cpu(&t.runs))
+        );
+    }
+    line += &format!("   {o_rps:>12.0} {o_p99:>7.2} {:>7}", us(o_cpu));
+    println!("{line}");
+    for t in targets {
+        let (k_rps, k_p99, k_cpu) = (rps(&t.runs), p99(&t.runs), cpu(&t.runs));
+        println!(
+            "kernex {}/noop: {:.3} of the throughput, {:.2}x the p99 latency{}",
+            t.label,
+            k_rps / o_rps,
+            k_p99 / o_p99,
+            match k_cpu.zip(o_cpu) {
+                Some((k, o)) => format!(", {:.1}x the kernex-server CPU per heartbeat", k / o),
+                None => String::new(),
+            }
+        );
+    }
 }
 
-/// One wrk run against `url`, refused unless every response was a 2xx, with the CPU time
-/// the server behind it spent.
+/// What every target is built from.
+struct Setup<'a> {
+    bin: &'a Path,
+    work: &'a Path,
+    admin: &'a str,
+    enroll: &'a str,
+    keys: &'a [kernex_common::signing::DeviceKey],
+    bundle_dir: &'a Path,
+    body: &'a str,
+    threads: u32,
+}
+
+impl Setup<'_> {
+    /// Start `replicas` servers (sled without a database, else on `database`), build
+    /// the fleet and its work through the first, and write its wrk script.
+    fn target(
+        &self,
+        label: &'static str,
+        replicas: usize,
+        database: Option<&str>,
+    ) -> Result<Target> {
+        let dir = self.work.join(label.replace(' ', "-"));
+        let mut servers = Vec::new();
+        for i in 0..replicas {
+            let data_dir = dir.join(format!("data-{i}"));
+            let extra: Vec<String> = database
+                .map(|url| {
+                    vec![
+                        "--database-url".into(),
+                        url.into(),
+                        "--blob-dir".into(),
+                        dir.join("blobs").display().to_string(),
+                    ]
+                })
+                .unwrap_or_default();
+            servers.push(Server::start_with(
+                self.bin,
+                &data_dir,
+                self.admin,
+                self.enroll,
+                &extra,
+            )?);
+        }
+        let url = format!("http://{}", servers[0].addr);
+        eprintln!("{label}: kernex-server on {url} ({replicas} replica(s))");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let api = Api::new(url, self.admin.to_owned())?;
+        let signed = keys::registrations(self.keys)?;
+        let devices = runtime
+            .block_on(prepare(
+                &api,
+                self.enroll,
+                signed,
+                self.bundle_dir,
+                self.body,
+            ))
+            .map_err(|e| {
+                with_log(
+                    e.context(format!("setting up the fleet ({label})")),
+                    &servers[0],
+                )
+            })?;
+        let script = dir.join("heartbeat.lua");
+        std::fs::write(&script, wrk::script(&devices, self.body, self.threads))
+            .with_context(|| format!("writing {}", script.display()))?;
+        Ok(Target {
+            label,
+            servers,
+            script,
+            data_dir: database.is_none().then(|| dir.join("data-0")),
+            runs: Vec::new(),
+        })
+    }
+}
+
+/// A fresh database on the cluster at `url` (created with `psql`).
+fn fresh_database(url: &str) -> Result<String> {
+    let name = format!("kx_bench_{}", uuid::Uuid::new_v4().simple());
+    let out = std::process::Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .context("running psql (is PostgreSQL's client installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "CREATE DATABASE failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    Ok(match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    })
+}
+
+fn measure_target(args: &Args, round: u32, t: &Target) -> Result<Run> {
+    let urls: Vec<String> = t
+        .servers
+        .iter()
+        .map(|s| format!("http://{}", s.addr))
+        .collect();
+    let servers: Vec<(&str, &ChildGuard)> = urls
+        .iter()
+        .map(String::as_str)
+        .zip(t.servers.iter().map(|s| &s.process))
+        .collect();
+    measure(args, &t.script, round, t.label, &servers).map_err(|e| with_log(e, &t.servers[0]))
+}
+
+/// One wrk run per server, at once, each with its share of the connections, refused
+/// unless every response was a 2xx; the sum of their throughput, the worst p99 and the
+/// CPU time the servers spent per request.
 fn measure(
     args: &Args,
     script: &Path,
     round: u32,
     who: &str,
-    url: &str,
-    server: &ChildGuard,
+    servers: &[(&str, &ChildGuard)],
 ) -> Result<Run> {
-    let cpu_before = server.cpu_time();
-    let (report, text) = wrk::run(args.threads, args.connections, args.duration, script, url)?;
-    let cpu = cpu_before
-        .zip(server.cpu_time())
-        .map(|(a, b)| b.saturating_sub(a));
-    if args.verbose {
-        eprintln!("{who}, round {round}:\n{text}");
+    let n = u32::try_from(servers.len()).unwrap_or(1).max(1);
+    let threads = (args.threads / n).max(1);
+    let connections = (args.connections / n).max(threads);
+    let cpu_before: Vec<Option<Duration>> = servers.iter().map(|s| s.1.cpu_time()).collect();
+    let results: Vec<Result<(wrk::Report, String)>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = servers
+            .iter()
+            .map(|(url, _)| {
+                scope.spawn(move || wrk::run(threads, connections, args.duration, script, url))
+            })
+            .collect();
+        runs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("wrk thread panicked")))
+            })
+            .collect()
+    });
+    let mut total = wrk::Report::default();
+    for (i, r) in results.into_iter().enumerate() {
+        let (report, text) = r?;
+        if args.verbose {
+            eprintln!("{who} #{i}, round {round}:\n{text}");
+        }
+        if report.requests == 0 {
+            bail!("{who}: wrk completed no requests:\n{text}");
+        }
+        if report.non_2xx > 0 {
+            bail!(
+                "{who}: {} of {} responses were not 2xx, so this is not measuring heartbeats:\n\
+                 {text}",
+                report.non_2xx,
+                report.requests
+            );
+        }
+        if let Some(errors) = &report.socket_errors {
+            eprintln!("  {who} #{i}, round {round}: socket errors: {errors}");
+        }
+        total.requests_per_sec += report.requests_per_sec;
+        total.p99_ms = total.p99_ms.max(report.p99_ms);
+        total.requests += report.requests;
     }
-    if report.requests == 0 {
-        bail!("{who}: wrk completed no requests:\n{text}");
-    }
-    if report.non_2xx > 0 {
-        bail!(
-            "{who}: {} of {} responses were not 2xx, so this is not measuring heartbeats:\n\
-             {text}",
-            report.non_2xx,
-            report.requests
-        );
-    }
-    if let Some(errors) = &report.socket_errors {
-        eprintln!("  {who}, round {round}: socket errors: {errors}");
-    }
-    let cpu_us = cpu.map(|c| c.as_secs_f64() * 1e6 / report.requests as f64);
-    Ok(Run { report, cpu_us })
+    let cpu: Option<Duration> = servers
+        .iter()
+        .zip(cpu_before)
+        .map(|((_, s), before)| before.zip(s.cpu_time()).map(|(a, b)| b.saturating_sub(a)))
+        .sum();
+    let cpu_us = cpu.map(|c| c.as_secs_f64() * 1e6 / total.requests as f64);
+    Ok(Run {
+        report: total,
+        cpu_us,
+    })
 }
 
 /// Show the server's last log lines with an error it may explain.

@@ -124,10 +124,22 @@ impl Server {
     /// Start on a fresh `data_dir` and port 0; the bound address comes from its
     /// `listening (http) addr=…` log line (as the tests crate's `ServerProcess` reads it).
     pub fn start(bin: &Path, data_dir: &Path, admin: &str, enroll: &str) -> Result<Self> {
+        Self::start_with(bin, data_dir, admin, enroll, &[])
+    }
+
+    /// [`Server::start`] with extra flags (e.g. `--database-url`).
+    pub fn start_with(
+        bin: &Path,
+        data_dir: &Path,
+        admin: &str,
+        enroll: &str,
+        extra: &[String],
+    ) -> Result<Self> {
         let mut process = ChildGuard::spawn(
             "kernex-server",
             Command::new(bin)
                 .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+                .args(extra)
                 .arg("--data-dir")
                 .arg(data_dir)
                 .env("KERNEX_ADMIN_TOKEN", admin)

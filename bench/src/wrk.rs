@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use crate::fleet::Device;
 
 /// What one wrk run measured.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
     pub requests_per_sec: f64,
     /// The `99%` line of the latency distribution, in milliseconds.

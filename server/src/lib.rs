@@ -14,6 +14,7 @@
 
 pub mod auth; // bearer tokens, the Caller extractor
 pub mod backup; // backup format, restore, check
+pub mod cluster; // replicas on one database: the feed, the timer lease
 pub mod error; // ApiError and rejection mapping
 pub mod events; // live event broadcast
 pub mod listen; // accept loop: connection cap, header and stall timeouts
@@ -80,9 +81,16 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
     // Settings first: a refused flag must not leave the store opened (and locked).
     let signatures = signature_policy(settings)?;
     let bundle_dir = settings.bundle_dir();
-    let (store, work) = match settings.database_url.as_deref() {
-        Some(url) => open_pg::open(url, settings, &bundle_dir)?,
-        None => open_sled(settings, &bundle_dir)?,
+    let (store, work, pool) = match settings.database_url.as_deref() {
+        Some(url) => {
+            let (store, work) = open_pg::open(url, settings, &bundle_dir)?;
+            let pool = store.pool().clone();
+            (store as Arc<dyn store::Store>, work, Some(pool))
+        }
+        None => {
+            let (store, work) = open_sled(settings, &bundle_dir)?;
+            (store, work, None)
+        }
     };
     let limits = Limits {
         enrollment_token,
@@ -93,7 +101,19 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
         connections: settings.connections,
         signatures,
     };
-    Ok(AppState::new(store, work, limits, bundle_dir))
+    let Some(pool) = pool else {
+        return Ok(AppState::new(store, work, limits, bundle_dir));
+    };
+    // One replica of possibly several: timers wait for the lease.
+    let state = AppState::with_cluster(
+        store,
+        work,
+        limits,
+        bundle_dir,
+        cluster::Cluster::new(false),
+    );
+    cluster::pg::start(&state, pool);
+    Ok(state)
 }
 
 /// The embedded store in the data dir, cleaned up and bootstrapped, with what the work

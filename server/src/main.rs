@@ -4,7 +4,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use clap::Parser;
-use kernex_server::settings::{Cli, Command, ServeArgs, TokenCommand, default_data_dir};
+use kernex_server::settings::{
+    Cli, Command, ServeArgs, TokenCommand, default_data_dir, redact_url,
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -24,10 +26,37 @@ fn run_cli() -> anyhow::Result<()> {
         Some(Command::Token {
             command: TokenCommand::Create { name, data_dir },
         }) => token_create(&name, data_dir.unwrap_or_else(default_data_dir)),
-        Some(Command::Backup { to, data_dir }) => {
+        Some(Command::Backup {
+            to,
+            data_dir,
+            database_url: Some(url),
+            blob_dir,
+        }) => {
+            let blobs = blob_dir
+                .unwrap_or_else(|| data_dir.unwrap_or_else(default_data_dir).join("bundles"));
+            let header = kernex_server::backup::backup_database(&url, &blobs, &to)
+                .with_context(|| format!("backing up {}", redact_url(&url)))?;
+            report_backup(&to, &header);
+            Ok(())
+        }
+        Some(Command::Backup { to, data_dir, .. }) => {
             backup(&data_dir.unwrap_or_else(default_data_dir), &to)
         }
-        Some(Command::Restore { from, data_dir }) => {
+        Some(Command::Restore {
+            from,
+            data_dir,
+            database_url: Some(url),
+            blob_dir,
+        }) => {
+            let blobs = blob_dir
+                .unwrap_or_else(|| data_dir.unwrap_or_else(default_data_dir).join("bundles"));
+            let done = kernex_server::backup::restore_database(&from, &url, &blobs).with_context(
+                || format!("restoring {} into {}", from.display(), redact_url(&url)),
+            )?;
+            report_restore(&from, &redact_url(&url), &done);
+            Ok(())
+        }
+        Some(Command::Restore { from, data_dir, .. }) => {
             restore(&from, &data_dir.unwrap_or_else(default_data_dir))
         }
         Some(Command::Migrate { database_url }) => migrate(&database_url),
@@ -67,6 +96,11 @@ fn token_create(name: &str, data_dir: std::path::PathBuf) -> anyhow::Result<()> 
 fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<()> {
     let header = kernex_server::backup::backup_data_dir(data_dir, to)
         .with_context(|| format!("backing up {}", data_dir.display()))?;
+    report_backup(to, &header);
+    Ok(())
+}
+
+fn report_backup(to: &Path, header: &kernex_server::backup::Header) {
     let records: u64 = header.records.values().sum();
     println!(
         "wrote {}: {records} records, {} bundle files (format {} v{})",
@@ -78,16 +112,19 @@ fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<()> {
     for id in &header.missing_bundle_files {
         eprintln!("warning: bundle {id} has a record but no file; it is not in the backup");
     }
-    Ok(())
 }
 
 fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<()> {
     let done = kernex_server::backup::restore_data_dir(from, data_dir)
         .with_context(|| format!("restoring {} into {}", from.display(), data_dir.display()))?;
+    report_restore(from, &data_dir.display().to_string(), &done);
+    Ok(())
+}
+
+fn report_restore(from: &Path, into: &str, done: &kernex_server::backup::Restored) {
     println!(
-        "restored {} into {}: {} records ({}), {} bundle files; written by kernex-server {} at {}",
+        "restored {} into {into}: {} records ({}), {} bundle files; written by kernex-server {} at {}",
         from.display(),
-        data_dir.display(),
         done.records.total(),
         done.records,
         done.bundle_files,
@@ -99,7 +136,6 @@ fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<()> {
             "warning: bundle {id} had no file when the backup was made; it cannot be downloaded"
         );
     }
-    Ok(())
 }
 
 /// Exit 0 when sound; 1 with the problems and the restore command.

@@ -23,7 +23,7 @@ pub(crate) fn open(
     url: &str,
     settings: &ServerSettings,
     bundle_dir: &Path,
-) -> Result<(Arc<dyn Store>, WorkSnapshot), StartError> {
+) -> Result<(Arc<PgStore>, WorkSnapshot), StartError> {
     create_private_dir(&settings.data_dir)?;
     create_private_dir(bundle_dir)?;
     let options = PgOptions {

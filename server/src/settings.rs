@@ -38,14 +38,27 @@ pub enum Command {
         to: PathBuf,
         #[arg(long, env = "KERNEX_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Back up this PostgreSQL database instead of the data dir's sled store.
+        #[arg(long, env = "KERNEX_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Where the bundle archives are [default: <data-dir>/bundles].
+        #[arg(long, env = "KERNEX_BLOB_DIR")]
+        blob_dir: Option<PathBuf>,
     },
-    /// Fill an empty (or new) data dir from a backup file.
+    /// Fill an empty (or new) data dir, or an empty PostgreSQL database, from a backup
+    /// file (either backend's: this is how a sled store moves to PostgreSQL).
     Restore {
         /// The backup file to read.
         #[arg(long)]
         from: PathBuf,
         #[arg(long, env = "KERNEX_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Restore into this PostgreSQL database (it must be empty) instead of a data dir.
+        #[arg(long, env = "KERNEX_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Where the bundle archives go with --database-url [default: <data-dir>/bundles].
+        #[arg(long, env = "KERNEX_BLOB_DIR")]
+        blob_dir: Option<PathBuf>,
     },
     /// Bring a PostgreSQL database's schema up to date (the server also does it at start).
     Migrate {

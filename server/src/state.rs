@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::service::heartbeat::HeartbeatService;
@@ -56,6 +57,8 @@ pub struct Inner {
     /// The rollout driver: the active rollouts, moved on events and a timer (SPEC §6).
     pub rollouts: Rollouts,
     pub events: Events,
+    /// This replica among others on a shared store (SPEC §8); alone on sled.
+    pub cluster: Cluster,
     pub metrics: Metrics,
     pub limits: Limits,
     /// Where archives live: `<data-dir>/bundles/`.
@@ -74,11 +77,24 @@ impl AppState {
         limits: Limits,
         bundle_dir: PathBuf,
     ) -> Self {
+        Self::with_cluster(store, work, limits, bundle_dir, Cluster::default())
+    }
+
+    /// [`AppState::new`] as one replica of several on a shared store (SPEC §8): the
+    /// work index and events follow `cluster`'s outbox, timers its lease.
+    pub fn with_cluster(
+        store: Arc<dyn Store>,
+        work: WorkSnapshot,
+        limits: Limits,
+        bundle_dir: PathBuf,
+        cluster: Cluster,
+    ) -> Self {
         let inner = Arc::new(Inner {
-            heartbeats: HeartbeatService::start(store.clone(), work),
+            heartbeats: HeartbeatService::start_with(store.clone(), work, cluster.outbox.clone()),
             rollouts: Rollouts::default(),
             store,
-            events: Events::default(),
+            events: Events::new(cluster.clone()),
+            cluster,
             metrics: Metrics::default(),
             limits,
             bundle_dir,
@@ -92,6 +108,11 @@ impl AppState {
     /// The state around `inner` (for tasks that hold it weakly).
     pub fn from_inner(inner: Arc<Inner>) -> Self {
         AppState(inner)
+    }
+
+    /// A handle that does not keep the state alive (for background tasks).
+    pub fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.0)
     }
 }
 

@@ -22,6 +22,8 @@ pub mod agent;
 pub mod fleet;
 /// An operator's HTTP calls (one token, JSON in and out).
 pub mod operator;
+/// A PostgreSQL cluster and fresh databases for the scale-out tests (SPEC §8).
+pub mod postgres;
 /// The power-loss shim: a durable image of a data dir, kept by an `LD_PRELOAD` library.
 pub mod power_loss;
 

@@ -30,6 +30,7 @@
 //! which a start-up empties, so a crash mid-backup leaves nothing behind.
 
 mod check; // `kernex-server check`
+mod database; // backup and restore of a PostgreSQL store
 mod read; // restore
 mod write; // spool and tar stream
 
@@ -37,6 +38,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use check::{CheckReport, check_data_dir};
+pub use database::{backup_database, restore_database};
 pub use read::Restored;
 pub use read::restore_data_dir;
 pub use write::{SharedSpool, Spool, backup_data_dir, write_tar};

@@ -7,7 +7,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::{BUNDLES_DIR, BackupError, FORMAT, FORMAT_VERSION, HEADER_PATH, Header, RECORDS_PATH};
-use crate::store::{BackupRecord, RecordCounts, SledStore, StoreError};
+use crate::store::{BackupRecord, RecordCounts, StoreError};
 
 /// What a restore put in place.
 #[derive(Debug)]
@@ -41,7 +41,56 @@ pub fn restore_data_dir(from: &Path, data_dir: &Path) -> Result<Restored, Backup
     result
 }
 
+/// Where a restore puts what it reads: a backend's import.
+pub(super) trait Importer {
+    /// Import `records.ndjson`, read whole from `records`.
+    fn import(&mut self, records: &mut dyn BufRead) -> Result<RecordCounts, BackupError>;
+    /// A restored bundle record (to check its archive against).
+    fn bundle(&mut self, id: &str) -> Result<crate::store::BundleRecord, StoreError>;
+    /// Everything restored is durable.
+    fn finish(&mut self) -> Result<(), BackupError>;
+}
+
+/// `records.ndjson` as records, each line's number in its error.
+pub(super) fn parse_lines(
+    records: impl BufRead,
+) -> impl Iterator<Item = Result<BackupRecord, StoreError>> {
+    records.lines().enumerate().map(|(i, line)| {
+        let line = line.map_err(StoreError::backend)?;
+        serde_json::from_str::<BackupRecord>(&line)
+            .map_err(|e| StoreError::Invalid(format!("records.ndjson line {}: {e}", i + 1)))
+    })
+}
+
+struct SledImporter(crate::store::SledStore);
+
+impl Importer for SledImporter {
+    fn import(&mut self, records: &mut dyn BufRead) -> Result<RecordCounts, BackupError> {
+        Ok(self.0.import_blocking(parse_lines(records))?)
+    }
+
+    fn bundle(&mut self, id: &str) -> Result<crate::store::BundleRecord, StoreError> {
+        self.0.bundle_blocking(id)
+    }
+
+    fn finish(&mut self) -> Result<(), BackupError> {
+        Ok(self.0.flush_blocking()?)
+    }
+}
+
 fn restore_into(file: File, data_dir: &Path) -> Result<Restored, BackupError> {
+    let mut into = SledImporter(crate::open_store(data_dir, Default::default())?);
+    let bundle_dir = data_dir.join("bundles");
+    crate::create_private_dir(&bundle_dir)?;
+    restore_archive(file, &mut into, &bundle_dir)
+}
+
+/// Read a backup archive into `into`, its bundle files into `bundle_dir`.
+pub(super) fn restore_archive(
+    file: File,
+    into: &mut dyn Importer,
+    bundle_dir: &Path,
+) -> Result<Restored, BackupError> {
     let mut archive = tar::Archive::new(BufReader::with_capacity(64 * 1024, file));
     let mut entries = archive.entries()?;
     let mut next = |want: &str| -> Result<_, BackupError> {
@@ -57,16 +106,7 @@ fn restore_into(file: File, data_dir: &Path) -> Result<Restored, BackupError> {
         Ok(entry)
     };
     let header = read_header(next(HEADER_PATH)?)?;
-    let records_entry = next(RECORDS_PATH)?;
-    let store = crate::open_store(data_dir, Default::default())?;
-    let lines = BufReader::new(records_entry).lines().enumerate();
-    let records = store.import_blocking(lines.map(|(i, line)| {
-        let line = line.map_err(StoreError::backend)?;
-        serde_json::from_str::<BackupRecord>(&line)
-            .map_err(|e| StoreError::Invalid(format!("records.ndjson line {}: {e}", i + 1)))
-    }))?;
-    let bundle_dir = data_dir.join("bundles");
-    crate::create_private_dir(&bundle_dir)?;
+    let records = into.import(&mut BufReader::new(next(RECORDS_PATH)?))?;
     let mut bundle_files = 0;
     for entry in entries {
         let entry = entry?;
@@ -76,7 +116,7 @@ fn restore_into(file: File, data_dir: &Path) -> Result<Restored, BackupError> {
             .and_then(|p| p.strip_suffix(".tar.gz"))
             .filter(|id| super::safe_bundle_id(id))
             .ok_or_else(|| BackupError::Format(format!("unexpected entry {path:?}")))?;
-        restore_bundle(&store, &bundle_dir, id, entry)?;
+        restore_bundle(|id| into.bundle(id), bundle_dir, id, entry)?;
         bundle_files += 1;
     }
     // A stream cut at an entry boundary reads as a shorter archive: the header's
@@ -90,8 +130,8 @@ fn restore_into(file: File, data_dir: &Path) -> Result<Restored, BackupError> {
             header.bundle_files.len()
         )));
     }
-    File::open(&bundle_dir)?.sync_all()?;
-    store.flush_blocking()?;
+    File::open(bundle_dir)?.sync_all()?;
+    into.finish()?;
     Ok(Restored {
         header,
         records,
@@ -99,7 +139,7 @@ fn restore_into(file: File, data_dir: &Path) -> Result<Restored, BackupError> {
     })
 }
 
-fn read_header(entry: impl Read) -> Result<Header, BackupError> {
+pub(super) fn read_header(entry: impl Read) -> Result<Header, BackupError> {
     let mut bytes = Vec::new();
     entry.take(1024 * 1024).read_to_end(&mut bytes)?;
     let header: Header = serde_json::from_slice(&bytes)
@@ -120,14 +160,15 @@ fn read_header(entry: impl Read) -> Result<Header, BackupError> {
     Ok(header)
 }
 
-/// Copy one bundle archive into place, checking its size and SHA-256 against its record.
-fn restore_bundle(
-    store: &SledStore,
+/// Copy one bundle archive into place, checking its size and SHA-256 against its record
+/// (`lookup` reads the restored store).
+pub(super) fn restore_bundle(
+    lookup: impl FnOnce(&str) -> Result<crate::store::BundleRecord, StoreError>,
     bundle_dir: &Path,
     id: &str,
     mut data: impl Read,
 ) -> Result<(), BackupError> {
-    let record = match store.bundle_blocking(id) {
+    let record = match lookup(id) {
         Ok(r) => r,
         Err(StoreError::NotFound(_)) => {
             return Err(BackupError::Format(format!(

@@ -176,6 +176,12 @@ pub fn backup_data_dir(data_dir: &Path, to: &Path) -> Result<Header, BackupError
     let store = crate::open_store(data_dir, Default::default())?;
     let mut spool = Spool::new(&data_dir.join("bundles"))?;
     store.export_blocking(&mut spool)?;
+    write_file(spool, to)
+}
+
+/// Write a spooled backup to `to`: whole or not at all (written beside it, synced,
+/// renamed).
+pub(super) fn write_file(spool: Spool, to: &Path) -> Result<Header, BackupError> {
     let mut partial = to.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);

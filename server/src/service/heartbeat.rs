@@ -33,6 +33,7 @@ use kernex_common::update_signing::TrustCommand;
 use tokio::sync::{mpsc, watch};
 
 use super::rules;
+use crate::cluster::{Note, Outbox};
 use crate::store::{Beat, DeploymentRecord, Result, Store, Ts, WorkSnapshot};
 
 /// Most beats one store write takes.
@@ -97,6 +98,9 @@ impl Work {
 pub struct HeartbeatService {
     store: Arc<dyn Store>,
     work: RwLock<Work>,
+    /// Tells the other replicas about every change to the index (SPEC §8); a no-op on
+    /// a store of one's own.
+    outbox: Outbox,
     writer: BeatWriter,
     /// The current trust document (SPEC §7), re-read every few seconds.
     pub trust: super::signing::TrustCache,
@@ -105,9 +109,15 @@ pub struct HeartbeatService {
 impl HeartbeatService {
     /// Build the index from `snapshot` and start the beat writer (needs a tokio runtime).
     pub fn start(store: Arc<dyn Store>, snapshot: WorkSnapshot) -> Self {
+        Self::start_with(store, snapshot, Outbox::default())
+    }
+
+    /// [`HeartbeatService::start`], telling other replicas about index changes.
+    pub fn start_with(store: Arc<dyn Store>, snapshot: WorkSnapshot, outbox: Outbox) -> Self {
         HeartbeatService {
             writer: BeatWriter::start(store.clone()),
             work: RwLock::new(Work::from_snapshot(snapshot)),
+            outbox,
             store,
             trust: super::signing::TrustCache::default(),
         }
@@ -252,9 +262,20 @@ impl HeartbeatService {
         Ok((None, None))
     }
 
-    /// A write changed this device's deployment targets (created, finished, cancelled):
-    /// its next beat reads them from the store.
+    /// A write changed these devices' deployment targets (created, finished,
+    /// cancelled): their next beats read them from the store, on every replica.
     pub fn touch<'a>(&self, device_ids: impl IntoIterator<Item = &'a str>) {
+        if self.outbox.is_open() {
+            let ids: Vec<String> = device_ids.into_iter().map(str::to_owned).collect();
+            self.touch_here(ids.iter().map(String::as_str));
+            self.outbox.send_touch(ids);
+        } else {
+            self.touch_here(device_ids);
+        }
+    }
+
+    /// [`HeartbeatService::touch`] on this replica only (what another replica said).
+    pub fn touch_here<'a>(&self, device_ids: impl IntoIterator<Item = &'a str>) {
         let mut w = self.write();
         for id in device_ids {
             w.next_generation += 1;
@@ -271,6 +292,15 @@ impl HeartbeatService {
 
     /// A device's admission changed (or it registered).
     pub fn admission_changed(&self, device_id: &str, admission: Admission) {
+        self.admission_changed_here(device_id, admission);
+        self.outbox.send(Note::Admission {
+            device_id: device_id.to_owned(),
+            admission,
+        });
+    }
+
+    /// [`HeartbeatService::admission_changed`] on this replica only.
+    pub fn admission_changed_here(&self, device_id: &str, admission: Admission) {
         let mut w = self.write();
         if admission == Admission::Pending {
             w.pending.insert(device_id.to_owned());
@@ -281,6 +311,14 @@ impl HeartbeatService {
 
     /// A device's config was set.
     pub fn config_changed(&self, config: &DeviceConfig) {
+        self.config_changed_here(config);
+        self.outbox.send(Note::Config {
+            config: config.clone(),
+        });
+    }
+
+    /// [`HeartbeatService::config_changed`] on this replica only.
+    pub fn config_changed_here(&self, config: &DeviceConfig) {
         let mut w = self.write();
         w.configure.remove(&config.device_id);
         w.configs.insert(
@@ -291,11 +329,46 @@ impl HeartbeatService {
 
     /// A device was deleted.
     pub fn forget(&self, device_id: &str) {
+        self.forget_here(device_id);
+        self.outbox.send(Note::Forget {
+            device_id: device_id.to_owned(),
+        });
+    }
+
+    /// [`HeartbeatService::forget`] on this replica only.
+    pub fn forget_here(&self, device_id: &str) {
         let mut w = self.write();
         w.open.remove(device_id);
         w.pending.remove(device_id);
         w.configs.remove(device_id);
         w.configure.remove(device_id);
+    }
+
+    /// Bring the index back in line with the store (replicas: after a lost
+    /// notification, and every few seconds). Every device open here or there is looked
+    /// at on its next beat; pending devices and configs are the store's.
+    pub fn resync(&self, snapshot: WorkSnapshot) {
+        let mut w = self.write();
+        let mut open: Vec<String> = w.open.keys().cloned().collect();
+        open.extend(snapshot.open);
+        for id in open {
+            w.next_generation += 1;
+            let generation = w.next_generation;
+            w.open.insert(
+                id,
+                Open {
+                    generation,
+                    command: None,
+                },
+            );
+        }
+        w.pending = snapshot.pending.into_iter().collect();
+        w.configs = snapshot
+            .configs
+            .into_iter()
+            .map(|c| (c.device_id, (c.version, c.polling_interval)))
+            .collect();
+        w.configure.clear();
     }
 
     /// Wait until every beat answered before this call is in the store.

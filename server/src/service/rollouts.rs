@@ -31,6 +31,9 @@ use crate::store::{
 
 /// How often the timer looks at the active rollouts (a change shows within 1 s).
 pub const TICK: Duration = Duration::from_millis(250);
+/// Among replicas, ticks between reloads of what the driver keeps about each rollout
+/// (successes another replica took may be soaking).
+const RELOAD_EVERY: u64 = 20;
 /// Targets one timeout step looks at.
 const STEP: usize = 256;
 /// Targets a device's result request releases itself when it opens a wave (one
@@ -170,11 +173,16 @@ impl Rollouts {
 }
 
 /// Start the timer task; it ends when the server state is dropped.
+///
+/// Among replicas (SPEC §8) only the lease holder's timer works, and since other
+/// replicas create rollouts and take results, it re-reads the active set from the store
+/// on every tick and forgets what it learnt about soaks every [`RELOAD_EVERY`] ticks.
 pub fn start(state: Weak<Inner>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut loaded = false;
+        let mut ticks: u64 = 0;
         loop {
             tick.tick().await;
             let Some(inner) = state.upgrade() else {
@@ -184,7 +192,16 @@ pub fn start(state: Weak<Inner>) {
             if state.shutdown.is_cancelled() {
                 break;
             }
-            let ids: Vec<String> = if loaded {
+            if !state.cluster.leads() {
+                loaded = false;
+                continue;
+            }
+            let shared = state.cluster.outbox.is_open();
+            ticks += 1;
+            if shared && ticks.is_multiple_of(RELOAD_EVERY) {
+                state.rollouts.active.lock().await.clear();
+            }
+            let ids: Vec<String> = if loaded && !shared {
                 state.rollouts.active.lock().await.keys().cloned().collect()
             } else {
                 match state.store.active_rollouts().await {

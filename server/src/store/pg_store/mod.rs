@@ -108,6 +108,19 @@ impl PgStore {
         &self.pool
     }
 
+    /// Empty every table: a restore that failed after its records were committed undoes
+    /// itself (import only ever fills an empty database).
+    pub async fn clear_after_failed_restore(&self) -> Result<()> {
+        sqlx::query(
+            "TRUNCATE devices, device_tags, device_live, heartbeats, configs, tokens, \
+             registrations, bundles, bundle_signatures, trust, deployments, targets, reports, \
+             history, device_success, counters",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Close every connection (waits for the ones in use).
     pub async fn close(&self) {
         self.pool.close().await;
@@ -182,11 +195,6 @@ impl From<sqlx::Error> for StoreError {
         }
         StoreError::backend(e)
     }
-}
-
-/// A stub's answer until its method is written.
-fn not_built(method: &str) -> StoreError {
-    StoreError::Backend(format!("PostgreSQL: {method} is not implemented yet"))
 }
 
 /// An enum's wire name (`"accepted"`, `"in_progress"`…), as its serde form gives it:
