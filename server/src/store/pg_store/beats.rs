@@ -112,7 +112,7 @@ struct Round {
 
 impl Round {
     fn push(&mut self, b: &Beat) {
-        let r = &Sanitized::of(&b.report);
+        let r = &storable_report(&b.report);
         self.ids.push(b.device_id.clone());
         self.at.push(b.at);
         self.interval
@@ -142,23 +142,19 @@ impl Round {
 
 /// A report's strings without U+0000, which PostgreSQL cannot store (sled can): one
 /// such beat must not fail the whole batch, so the character becomes U+FFFD.
-struct Sanitized;
-
-impl Sanitized {
-    fn of(r: &HeartbeatRequest) -> HeartbeatRequest {
-        let clean = |s: &String| {
-            if s.contains('\0') {
-                s.replace('\0', "\u{FFFD}")
-            } else {
-                s.clone()
-            }
-        };
-        HeartbeatRequest {
-            agent_version: clean(&r.agent_version),
-            status: clean(&r.status),
-            current_bundle_version: r.current_bundle_version.as_ref().map(clean),
-            ..r.clone()
+fn storable_report(r: &HeartbeatRequest) -> HeartbeatRequest {
+    let clean = |s: &String| {
+        if s.contains('\0') {
+            s.replace('\0', "\u{FFFD}")
+        } else {
+            s.clone()
         }
+    };
+    HeartbeatRequest {
+        agent_version: clean(&r.agent_version),
+        status: clean(&r.status),
+        current_bundle_version: r.current_bundle_version.as_ref().map(clean),
+        ..r.clone()
     }
 }
 
