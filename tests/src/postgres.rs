@@ -39,8 +39,37 @@ fn start_own() -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// A database of the test's own, dropped (connections and all) with this handle.
+#[derive(Debug)]
+pub struct Database {
+    pub url: String,
+    cluster: String,
+    name: String,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = psql(
+            &self.cluster,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn psql(url: &str, sql: &str) -> Result<()> {
+    let out = std::process::Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .context("running psql")?;
+    if !out.status.success() {
+        bail!("{sql}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 /// A fresh, empty database on the cluster (made with `psql`, which comes with it).
-pub fn fresh_database(url: &str) -> Result<String> {
+pub fn fresh_database(url: &str) -> Result<Database> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let name = format!(
@@ -49,19 +78,12 @@ pub fn fresh_database(url: &str) -> Result<String> {
         chrono::Utc::now().timestamp_micros(),
         N.fetch_add(1, Ordering::Relaxed)
     );
-    let out = std::process::Command::new("psql")
-        .arg(url)
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
-        .arg(format!("CREATE DATABASE {name}"))
-        .output()
-        .context("running psql")?;
-    if !out.status.success() {
-        bail!(
-            "CREATE DATABASE failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(with_database(url, &name))
+    psql(url, &format!("CREATE DATABASE {name}"))?;
+    Ok(Database {
+        url: with_database(url, &name),
+        cluster: url.to_owned(),
+        name,
+    })
 }
 
 /// `url` with its database name replaced.

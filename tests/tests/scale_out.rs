@@ -92,7 +92,8 @@ fn follow_events(api: &Api) -> std::sync::Arc<std::sync::Mutex<String>> {
 #[tokio::test]
 async fn replicas_share_devices_events_deployments_and_bundles() {
     let Some(cluster) = cluster() else { return };
-    let url = postgres::fresh_database(&cluster).unwrap();
+    let database = postgres::fresh_database(&cluster).unwrap();
+    let url = database.url.clone();
     let scratch = tempfile::tempdir().unwrap();
     let blobs = scratch.path().join("blobs");
     let a = replica(scratch.path(), "a", &url, &blobs);
@@ -179,7 +180,8 @@ async fn deploy_once(api: &Api, dev: &(String, String), dep: &str) {
 #[tokio::test]
 async fn a_rollout_finishes_through_b_after_its_timer_replica_is_killed() {
     let Some(cluster) = cluster() else { return };
-    let url = postgres::fresh_database(&cluster).unwrap();
+    let database = postgres::fresh_database(&cluster).unwrap();
+    let url = database.url.clone();
     let scratch = tempfile::tempdir().unwrap();
     let blobs = scratch.path().join("blobs");
     // A starts first and takes the timer lease.
@@ -300,7 +302,8 @@ fn server_cli(args: &[&str]) -> std::process::Output {
 #[tokio::test]
 async fn a_sled_backup_restored_into_postgres_answers_the_same() {
     let Some(cluster) = cluster() else { return };
-    let url = postgres::fresh_database(&cluster).unwrap();
+    let database = postgres::fresh_database(&cluster).unwrap();
+    let url = database.url.clone();
     let scratch = tempfile::tempdir().unwrap();
     let sled_dir = scratch.path().join("sled");
     let sled = ServerProcess::start(&sled_dir, ADMIN, ENROLL).unwrap();

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -85,6 +86,38 @@ pub struct TestApp {
     pub router: Router,
     /// The database this server uses, when the suite runs on PostgreSQL.
     pub database_url: Option<String>,
+    /// Drops that database when the test is over.
+    database: Option<Arc<TestDatabase>>,
+}
+
+/// A test's own database: dropped with the last handle on it (a suite run would
+/// otherwise leave thousands behind).
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub url: String,
+    cluster: String,
+    name: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (cluster, name) = (self.cluster.clone(), self.name.clone());
+        // On a thread of its own: the drop may happen inside a runtime.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(kernex_server::store::pg_store::drop_scratch_database(
+                    &cluster, &name,
+                ))
+                .map_err(|e| e.to_string())
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("dropping test database {}: {e}", self.name);
+        }
+    }
 }
 
 /// The backend matrix (SPEC §8): with `KERNEX_TEST_DATABASE_URL` set (any database of a
@@ -95,24 +128,25 @@ pub fn postgres() -> bool {
 }
 
 /// A fresh, empty database for one server, when the suite runs on PostgreSQL.
-pub fn fresh_database() -> Option<String> {
-    let url = std::env::var("KERNEX_TEST_DATABASE_URL")
+pub fn fresh_database() -> Option<Arc<TestDatabase>> {
+    let cluster = std::env::var("KERNEX_TEST_DATABASE_URL")
         .ok()
         .filter(|u| !u.is_empty())?;
     let name = format!("kx_test_{}", uuid_like());
     // On a thread of its own: the caller may be inside a runtime.
+    let (c, n) = (cluster.clone(), name.clone());
     let created = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap()
-            .block_on(kernex_server::store::pg_store::scratch_database(
-                &url, &name,
-            ))
+            .block_on(kernex_server::store::pg_store::scratch_database(&c, &n))
     })
     .join()
     .unwrap();
-    Some(created.expect("creating a test database (is KERNEX_TEST_DATABASE_URL's cluster up?)"))
+    let url =
+        created.expect("creating a test database (is KERNEX_TEST_DATABASE_URL's cluster up?)");
+    Some(Arc::new(TestDatabase { url, cluster, name }))
 }
 
 fn uuid_like() -> String {
@@ -141,7 +175,8 @@ impl TestApp {
         let mut settings = ServerSettings::for_data_dir(dir.path());
         settings.admin_token = Some(ADMIN.into());
         settings.enrollment_token = Some(ENROLL.into());
-        settings.database_url = fresh_database();
+        let database = fresh_database();
+        settings.database_url = database.as_ref().map(|d| d.url.clone());
         tweak(&mut settings);
         let state = kernex_server::open(&settings).unwrap();
         let router = kernex_server::router(state.clone());
@@ -151,6 +186,7 @@ impl TestApp {
             state,
             router,
             database_url,
+            database,
         }
     }
 
@@ -166,6 +202,7 @@ impl TestApp {
             state,
             router,
             database_url: None,
+            database: None,
         }
     }
 
@@ -181,6 +218,7 @@ impl TestApp {
             state,
             router,
             database_url,
+            database,
         } = self;
         state.heartbeats.close().await.unwrap();
         state.store.sync().await.unwrap();
@@ -200,6 +238,7 @@ impl TestApp {
                         state,
                         router,
                         database_url,
+                        database,
                     };
                 }
                 Err(kernex_server::StartError::Locked(_)) => {

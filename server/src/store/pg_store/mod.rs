@@ -160,6 +160,19 @@ pub async fn scratch_database(url: &str, name: &str) -> Result<String> {
     Ok(with_database(url, name))
 }
 
+/// Drop a database [`scratch_database`] made, ending its connections first.
+pub async fn drop_scratch_database(url: &str, name: &str) -> Result<()> {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(StoreError::Invalid(format!("database name {name:?}")));
+    }
+    let mut conn = connect_options(url)?.connect().await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
 /// `url` with its database name replaced.
 pub fn with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
