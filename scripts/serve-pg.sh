@@ -19,6 +19,11 @@ cargo build --release -q -p kernex-server
 server=target/release/kernex-server
 "$server" migrate --database-url "$url"
 mkdir -p "$dir/blobs"
+# Replicas write no admin.token (SPEC §8): the first operator token is minted here, once.
+token_file="$dir/admin.token"
+if [ ! -s "$token_file" ]; then
+    (umask 077 && "$server" token create --database-url "$url" --name "admin-$(date +%s)" >"$token_file")
+fi
 
 pids=()
 stop() {
@@ -29,7 +34,7 @@ trap stop EXIT INT TERM
 
 start_replica() {
     local name=$1 port=$2
-    "$server" --listen "127.0.0.1:$port" --data-dir "$dir/$name" \
+    "$server" --listen "127.0.0.1:$port" \
         --database-url "$url" --blob-dir "$dir/blobs" 2> >(sed "s/^/[$name] /" >&2) &
     pids+=($!)
     for _ in $(seq 1 100); do
@@ -42,14 +47,12 @@ start_replica() {
 
 start_replica a "$port_a"
 start_replica b "$port_b"
-token_file="$dir/a/admin.token"
-[ -f "$token_file" ] || token_file="$dir/b/admin.token"
 cat >&2 <<MSG
 
 Two replicas on $url:
   A  http://127.0.0.1:$port_a
   B  http://127.0.0.1:$port_b
-Operator token (generated on first start): $( [ -f "$token_file" ] && echo "$token_file" || echo "the admin.token of the replica that made it, or the one you set" )
+Operator token: $token_file
   KERNEX_SERVER=http://127.0.0.1:$port_b KERNEX_TOKEN=\$(cat $token_file) just console
 Ctrl-C stops both replicas.
 MSG

@@ -152,12 +152,14 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// One kernex-server setup under test: its servers (two replicas share the load), the
-/// fleet registered on it and the wrk script that cycles through that fleet.
+/// One kernex-server setup under test: its servers (replicas share the load), the fleet
+/// registered on it and, per server, the wrk script that cycles through its share of
+/// the fleet (a load balancer spreads devices; one device's beats are seconds apart, so
+/// two replicas rarely store beats of one device at once).
 struct Target {
     label: &'static str,
     servers: Vec<Server>,
-    script: PathBuf,
+    scripts: Vec<PathBuf>,
     /// The sled data dir (its size is reported); none on PostgreSQL.
     data_dir: Option<PathBuf>,
     runs: Vec<Run>,
@@ -218,7 +220,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let noop = Noop::start(&noop_bin)?;
     let noop_url = format!("http://{}", noop.addr);
-    let noop_script = targets[0].script.clone();
+    let noop_script = targets[0].scripts[0].clone();
     let sled_dir = targets[0].data_dir.clone();
     let before = sled_dir.as_deref().map(dir_size).unwrap_or_default();
 
@@ -253,10 +255,9 @@ pub fn run(args: &Args) -> Result<()> {
         }
         let o = measure(
             args,
-            &noop_script,
             round,
             "noop",
-            &[(&noop_url, &noop.process)],
+            &[(&noop_url, noop_script.as_path(), &noop.process)],
         )?;
         line += &format!(
             "   {:>12.0} {:>7.2} {:>7}",
@@ -270,7 +271,15 @@ pub fn run(args: &Args) -> Result<()> {
     // A clean stop flushes what the group commit still holds, so "after" is what stays.
     for t in &mut targets {
         for s in &mut t.servers {
-            s.process.terminate(Duration::from_secs(30))?;
+            let started = std::time::Instant::now();
+            s.process
+                .terminate(Duration::from_secs(60))
+                .map_err(|e| with_log(e.context(t.label), s))?;
+            eprintln!(
+                "{}: stopped in {:.1} s",
+                t.label,
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     summarise(&targets, &noops);
@@ -384,13 +393,23 @@ impl Setup<'_> {
                     &servers[0],
                 )
             })?;
-        let script = dir.join("heartbeat.lua");
-        std::fs::write(&script, wrk::script(&devices, self.body, self.threads))
-            .with_context(|| format!("writing {}", script.display()))?;
+        let mut scripts = Vec::new();
+        for i in 0..replicas {
+            let share: Vec<Device> = devices
+                .iter()
+                .enumerate()
+                .filter(|(n, _)| n % replicas == i)
+                .map(|(_, d)| d.clone())
+                .collect();
+            let script = dir.join(format!("heartbeat-{i}.lua"));
+            std::fs::write(&script, wrk::script(&share, self.body, self.threads))
+                .with_context(|| format!("writing {}", script.display()))?;
+            scripts.push(script);
+        }
         Ok(Target {
             label,
             servers,
-            script,
+            scripts,
             data_dir: database.is_none().then(|| dir.join("data-0")),
             runs: Vec::new(),
         })
@@ -428,12 +447,14 @@ fn measure_target(args: &Args, round: u32, t: &Target) -> Result<Run> {
         .iter()
         .map(|s| format!("http://{}", s.addr))
         .collect();
-    let servers: Vec<(&str, &ChildGuard)> = urls
+    let servers: Vec<(&str, &Path, &ChildGuard)> = urls
         .iter()
         .map(String::as_str)
+        .zip(&t.scripts)
         .zip(t.servers.iter().map(|s| &s.process))
+        .map(|((url, script), process)| (url, script.as_path(), process))
         .collect();
-    measure(args, &t.script, round, t.label, &servers).map_err(|e| with_log(e, &t.servers[0]))
+    measure(args, round, t.label, &servers).map_err(|e| with_log(e, &t.servers[0]))
 }
 
 /// One wrk run per server, at once, each with its share of the connections, refused
@@ -441,19 +462,18 @@ fn measure_target(args: &Args, round: u32, t: &Target) -> Result<Run> {
 /// CPU time the servers spent per request.
 fn measure(
     args: &Args,
-    script: &Path,
     round: u32,
     who: &str,
-    servers: &[(&str, &ChildGuard)],
+    servers: &[(&str, &Path, &ChildGuard)],
 ) -> Result<Run> {
     let n = u32::try_from(servers.len()).unwrap_or(1).max(1);
     let threads = (args.threads / n).max(1);
     let connections = (args.connections / n).max(threads);
-    let cpu_before: Vec<Option<Duration>> = servers.iter().map(|s| s.1.cpu_time()).collect();
+    let cpu_before: Vec<Option<Duration>> = servers.iter().map(|s| s.2.cpu_time()).collect();
     let results: Vec<Result<(wrk::Report, String)>> = std::thread::scope(|scope| {
         let runs: Vec<_> = servers
             .iter()
-            .map(|(url, _)| {
+            .map(|(url, script, _)| {
                 scope.spawn(move || wrk::run(threads, connections, args.duration, script, url))
             })
             .collect();
@@ -491,7 +511,7 @@ fn measure(
     let cpu: Option<Duration> = servers
         .iter()
         .zip(cpu_before)
-        .map(|((_, s), before)| before.zip(s.cpu_time()).map(|(a, b)| b.saturating_sub(a)))
+        .map(|((_, _, s), before)| before.zip(s.cpu_time()).map(|(a, b)| b.saturating_sub(a)))
         .sum();
     let cpu_us = cpu.map(|c| c.as_secs_f64() * 1e6 / total.requests as f64);
     Ok(Run {

@@ -24,7 +24,15 @@ fn run_cli() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token {
-            command: TokenCommand::Create { name, data_dir },
+            command:
+                TokenCommand::Create {
+                    name,
+                    database_url: Some(url),
+                    ..
+                },
+        }) => token_create_in_database(&name, &url),
+        Some(Command::Token {
+            command: TokenCommand::Create { name, data_dir, .. },
         }) => token_create(&name, data_dir.unwrap_or_else(default_data_dir)),
         Some(Command::Backup {
             to,
@@ -73,6 +81,32 @@ fn migrate(url: &str) -> anyhow::Result<()> {
         .block_on(kernex_server::store::PgStore::migrate(url))
         .with_context(|| format!("database {}", kernex_server::settings::redact_url(url)))?;
     println!("database schema up to date ({applied} migrations)");
+    Ok(())
+}
+
+fn token_create_in_database(name: &str, url: &str) -> anyhow::Result<()> {
+    use kernex_server::store::{PgOptions, PgStore, Store};
+    if !kernex_server::routes::tokens::valid_token_name(name) {
+        anyhow::bail!("--name must be 1-64 characters of [A-Za-z0-9._-]");
+    }
+    let token = kernex_server::auth::mint_token("kxo_");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let store = PgStore::connect(url, PgOptions::default()).await?;
+            let made = store
+                .create_operator_token(
+                    name,
+                    &kernex_server::auth::hash_token(&token),
+                    chrono::Utc::now(),
+                )
+                .await;
+            store.close().await;
+            made
+        })
+        .with_context(|| format!("creating token {name:?} in {}", redact_url(url)))?;
+    println!("{token}");
     Ok(())
 }
 

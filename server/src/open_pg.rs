@@ -1,5 +1,5 @@
-//! Start-up on PostgreSQL (SPEC §8): migrate, clean the blob dir, bootstrap the first
-//! operator token, read what the work index is built from.
+//! Start-up on PostgreSQL (SPEC §8): migrate, clean the blob dir, store `--admin-token`,
+//! read what the work index is built from.
 //!
 //! [`crate::open`] is called from async code and returns synchronously, so the start-up
 //! work runs on a runtime of its own, on a thread of its own, with a pool of its own
@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
 
-use crate::auth::{hash_token, mint_token};
+use crate::auth::hash_token;
 use crate::store::{PgOptions, PgStore, Store, StoreError, WorkSnapshot};
-use crate::{ADMIN_TOKEN_FILE, ServerSettings, StartError, create_private_dir, write_secret};
+use crate::{ServerSettings, StartError, create_private_dir};
 
 /// A file in a shared blob dir younger than this may belong to an upload another replica
 /// is still finishing: start-up leaves it alone.
@@ -24,7 +24,7 @@ pub(crate) fn open(
     settings: &ServerSettings,
     bundle_dir: &Path,
 ) -> Result<(Arc<PgStore>, WorkSnapshot), StartError> {
-    create_private_dir(&settings.data_dir)?;
+    // The data dir holds only the bundles, and only without a blob dir.
     create_private_dir(bundle_dir)?;
     let options = PgOptions {
         heartbeat_retention: settings.heartbeat_retention.max(1),
@@ -110,38 +110,22 @@ async fn clean_blob_dir(store: &PgStore, bundle_dir: &Path) -> Result<(), StartE
     Ok(())
 }
 
-/// The `--admin-token`, or a first operator token written to `admin.token` when the
-/// database has none. Replicas starting together on an empty database race for it: the
-/// loser removes its file and says where the token is.
+/// The `--admin-token` stored as the token named "admin". Without one, no file is
+/// written (SPEC §8: replicas share no disk): a database with no operator token says how
+/// to make one.
 async fn bootstrap_admin(store: &PgStore, settings: &ServerSettings) -> Result<(), StartError> {
-    let now = Utc::now();
     if let Some(token) = settings.admin_token.as_deref().filter(|t| !t.is_empty()) {
         store
-            .put_operator_token("admin", &hash_token(token), now)
+            .put_operator_token("admin", &hash_token(token), Utc::now())
             .await?;
         return Ok(());
     }
-    if store.has_operator_tokens().await? {
-        return Ok(());
+    if !store.has_operator_tokens().await? {
+        tracing::warn!(
+            "the database has no operator token yet: make one with `kernex-server token create \
+             --database-url URL --name admin` (works while replicas run), or start with \
+             --admin-token / KERNEX_ADMIN_TOKEN"
+        );
     }
-    let token = mint_token("kxo_");
-    let path = settings.data_dir.join(ADMIN_TOKEN_FILE);
-    write_secret(&path, &format!("{token}\n"))?;
-    match store
-        .create_operator_token("admin", &hash_token(&token), now)
-        .await
-    {
-        Ok(()) => {
-            tracing::info!(path = %path.display(), "generated the first operator token");
-            Ok(())
-        }
-        Err(StoreError::Conflict(_)) => {
-            std::fs::remove_file(&path)?;
-            tracing::info!(
-                "another replica generated the first operator token (its admin.token has it)"
-            );
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
+    Ok(())
 }

@@ -26,7 +26,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
-    /// Manage operator tokens on a stopped server's data dir.
+    /// Manage operator tokens on a stopped server's data dir, or in a PostgreSQL database.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -82,6 +82,9 @@ pub enum TokenCommand {
         name: String,
         #[arg(long, env = "KERNEX_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Mint it in this PostgreSQL database (works while replicas run).
+        #[arg(long, env = "KERNEX_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
 }
 

@@ -362,3 +362,57 @@ async fn a_sled_backup_restored_into_postgres_answers_the_same() {
         "the PostgreSQL server answers differently: {diff:#?}"
     );
 }
+
+/// SPEC §8: a replica writes no `admin.token`; `token create --database-url` mints an
+/// operator token in the database while replicas run, and every replica honours it.
+#[tokio::test]
+async fn token_create_works_on_the_database_while_replicas_run() {
+    let Some(cluster) = cluster() else { return };
+    let database = postgres::fresh_database(&cluster).unwrap();
+    let url = database.url.clone();
+    let scratch = tempfile::tempdir().unwrap();
+    let blobs = scratch.path().join("blobs");
+    let a = replica(scratch.path(), "a", &url, &blobs);
+    let b = replica(scratch.path(), "b", &url, &blobs);
+    for dir in ["a", "b"] {
+        assert!(!scratch.path().join(dir).join("admin.token").exists());
+    }
+    let out = server_cli(&[
+        "token",
+        "create",
+        "--database-url",
+        &url,
+        "--name",
+        "night-shift",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    for server in [&a, &b] {
+        Api::new(&server.url(""), &token)
+            .get("/devices")
+            .await
+            .unwrap();
+    }
+    // The name is taken now: refused, nothing changes.
+    let again = server_cli(&[
+        "token",
+        "create",
+        "--database-url",
+        &url,
+        "--name",
+        "night-shift",
+    ]);
+    assert!(!again.status.success());
+    let tokens = Api::new(&b.url(""), ADMIN).get("/tokens").await.unwrap();
+    let names: Vec<&str> = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["admin", "night-shift"], "{tokens}");
+}

@@ -38,10 +38,6 @@ use crate::store::{Beat, DeploymentRecord, Result, Store, Ts, WorkSnapshot};
 
 /// Most beats one store write takes.
 pub const BATCH: usize = 1024;
-/// Beats waiting for the writer before devices wait for it (backpressure): a few
-/// seconds of a 1M-device fleet's beats, so a long store transaction (a deployment to
-/// 100,000 devices is one) delays the writer, not the devices' replies.
-const QUEUE: usize = 64 * 1024;
 /// How often the writer lets the store write out what it holds while beats are few.
 const IDLE_WRITE: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -393,7 +389,11 @@ struct BeatWriter {
 
 impl BeatWriter {
     fn start(store: Arc<dyn Store>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Beat>(QUEUE);
+        // Beats waiting for the writer before devices wait for it (backpressure): on sled
+        // a few seconds of a 1M-device fleet's beats, so a long store transaction (a
+        // deployment to 100,000 devices is one) delays the writer, not the replies; the
+        // backend says how many it stores well within a second ([`Store::beat_queue`]).
+        let (tx, mut rx) = mpsc::channel::<Beat>(store.beat_queue().max(BATCH));
         let (applied_tx, applied) = watch::channel(0u64);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);

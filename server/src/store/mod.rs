@@ -235,6 +235,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// asks the backend to write out whatever it still holds in memory (the writer
     /// sends one on a timer and at shutdown, before [`Store::sync`]).
     async fn write_beats(&self, beats: Vec<Beat>) -> Result<()>;
+    /// Beats the heartbeat writer may hold in memory before devices wait for it: well
+    /// under a second of what this backend stores, so a crash loses at most the last
+    /// second of heartbeats (SPEC §1.8) even when the writer falls behind.
+    fn beat_queue(&self) -> usize {
+        64 * 1024
+    }
     /// Newest first, at most `limit`.
     async fn heartbeats(&self, device_id: &str, limit: usize) -> Result<Vec<HeartbeatRecord>>;
     /// What the work index is rebuilt from at start.
