@@ -428,11 +428,16 @@ impl BeatWriter {
     }
 
     async fn submit(&self, beat: Beat) {
-        self.submitted.fetch_add(1, Ordering::SeqCst);
-        if self.tx.send(beat).await.is_err() {
-            // The writer is gone (runtime shutting down): count it as done so readers
-            // never wait for it.
-            tracing::warn!("heartbeat dropped: the beat writer has stopped");
+        // Wait for room first, then count and send with no await in between: a request
+        // dropped while it waits (its client went away under backpressure) counts
+        // nothing, so `settle` never waits for a beat that will not come.
+        match self.tx.reserve().await {
+            Ok(permit) => {
+                self.submitted.fetch_add(1, Ordering::SeqCst);
+                permit.send(beat);
+            }
+            // The writer is gone (runtime shutting down): nothing to wait for.
+            Err(_) => tracing::warn!("heartbeat dropped: the beat writer has stopped"),
         }
     }
 
