@@ -214,16 +214,26 @@ impl fmt::Debug for SecretKey {
 
 /// One signature over a document's metadata text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignatureEntry {
+    /// First 16 hex chars of the SHA-256 of the signer's raw Ed25519 public key.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[0-9a-f]{16}$", min_length = 16, max_length = 16)
+    )]
     pub keyid: String,
+    /// Base64 Ed25519 signature over the UTF-8 bytes of `metadata`.
     pub sig: String,
 }
 
 /// `{"metadata": "<JSON text>", "signatures": [...]}` — bundle metadata or a trust set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignedDocument {
+    #[cfg_attr(feature = "openapi", schema(max_length = 16384))]
     pub metadata: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     pub signatures: Vec<SignatureEntry>,
 }
 
@@ -317,6 +327,7 @@ impl SignedDocument {
 
 /// The payload of a `{"type": "trust", "document": {...}}` heartbeat command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrustCommand {
     pub document: SignedDocument,
 }
