@@ -257,6 +257,7 @@ pub struct DeviceSummary {
     pub config_version: Option<u64>,
     /// The outcome of the device's newest deployment result (SPEC §4: LAST DEPLOY).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub last_deployment: Option<LastDeployment>,
 }
 
@@ -580,7 +581,7 @@ impl DeploymentStatus {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Counts {
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[cfg_attr(feature = "openapi", schema(required = true, minimum = 0))]
     pub waiting: u64,
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub pending: u64,
@@ -591,7 +592,7 @@ pub struct Counts {
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub failed: u64,
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[cfg_attr(feature = "openapi", schema(required = true, minimum = 0))]
     pub timed_out: u64,
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub cancelled: u64,
@@ -721,6 +722,7 @@ pub struct Deployment {
     pub devices: Vec<DeploymentDevice>,
     /// The rollout (SPEC §6); `null` for a deployment created without a policy.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub rollout: Option<Rollout>,
 }
 

@@ -9,6 +9,9 @@ use std::sync::LazyLock;
 use kernex_common::api::ErrorBody;
 use kernex_common::validate::MAX_ID_LEN;
 use utoipa::openapi::RefOr;
+use utoipa::openapi::encoding::EncodingBuilder;
+
+use crate::error::ApiError;
 use utoipa::openapi::schema::{
     AllOfBuilder, AnyOfBuilder, KnownFormat, ObjectBuilder, Schema, SchemaFormat, SchemaType, Type,
 };
@@ -79,7 +82,7 @@ use crate::routes;
         schemas(ErrorBody),
         responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, Internal, RequestTimeout, Unavailable),
     ),
-    modifiers(&BearerAuth, &BundleRequired)
+    modifiers(&BearerAuth, &BundleRequired, &ErrorCodes, &UploadEncoding)
 )]
 pub struct ApiDoc;
 
@@ -138,6 +141,52 @@ impl Modify for BundleRequired {
         schemas.insert(
             "CreateDeployment".to_owned(),
             AllOfBuilder::new().item(derived).item(either).into(),
+        );
+    }
+}
+
+/// `ErrorBody.error` is one of [`ApiError::CODES`].
+struct ErrorCodes;
+
+impl Modify for ErrorCodes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let Some(RefOr::T(Schema::Object(body))) = doc
+            .components
+            .as_mut()
+            .and_then(|c| c.schemas.get_mut("ErrorBody"))
+        else {
+            return;
+        };
+        body.properties.insert(
+            "error".to_owned(),
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(ApiError::CODES))
+                .into(),
+        );
+    }
+}
+
+/// The `file` part of `POST /bundles` is the archive.
+struct UploadEncoding;
+
+impl Modify for UploadEncoding {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let Some(form) = doc
+            .paths
+            .paths
+            .get_mut("/api/v1/bundles")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.request_body.as_mut())
+            .and_then(|body| body.content.get_mut("multipart/form-data"))
+        else {
+            return;
+        };
+        form.encoding.insert(
+            "file".to_owned(),
+            EncodingBuilder::new()
+                .content_type(Some("application/gzip, application/octet-stream"))
+                .build(),
         );
     }
 }

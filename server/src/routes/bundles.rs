@@ -322,8 +322,8 @@ pub async fn info(
     security(("bearerAuth" = [])),
     params(
         crate::openapi::BundleIdParam,
-        ("Range" = Option<String>, Header, description = "`bytes=N-`, `bytes=N-M` or `bytes=-N`."),
-        ("If-None-Match" = Option<String>, Header, description = "ETag(s) already held, or `*`."),
+        ("Range" = Option<String>, Header, nullable = false, description = "`bytes=N-`, `bytes=N-M` or `bytes=-N`."),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "ETag(s) already held, or `*`."),
     ),
     responses(
         (status = 200, description = "The whole archive, byte for byte.", body = inline(crate::openapi::Binary), content_type = "application/gzip", headers(("Content-Length" = u64, description = "Bytes in this response."), ("ETag" = String, description = "The quoted SHA-256 of the archive."), ("Accept-Ranges" = inline(crate::openapi::AcceptRanges), description = "Always `bytes`."))),

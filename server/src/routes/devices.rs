@@ -44,7 +44,7 @@ const MAX_METADATA_BYTES: usize = 16 * 1024;
     security(()),
     params(
         ("X-Kernex-Signature" = String, Header, description = "Base64 (standard alphabet) RSASSA-PSS signature over the exact request body bytes."),
-        ("X-Kernex-Enrollment-Token" = Option<String>, Header, description = "The server's enrollment token: admits the device as accepted (a wrong one is 401). Without it the device is pending."),
+        ("X-Kernex-Enrollment-Token" = Option<String>, Header, nullable = false, description = "The server's enrollment token: admits the device as accepted (a wrong one is 401). Without it the device is pending."),
     ),
     request_body = kernex_common::api::RegisterRequest,
     responses(
