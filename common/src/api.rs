@@ -25,6 +25,10 @@ pub type Timestamp = DateTime<Utc>;
 /// The uniform error body.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(description = "The uniform error body of every 4xx/5xx response.")
+)]
 pub struct ErrorBody {
     pub error: String,
     /// Human-readable explanation.
@@ -36,6 +40,12 @@ pub struct ErrorBody {
 /// Admission of a device (SPEC §1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "Admission of a device: pending devices heartbeat but receive no commands."
+    )
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Admission {
     Pending,
@@ -65,6 +75,12 @@ impl Admission {
 /// Whether a device is heard from (SPEC §1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "`online` when the last heartbeat is within 3 x the device's polling_interval, `offline` when older, `never` when none arrived."
+    )
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OnlineStatus {
     Online,
@@ -94,6 +110,10 @@ impl OnlineStatus {
 /// `POST /devices/register` body. Signed byte for byte.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(description = "Registration body. It is signed byte for byte (X-Kernex-Signature).")
+)]
 pub struct RegisterRequest {
     /// PEM SubjectPublicKeyInfo of an RSA key of 2048 bits or more.
     pub public_key: String,
@@ -179,6 +199,12 @@ pub enum Command {
 /// The payload of a deploy or rollback command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "Download and install a bundle (`deploy`), or return to a bundle version the device ran before (`rollback`)."
+    )
+)]
 pub struct BundleCommand {
     #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub deployment_id: String,
@@ -204,6 +230,10 @@ pub struct BundleCommand {
 /// The payload of a configure command: the whole config at `config_version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(description = "The whole device configuration at config_version.")
+)]
 pub struct ConfigureCommand {
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub config_version: u64,
@@ -278,6 +308,10 @@ pub struct LastDeployment {
 /// `GET /devices/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(description = "A device summary plus its registration details.")
+)]
 pub struct DeviceDetail {
     #[serde(flatten)]
     pub summary: DeviceSummary,
@@ -403,6 +437,10 @@ impl DeviceConfig {
 /// `PUT /devices/{id}/config` body: any subset of the five fields.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(description = "Any subset of the five fields; absent or null fields keep their value.")
+)]
 pub struct ConfigUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 5, maximum = 86400))]
@@ -528,6 +566,12 @@ impl TargetStatus {
 /// Status of a deployment as a whole (SPEC §1.5, §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "Status of a deployment (SPEC §6): scheduled before its rollout's start_at, paused while a gate or an operator holds it."
+    )
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentStatus {
     /// Its rollout's `start_at` is still ahead: nothing is delivered.
@@ -729,6 +773,12 @@ pub struct Deployment {
 /// `POST /deployments` body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "One of bundle_version or bundle_id is required (non-null); the union of target_device_ids and the accepted devices carrying any of target_tags must not be empty."
+    )
+)]
 pub struct CreateDeployment {
     /// The bundle to deploy, by version (takes precedence over bundle_id).
     #[serde(default, skip_serializing_if = "Option::is_none")]

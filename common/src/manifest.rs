@@ -7,6 +7,10 @@ use crate::validate::{MAX_ID_LEN, is_valid_version};
 /// `manifest.json` of a bundle (SPEC §1.4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(description = "The bundle's manifest.json; optional fields are omitted when absent.")
+)]
 pub struct Manifest {
     #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub name: String,

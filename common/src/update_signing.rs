@@ -229,6 +229,12 @@ pub struct SignatureEntry {
 /// `{"metadata": "<JSON text>", "signatures": [...]}` — bundle metadata or a trust set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "Signed metadata (SPEC section 7). `metadata` is a JSON text kept as a string, so signers and verifiers use the exact signed bytes. For a bundle it holds {bundle_version, sha256, size_bytes, device_types, expires, allow_downgrade}; for a trust document {keys, threshold, version, expires}."
+    )
+)]
 pub struct SignedDocument {
     #[cfg_attr(feature = "openapi", schema(max_length = 16384))]
     pub metadata: String,
@@ -328,6 +334,12 @@ impl SignedDocument {
 /// The payload of a `{"type": "trust", "document": {...}}` heartbeat command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "A newer trust set (key rotation): sent while the device's reported trust_version is lower."
+    )
+)]
 pub struct TrustCommand {
     pub document: SignedDocument,
 }

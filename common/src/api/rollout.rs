@@ -31,6 +31,12 @@ impl OnFailure {
 /// may be left out; [`Default`] is the spec's defaults (one wave of 100 %, no gates).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "Waves, health gates, failure gates, timeouts, pacing (SPEC §6). Any field may be left out."
+    )
+)]
 #[serde(default)]
 pub struct RolloutPolicy {
     /// Cumulative % of targets per wave; ascending; the last is 100.
