@@ -956,7 +956,14 @@ pub struct TokenInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
+    /// Always [`Health::OK`].
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::health_status))]
     pub status: String,
+}
+
+impl Health {
+    /// The only status `GET /healthz` answers with (a failing store is a 500).
+    pub const OK: &'static str = "ok";
 }
 
 /// Name → value map used for free-form metadata when a typed map is wanted.

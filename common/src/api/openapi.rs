@@ -5,7 +5,7 @@
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::{RefOr, schema::AdditionalProperties};
 
-use crate::api::DeviceConfig;
+use crate::api::{DeviceConfig, Health};
 use crate::validate::{MAX_ID_LEN, MAX_TAGS};
 
 /// [`crate::validate::is_valid_tag`] as a pattern.
@@ -46,6 +46,11 @@ pub fn log_level_or_null() -> RefOr<Schema> {
                 .chain([serde_json::Value::Null]),
         ))
         .into()
+}
+
+/// The `status` of `GET /healthz`: [`Health::OK`].
+pub fn health_status() -> RefOr<Schema> {
+    string().enum_values(Some([Health::OK])).into()
 }
 
 /// A free-form JSON object.

@@ -27,7 +27,7 @@ use crate::state::AppState;
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state.store.device_exists("healthz-probe").await?;
     Ok(Json(Health {
-        status: "ok".into(),
+        status: Health::OK.into(),
     }))
 }
 
