@@ -177,7 +177,8 @@ pub struct HeartbeatRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatResponse {
-    /// At most one deploy/rollback command, plus a configure command while the device's config is behind. Empty for pending devices.
+    /// At most one deploy/rollback command, plus a configure command while the device's
+    /// config is behind. Empty for pending devices.
     pub commands: Vec<Command>,
     pub admission: Admission,
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]

@@ -193,7 +193,9 @@ impl Modify for UploadEncoding {
 
 // ------------------------------------------------------------------- error responses
 
-/// Malformed request: invalid JSON, missing Content-Type: application/json, a missing or invalid field, an out-of-range query value, or a reference to something that does not exist.
+/// Malformed request: invalid JSON, missing Content-Type: application/json, a missing or
+/// invalid field, an out-of-range query value, or a reference to something that does not
+/// exist.
 #[derive(ToResponse)]
 pub struct BadRequest(#[allow(dead_code)] ErrorBody);
 
@@ -225,7 +227,8 @@ pub struct Internal(#[allow(dead_code)] ErrorBody);
 #[derive(ToResponse)]
 pub struct RequestTimeout(#[allow(dead_code)] ErrorBody);
 
-/// A limit is reached (e.g. --max-pending: too many devices waiting for an accept), or the request outlasted its budget.
+/// A limit is reached (e.g. --max-pending: too many devices waiting for an accept), or
+/// the request outlasted its budget.
 #[derive(ToResponse)]
 pub struct Unavailable(#[allow(dead_code)] ErrorBody);
 
@@ -282,7 +285,8 @@ pub struct BundleUpload {
     file: Vec<u8>,
     /// Optional JSON text; must equal the archive's own manifest.json.
     manifest: Option<String>,
-    /// Optional signed metadata document (the FILE.sig.json written by `kernex-console bundle sign`); must describe this archive (version, sha256, size).
+    /// Optional signed metadata document (the FILE.sig.json written by `kernex-console
+    /// bundle sign`); must describe this archive (version, sha256, size).
     signatures: Option<String>,
 }
 

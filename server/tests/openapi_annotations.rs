@@ -165,3 +165,33 @@ fn the_generated_document_has_exactly_the_mounted_routes() {
         "mounted but not in ApiDoc: {undocumented:?}; in ApiDoc but not mounted: {unrouted:?}"
     );
 }
+
+/// The `Modify` steps of `ApiDoc` each found what they amend (they skip silently
+/// otherwise, e.g. after a rename).
+#[test]
+fn the_document_amendments_took_effect() {
+    let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
+    let create = &schemas["CreateDeployment"]["allOf"];
+    assert!(
+        create[1]["anyOf"].as_array().is_some_and(|a| a.len() == 2),
+        "CreateDeployment needs a bundle: {create}"
+    );
+    let codes: Vec<&str> = schemas["ErrorBody"]["properties"]["error"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(codes, kernex_server::error::ApiError::CODES);
+    let form =
+        &doc["paths"]["/api/v1/bundles"]["post"]["requestBody"]["content"]["multipart/form-data"];
+    assert_eq!(
+        form["encoding"]["file"]["contentType"],
+        "application/gzip, application/octet-stream"
+    );
+}
