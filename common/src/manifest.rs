@@ -6,10 +6,21 @@ use crate::validate::{MAX_ID_LEN, is_valid_version};
 
 /// `manifest.json` of a bundle (SPEC §1.4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(description = "The bundle's manifest.json; optional fields are omitted when absent.")
+)]
 pub struct Manifest {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub name: String,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[A-Za-z0-9._+-]{1,64}$", min_length = 1, max_length = 64)
+    )]
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 8192))]
     pub description: Option<String>,
     pub deploy: ScriptSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -20,9 +31,13 @@ pub struct Manifest {
 
 /// One script a manifest names, with its optional timeout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScriptSpec {
+    /// Relative path of a regular file inside the bundle.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub script: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400))]
     pub timeout_s: Option<u64>,
 }
 

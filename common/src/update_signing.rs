@@ -214,16 +214,32 @@ impl fmt::Debug for SecretKey {
 
 /// One signature over a document's metadata text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignatureEntry {
+    /// First 16 hex chars of the SHA-256 of the signer's raw Ed25519 public key.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[0-9a-f]{16}$", min_length = 16, max_length = 16)
+    )]
     pub keyid: String,
+    /// Base64 Ed25519 signature over the UTF-8 bytes of `metadata`.
     pub sig: String,
 }
 
 /// `{"metadata": "<JSON text>", "signatures": [...]}` — bundle metadata or a trust set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "Signed metadata (SPEC section 7). `metadata` is a JSON text kept as a string, so signers and verifiers use the exact signed bytes. For a bundle it holds {bundle_version, sha256, size_bytes, device_types, expires, allow_downgrade}; for a trust document {keys, threshold, version, expires}."
+    )
+)]
 pub struct SignedDocument {
+    #[cfg_attr(feature = "openapi", schema(max_length = 16384))]
     pub metadata: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     pub signatures: Vec<SignatureEntry>,
 }
 
@@ -317,6 +333,13 @@ impl SignedDocument {
 
 /// The payload of a `{"type": "trust", "document": {...}}` heartbeat command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "A newer trust set (key rotation): sent while the device's reported trust_version is lower."
+    )
+)]
 pub struct TrustCommand {
     pub document: SignedDocument,
 }

@@ -56,6 +56,20 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
     }
 
+    /// Every `error` code [`ApiError::code`] gives (the document lists them).
+    pub const CODES: [&'static str; 10] = [
+        "bad_request",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "method_not_allowed",
+        "conflict",
+        "payload_too_large",
+        "range_not_satisfiable",
+        "internal",
+        "unavailable",
+    ];
+
     /// The `error` code for a status.
     pub fn code(status: StatusCode) -> &'static str {
         match status {
@@ -200,3 +214,17 @@ pub struct ApiQuery<T>(pub T);
 pub struct ApiPath<T>(pub T);
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_has_a_listed_code() {
+        for n in 100..1000 {
+            let status = StatusCode::from_u16(n).expect("a status in range");
+            let code = ApiError::code(status);
+            assert!(ApiError::CODES.contains(&code), "{n} gives {code}");
+        }
+    }
+}

@@ -20,6 +20,7 @@ pub mod events; // live event broadcast
 pub mod listen; // accept loop: connection cap, header and stall timeouts
 pub mod metrics; // Prometheus registry
 mod open_pg; // start-up on PostgreSQL (SPEC §8)
+pub mod openapi; // the OpenAPI document, generated from the handlers (utoipa)
 pub mod router; // every route
 pub mod routes; // handlers
 pub mod service; // rules above the store; the heartbeat path

@@ -8,6 +8,7 @@ use super::Timestamp;
 
 /// What a rollout does when its failure gate trips.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
     /// No new deliveries; in-flight targets finish; an operator resumes.
@@ -29,28 +30,47 @@ impl OnFailure {
 /// The `rollout` object of `POST /deployments` and `POST /devices/rollback`. Any field
 /// may be left out; [`Default`] is the spec's defaults (one wave of 100 %, no gates).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "Waves, health gates, failure gates, timeouts, pacing (SPEC §6). Any field may be left out."
+    )
+)]
 #[serde(default)]
 pub struct RolloutPolicy {
     /// Cumulative % of targets per wave; ascending; the last is 100.
+    #[cfg_attr(feature = "openapi", schema(schema_with = super::openapi::waves))]
     pub waves: Vec<u8>,
     /// Targets carrying this tag come first.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[A-Za-z0-9._:-]{1,64}$", min_length = 1, max_length = 64)
+    )]
     pub first_tag: Option<String>,
     /// A wave is good when this % of its targets succeeded (and soaked).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub success_threshold_pct: u8,
     /// How long a success must stay healthy before it counts.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub soak_seconds: u64,
     /// Failures over the whole deployment before the gate trips.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub max_failures: Option<u64>,
     /// ...or failures as a % of the targets delivered so far.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub max_failure_pct: Option<u8>,
     pub on_failure: OnFailure,
     /// `false`: the operator resumes each next wave.
     pub auto_advance: bool,
     /// A target not final this long after its wave opened becomes `timed_out`.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub target_timeout_seconds: Option<u64>,
     /// Most first deliveries released per minute.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_per_minute: Option<u64>,
     /// Nothing is delivered before this.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub start_at: Option<Timestamp>,
 }
 
@@ -119,37 +139,58 @@ impl RolloutPolicy {
 
 /// One wave as a deployment shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Wave {
     /// Cumulative %, as sent.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub pct: u8,
     /// This wave's own targets.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub targets: u64,
     /// Its targets that reported success.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub success: u64,
     /// ...and stayed healthy through the soak (what the health gate counts).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub healthy: u64,
     /// Failed, timed out, or failed their soak.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub failed: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, required = true))]
     pub opened_at: Option<Timestamp>,
 }
 
 /// The `rollout` block of a deployment: the policy with its defaults filled, where the
 /// rollout stands, and why it is paused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rollout {
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub first_tag: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub success_threshold_pct: u8,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub soak_seconds: u64,
+    #[cfg_attr(feature = "openapi", schema(required = true, minimum = 0))]
     pub max_failures: Option<u64>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(required = true, minimum = 0, maximum = 100)
+    )]
     pub max_failure_pct: Option<u8>,
     pub on_failure: OnFailure,
     pub auto_advance: bool,
+    #[cfg_attr(feature = "openapi", schema(required = true, minimum = 1))]
     pub target_timeout_seconds: Option<u64>,
+    #[cfg_attr(feature = "openapi", schema(required = true, minimum = 1))]
     pub max_per_minute: Option<u64>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, required = true))]
     pub start_at: Option<Timestamp>,
     /// The 0-based index of the newest open wave.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub current_wave: usize,
     pub waves: Vec<Wave>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub paused_reason: Option<String>,
 }
 

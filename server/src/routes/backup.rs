@@ -21,6 +21,21 @@ const PIECE: usize = 64 * 1024;
 
 /// `GET /backup` (operator). Writes are held out only while the records are spooled
 /// (see [`crate::store::Store::export`]); the tar is streamed from the spool afterwards.
+#[utoipa::path(
+    get,
+    path = "/api/v1/backup",
+    operation_id = "downloadBackup",
+    tag = "backup",
+    summary = "Stream a consistent backup of the server",
+    description = "Operator token. A plain tar stream (format version 1): `kernex-backup/header.json` (format, format_version, server_version, created_at, record counts), `kernex-backup/records.ndjson` (one domain record per line: `{\"kind\", \"record\"}`), then `kernex-backup/bundles/<bundle_id>.tar.gz` for every bundle. Writes are held out only while the records are spooled, so the snapshot is consistent; heartbeats keep being answered. Restore it with `kernex-server restore --from FILE --data-dir DIR`. A stream that breaks off has no tar end marker and is refused by restore.",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "The backup, streamed.", body = inline(crate::openapi::Binary), content_type = "application/x-tar", headers(("Content-Disposition" = String, description = "`attachment; filename=\"kernex-backup-<UTC time>.tar\"`."))),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn download(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     caller.require_operator()?;
     let bundle_dir = state.bundle_dir.clone();

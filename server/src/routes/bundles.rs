@@ -75,6 +75,25 @@ pub fn archive_path(state: &AppState, id: &str) -> PathBuf {
 }
 
 /// `POST /bundles` — multipart with part `file` and optional part `manifest`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/bundles",
+    operation_id = "uploadBundle",
+    tag = "bundles",
+    summary = "Upload a bundle",
+    description = "Streamed to disk and hashed as it arrives. 400 when the body is not multipart or lacks `file`, the archive is not gzip/tar, has no root manifest.json, has an invalid manifest, misses a named script, has an unsafe entry, or the `manifest` part differs from the archive's manifest, or the `signatures` part is malformed or does not describe the archive (version, sha256, size); 409 when the version exists; 413 above the server's --max-bundle-size.",
+    security(("bearerAuth" = [])),
+    request_body(content = crate::openapi::BundleUpload, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Stored.", body = kernex_common::api::BundleInfo),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 #[instrument(skip_all, err(level = "warn"))]
 pub async fn upload(
     State(state): State<AppState>,
@@ -232,6 +251,20 @@ pub async fn upload(
 }
 
 /// `GET /bundles` — newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/bundles",
+    operation_id = "listBundles",
+    tag = "bundles",
+    summary = "List bundles",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "Newest first.", body = Vec<kernex_common::api::BundleInfo>),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -249,6 +282,25 @@ pub async fn list(
 }
 
 /// `GET /bundles/{id}/info`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/bundles/{bundle_id}/info",
+    operation_id = "getBundleInfo",
+    tag = "bundles",
+    summary = "Get a bundle's metadata",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::BundleIdParam,
+    ),
+    responses(
+        (status = 200, description = "The bundle.", body = kernex_common::api::BundleInfo),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn info(
     State(state): State<AppState>,
     caller: Caller,
@@ -260,6 +312,31 @@ pub async fn info(
 }
 
 /// `GET /bundles/{id}` — the archive, byte for byte, streamed from disk.
+#[utoipa::path(
+    get,
+    path = "/api/v1/bundles/{bundle_id}",
+    operation_id = "downloadBundle",
+    tag = "bundles",
+    summary = "Download a bundle archive",
+    description = "Operator token, or the token of a device targeted by a deployment of this bundle (other devices: 403). A single `Range: bytes=N-`, `N-M` or `-N` gives 206; malformed or multiple ranges are ignored (200).",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::BundleIdParam,
+        ("Range" = Option<String>, Header, nullable = false, description = "`bytes=N-`, `bytes=N-M` or `bytes=-N`."),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "ETag(s) already held, or `*`."),
+    ),
+    responses(
+        (status = 200, description = "The whole archive, byte for byte.", body = inline(crate::openapi::Binary), content_type = "application/gzip", headers(("Content-Length" = u64, description = "Bytes in this response."), ("ETag" = String, description = "The quoted SHA-256 of the archive."), ("Accept-Ranges" = inline(crate::openapi::AcceptRanges), description = "Always `bytes`."))),
+        (status = 206, description = "The requested byte range.", body = inline(crate::openapi::Binary), content_type = "application/gzip", headers(("Content-Length" = u64, description = "Bytes in this response."), ("ETag" = String, description = "The quoted SHA-256 of the archive."), ("Accept-Ranges" = inline(crate::openapi::AcceptRanges), description = "Always `bytes`."), ("Content-Range" = String, description = "`bytes START-END/SIZE`."))),
+        (status = 304, description = "If-None-Match matched the ETag.", headers(("ETag" = String, description = "The quoted SHA-256 of the archive."))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 416, description = "The range starts beyond the archive.", body = kernex_common::api::ErrorBody, headers(("Content-Range" = String, description = "`bytes */SIZE`."))),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 #[instrument(skip_all, err(level = "warn"), fields(bundle.id = %id))]
 pub async fn download(
     State(state): State<AppState>,
@@ -338,6 +415,27 @@ pub async fn download(
 }
 
 /// `DELETE /bundles/{id}` — 409 while an unfinished deployment uses it.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/bundles/{bundle_id}",
+    operation_id = "deleteBundle",
+    tag = "bundles",
+    summary = "Delete a bundle",
+    description = "409 while an unfinished deployment uses it.",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::BundleIdParam,
+    ),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,

@@ -15,6 +15,26 @@ use crate::state::AppState;
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 
 /// `GET /devices/{id}/config` — an operator or the device itself.
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{device_id}/config",
+    operation_id = "getDeviceConfig",
+    tag = "config",
+    summary = "Get a device's configuration",
+    description = "Operator token, or the device's own token.",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeviceIdParam,
+    ),
+    responses(
+        (status = 200, description = "The current configuration (defaults at version 1 when never set).", body = kernex_common::api::DeviceConfig),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -57,6 +77,28 @@ pub fn validate(u: &ConfigUpdate) -> Result<(), ApiError> {
 }
 
 /// `PUT /devices/{id}/config` — operators; any subset of the fields, version + 1.
+#[utoipa::path(
+    put,
+    path = "/api/v1/devices/{device_id}/config",
+    operation_id = "putDeviceConfig",
+    tag = "config",
+    summary = "Update a device's configuration",
+    description = "Any subset of the fields; anything out of range is 400 and nothing changes. JSON bodies are limited to 1 MiB (413 above).",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeviceIdParam,
+    ),
+    request_body = kernex_common::api::ConfigUpdate,
+    responses(
+        (status = 200, description = "The new configuration; version increased by 1.", body = kernex_common::api::DeviceConfig),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn put(
     State(state): State<AppState>,
     caller: Caller,

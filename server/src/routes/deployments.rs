@@ -91,6 +91,24 @@ pub async fn create_with_rollout(
 }
 
 /// `POST /deployments`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/deployments",
+    operation_id = "createDeployment",
+    tag = "deployments",
+    summary = "Create a deployment",
+    description = "400 for an unknown bundle, an unknown or non-accepted device id, an invalid tag, an empty target set, or an invalid rollout policy (nothing is created). JSON bodies are limited to 1 MiB (413 above). 400 also when the server requires signatures (--require-signatures) and the bundle has too few valid ones from its --trust-key keys.",
+    security(("bearerAuth" = [])),
+    request_body = kernex_common::api::CreateDeployment,
+    responses(
+        (status = 201, description = "The new deployment (kind deploy).", body = kernex_common::api::Deployment),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 #[instrument(skip_all, err(level = "warn"))]
 pub async fn create(
     State(state): State<AppState>,
@@ -170,6 +188,26 @@ pub struct ListQuery {
 }
 
 /// `GET /deployments`. An unknown `status` is a 400 naming the valid ones.
+#[utoipa::path(
+    get,
+    path = "/api/v1/deployments",
+    operation_id = "listDeployments",
+    tag = "deployments",
+    summary = "List deployments",
+    security(("bearerAuth" = [])),
+    params(
+        ("status" = Option<kernex_common::api::DeploymentStatus>, Query, description = "Only deployments with this status."),
+        ("limit" = Option<u32>, Query, description = "Most items to return (1-1000; default 50).", minimum = 1, maximum = 1000, example = json!(50)),
+        ("devices" = Option<bool>, Query, description = "false leaves each deployment's targets (devices, target_device_ids) out; read them in pages from /deployments/{deployment_id}/targets.", example = json!(true)),
+    ),
+    responses(
+        (status = 200, description = "Newest first.", body = Vec<kernex_common::api::Deployment>),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -198,6 +236,28 @@ pub struct TargetsQuery {
 }
 
 /// `GET /deployments/{id}/targets` — one page of targets in device-id order.
+#[utoipa::path(
+    get,
+    path = "/api/v1/deployments/{deployment_id}/targets",
+    operation_id = "listDeploymentTargets",
+    tag = "deployments",
+    summary = "One page of a deployment's targets, ordered by device id",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeploymentIdParam,
+        ("status" = Option<kernex_common::api::TargetStatus>, Query, description = "Only targets with this status."),
+        ("after" = Option<String>, Query, description = "Cursor: the last device_id of the previous page."),
+        ("limit" = Option<u32>, Query, description = "Most items to return (1-1000; default 100).", minimum = 1, maximum = 1000, example = json!(100)),
+    ),
+    responses(
+        (status = 200, description = "Targets after the cursor, in device-id order.", body = Vec<kernex_common::api::DeploymentDevice>),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn targets(
     State(state): State<AppState>,
     caller: Caller,
@@ -225,6 +285,26 @@ pub struct GetQuery {
 }
 
 /// `GET /deployments/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/deployments/{deployment_id}",
+    operation_id = "getDeployment",
+    tag = "deployments",
+    summary = "Get a deployment",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeploymentIdParam,
+        ("devices" = Option<bool>, Query, description = "false leaves each deployment's targets (devices, target_device_ids) out; read them in pages from /deployments/{deployment_id}/targets.", example = json!(true)),
+    ),
+    responses(
+        (status = 200, description = "The deployment with its targets.", body = kernex_common::api::Deployment),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -241,6 +321,25 @@ pub async fn get(
 }
 
 /// `POST /deployments/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/deployments/{deployment_id}/cancel",
+    operation_id = "cancelDeployment",
+    tag = "deployments",
+    summary = "Cancel a deployment",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeploymentIdParam,
+    ),
+    responses(
+        (status = 200, description = "Targets not yet delivered (waiting or pending) are now cancelled; targets in progress finish and report.", body = kernex_common::api::Deployment),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -280,6 +379,27 @@ pub async fn cancel(
 
 /// `POST /deployments/{id}/pause` (SPEC §6): no new deliveries; in-flight targets
 /// finish. 409 for a finished, already paused, or rollout-less deployment.
+#[utoipa::path(
+    post,
+    path = "/api/v1/deployments/{deployment_id}/pause",
+    operation_id = "pauseDeployment",
+    tag = "deployments",
+    summary = "Pause a rollout",
+    description = "No new deliveries; in-flight targets finish (SPEC §6). 409 when the deployment is final, already paused, or has no rollout.",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeploymentIdParam,
+    ),
+    responses(
+        (status = 200, description = "The deployment, paused (reason \"paused by operator\").", body = kernex_common::api::Deployment),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
@@ -294,6 +414,27 @@ pub async fn pause(
 
 /// `POST /deployments/{id}/resume` (SPEC §6): continue, accepting the failures so far;
 /// opens the next wave if the current one is good. 409 when it is not paused.
+#[utoipa::path(
+    post,
+    path = "/api/v1/deployments/{deployment_id}/resume",
+    operation_id = "resumeDeployment",
+    tag = "deployments",
+    summary = "Resume a rollout",
+    description = "Continue, accepting the failures so far; opens the next wave if the current one is good (SPEC §6). 409 when it is not paused or is final.",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeploymentIdParam,
+    ),
+    responses(
+        (status = 200, description = "The deployment, continuing.", body = kernex_common::api::Deployment),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
@@ -348,6 +489,28 @@ fn device_report<T: serde::de::DeserializeOwned>(
 }
 
 /// `POST /deployments/{id}/progress`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/deployments/{deployment_id}/progress",
+    operation_id = "reportProgress",
+    tag = "deployments",
+    summary = "Report progress (device)",
+    description = "Token of a target device; device_id must be that device (otherwise 403; operators 403). JSON bodies are limited to 1 MiB (413 above).",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeploymentIdParam,
+    ),
+    request_body = kernex_common::api::ProgressReport,
+    responses(
+        (status = 204, description = "Recorded (ignored once the target is final)."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn progress(
     State(state): State<AppState>,
     caller: Caller,
@@ -368,6 +531,28 @@ pub async fn progress(
 }
 
 /// `POST /deployments/{id}/result`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/deployments/{deployment_id}/result",
+    operation_id = "reportResult",
+    tag = "deployments",
+    summary = "Report a final result (device)",
+    description = "Token of a target device; device_id must be that device (otherwise 403; operators 403). 400 when status is not success/failed or a field is invalid, or report_id was already used for a different device/deployment. JSON bodies are limited to 1 MiB (413 above).",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeploymentIdParam,
+    ),
+    request_body = kernex_common::api::ResultReport,
+    responses(
+        (status = 200, description = "The device's target state in this deployment. Idempotent: a repeated report_id, or any result after the first final one, changes nothing and returns the stored state.", body = kernex_common::api::DeploymentDevice),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 #[instrument(skip_all, err(level = "warn"), fields(deployment.id = %id))]
 pub async fn result(
     State(state): State<AppState>,

@@ -34,6 +34,31 @@ pub const REPLAY_WINDOW_SECS: i64 = 300;
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 
 /// `POST /devices/register`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/register",
+    operation_id = "registerDevice",
+    tag = "devices",
+    summary = "Register a device (signed)",
+    description = "No bearer token. The body is signed with the device's private key (RSASSA-PSS, SHA-256, MGF1-SHA-256, salt length 32) over the exact body bytes. 401 when the signature does not verify, the timestamp is more than 300 s off, the same signed body is replayed, or a wrong enrollment token is presented; 400 for a malformed key or body; 403 when the key belongs to a rejected device. JSON bodies are limited to 1 MiB (413 above).",
+    security(()),
+    params(
+        ("X-Kernex-Signature" = String, Header, description = "Base64 (standard alphabet) RSASSA-PSS signature over the exact request body bytes."),
+        ("X-Kernex-Enrollment-Token" = Option<String>, Header, nullable = false, description = "The server's enrollment token: admits the device as accepted (a wrong one is 401). Without it the device is pending."),
+    ),
+    request_body = kernex_common::api::RegisterRequest,
+    responses(
+        (status = 200, description = "A key already registered: the same device_id and a fresh token (earlier tokens are revoked).", body = kernex_common::api::RegisterResponse),
+        (status = 201, description = "A new key: a new device.", body = kernex_common::api::RegisterResponse),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 408, response = crate::openapi::RequestTimeout),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 #[instrument(skip_all, err(level = "warn"))]
 pub async fn register(
     State(state): State<AppState>,
@@ -167,6 +192,28 @@ fn validate_heartbeat(hb: &HeartbeatRequest) -> ApiResult<()> {
 
 /// `POST /devices/{id}/heartbeat`. Its span is at debug level: at the default log level
 /// the hot path formats no span fields.
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{device_id}/heartbeat",
+    operation_id = "heartbeat",
+    tag = "devices",
+    summary = "Device heartbeat",
+    description = "Device token of this device only (an operator token is 403). JSON bodies are limited to 1 MiB (413 above).",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeviceIdParam,
+    ),
+    request_body = kernex_common::api::HeartbeatRequest,
+    responses(
+        (status = 200, description = "Recorded; commands for the device.", body = kernex_common::api::HeartbeatResponse),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 #[instrument(level = "debug", skip_all, err(level = "warn"), fields(device.id = %device_id))]
 pub async fn heartbeat(
     State(state): State<AppState>,
@@ -209,6 +256,28 @@ pub struct ListQuery {
 }
 
 /// `GET /devices`. Unknown `status`/`admission` values are a 400 naming the valid ones.
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices",
+    operation_id = "listDevices",
+    tag = "devices",
+    summary = "List devices",
+    security(("bearerAuth" = [])),
+    params(
+        ("limit" = Option<u32>, Query, description = "Most items to return (1-1000; default 100).", minimum = 1, maximum = 1000, example = json!(100)),
+        ("after" = Option<String>, Query, description = "Cursor: the last device_id seen."),
+        ("tag" = Option<String>, Query, description = "Only devices carrying this tag."),
+        ("status" = Option<kernex_common::api::OnlineStatus>, Query, description = "Only devices with this online status."),
+        ("admission" = Option<kernex_common::api::Admission>, Query, description = "Only devices with this admission."),
+    ),
+    responses(
+        (status = 200, description = "Device summaries ordered by device_id.", body = Vec<kernex_common::api::DeviceSummary>),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -230,6 +299,25 @@ pub async fn list(
 }
 
 /// `GET /devices/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{device_id}",
+    operation_id = "getDevice",
+    tag = "devices",
+    summary = "Get a device",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeviceIdParam,
+    ),
+    responses(
+        (status = 200, description = "The device.", body = kernex_common::api::DeviceDetail),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -243,6 +331,28 @@ pub async fn get(
 }
 
 /// `PATCH /devices/{id}` — tags.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/devices/{device_id}",
+    operation_id = "patchDevice",
+    tag = "devices",
+    summary = "Set a device's tags",
+    description = "At most 32 tags, each 1-64 characters of [A-Za-z0-9._:-]. JSON bodies are limited to 1 MiB (413 above).",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeviceIdParam,
+    ),
+    request_body = kernex_common::api::DevicePatch,
+    responses(
+        (status = 200, description = "The updated device.", body = kernex_common::api::DeviceDetail),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn patch(
     State(state): State<AppState>,
     caller: Caller,
@@ -290,6 +400,25 @@ async fn set_admission(
 }
 
 /// `POST /devices/{id}/accept`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{device_id}/accept",
+    operation_id = "acceptDevice",
+    tag = "devices",
+    summary = "Accept a device",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeviceIdParam,
+    ),
+    responses(
+        (status = 200, description = "The device, now accepted.", body = kernex_common::api::DeviceDetail),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn accept(
     State(state): State<AppState>,
     caller: Caller,
@@ -299,6 +428,25 @@ pub async fn accept(
 }
 
 /// `POST /devices/{id}/reject` — also revokes its token.
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{device_id}/reject",
+    operation_id = "rejectDevice",
+    tag = "devices",
+    summary = "Reject a device",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeviceIdParam,
+    ),
+    responses(
+        (status = 200, description = "The device, now rejected; its tokens are revoked.", body = kernex_common::api::DeviceDetail),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn reject(
     State(state): State<AppState>,
     caller: Caller,
@@ -308,6 +456,25 @@ pub async fn reject(
 }
 
 /// `DELETE /devices/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/devices/{device_id}",
+    operation_id = "deleteDevice",
+    tag = "devices",
+    summary = "Delete a device",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeviceIdParam,
+    ),
+    responses(
+        (status = 204, description = "Deleted; its tokens are revoked and its pending deployment targets cancelled."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -330,6 +497,26 @@ pub struct LimitQuery {
 }
 
 /// `GET /devices/{id}/heartbeats`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{device_id}/heartbeats",
+    operation_id = "listHeartbeats",
+    tag = "devices",
+    summary = "Recent heartbeats of a device",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeviceIdParam,
+        ("limit" = Option<u32>, Query, description = "Most items to return (1-1000; default 50).", minimum = 1, maximum = 1000, example = json!(50)),
+    ),
+    responses(
+        (status = 200, description = "Newest first.", body = Vec<kernex_common::api::HeartbeatRecord>),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn heartbeats(
     State(state): State<AppState>,
     caller: Caller,
@@ -344,6 +531,27 @@ pub async fn heartbeats(
 }
 
 /// `GET /devices/{id}/bundle-history`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{device_id}/bundle-history",
+    operation_id = "deviceBundleHistory",
+    tag = "deployments",
+    summary = "Bundle history of a device",
+    description = "Operator token, or the device's own token.",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::DeviceIdParam,
+        ("limit" = Option<u32>, Query, description = "Most items to return (1-100; default 20).", minimum = 1, maximum = 100, example = json!(20)),
+    ),
+    responses(
+        (status = 200, description = "Final results, newest first.", body = Vec<kernex_common::api::HistoryRecord>),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
@@ -357,6 +565,24 @@ pub async fn history(
 }
 
 /// `POST /devices/rollback`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/rollback",
+    operation_id = "createRollback",
+    tag = "deployments",
+    summary = "Roll devices back to a version they ran",
+    description = "400 when the version does not exist, a device does not exist or is not accepted, or a device has no success history record for that version. JSON bodies are limited to 1 MiB (413 above).",
+    security(("bearerAuth" = [])),
+    request_body = kernex_common::api::RollbackRequest,
+    responses(
+        (status = 201, description = "The rollback deployment (kind rollback).", body = kernex_common::api::Deployment),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn rollback(
     State(state): State<AppState>,
     caller: Caller,

@@ -20,6 +20,20 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// `GET /events`. Each subscriber reads from the bounded broadcast buffer; one that
 /// falls behind gets `event: lagged` with how many it missed, then carries on. The
 /// stream ends when the server shuts down.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    operation_id = "streamEvents",
+    tag = "events",
+    summary = "Live events (Server-Sent Events)",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "An endless event stream. `event:` is one of heartbeat, device, deployment, bundle, config, lagged; `data:` is a JSON object. A `: keep-alive` comment every 15 s.", body = String, content_type = "text/event-stream"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,

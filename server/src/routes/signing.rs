@@ -13,6 +13,24 @@ use crate::service::signing::check_against_bundle;
 use crate::state::AppState;
 
 /// `GET /bundles/{id}/signatures` — the signed metadata and every stored signature.
+#[utoipa::path(
+    get,
+    path = "/api/v1/bundles/{bundle_id}/signatures",
+    operation_id = "getBundleSignatures",
+    tag = "signing",
+    summary = "Get a bundle's signed metadata and signatures",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::BundleIdParam,
+    ),
+    responses(
+        (status = 200, description = "The stored document.", body = kernex_common::update_signing::SignedDocument),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn get_signatures(
     State(state): State<AppState>,
     caller: Caller,
@@ -30,6 +48,29 @@ pub async fn get_signatures(
 
 /// `POST /bundles/{id}/signatures` — add signatures (the first document sets the signed
 /// metadata, which must describe this archive; later ones must sign the same text).
+#[utoipa::path(
+    post,
+    path = "/api/v1/bundles/{bundle_id}/signatures",
+    operation_id = "addBundleSignatures",
+    tag = "signing",
+    summary = "Add signatures to a bundle",
+    description = "The first document sets the bundle's signed metadata, which must describe the archive (version, sha256, size), else 400. Later documents must be over the same metadata text (409 otherwise); their signatures are added. The server verifies nothing it cannot: devices check the signatures against their own trusted keys.",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::BundleIdParam,
+    ),
+    request_body = kernex_common::update_signing::SignedDocument,
+    responses(
+        (status = 200, description = "Every signature stored for the bundle now.", body = kernex_common::update_signing::SignedDocument),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 #[instrument(skip_all, err(level = "warn"), fields(bundle.id = %id))]
 pub async fn add_signatures(
     State(state): State<AppState>,
@@ -47,6 +88,21 @@ pub async fn add_signatures(
 }
 
 /// `GET /trust` — the newest trust document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/trust",
+    operation_id = "getTrust",
+    tag = "signing",
+    summary = "Get the newest trust document",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "The trust document devices are given.", body = kernex_common::update_signing::SignedDocument),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn get_trust(
     State(state): State<AppState>,
     caller: Caller,
@@ -61,6 +117,25 @@ pub async fn get_trust(
 }
 
 /// `PUT /trust` — store a newer trust document; devices get it in their heartbeats.
+#[utoipa::path(
+    put,
+    path = "/api/v1/trust",
+    operation_id = "putTrust",
+    tag = "signing",
+    summary = "Push a new trust document (key rotation)",
+    description = "Kept when its version is above the stored one (409 otherwise) and, once one is stored, signed by a threshold of the stored set's keys (400 otherwise). Devices whose heartbeat reports a lower trust_version get it as a `trust` command.",
+    security(("bearerAuth" = [])),
+    request_body = kernex_common::update_signing::SignedDocument,
+    responses(
+        (status = 200, description = "Stored.", body = kernex_common::update_signing::SignedDocument),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 #[instrument(skip_all, err(level = "warn"))]
 pub async fn put_trust(
     State(state): State<AppState>,

@@ -19,6 +19,25 @@ pub fn valid_token_name(name: &str) -> bool {
 }
 
 /// `POST /tokens`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    operation_id = "createToken",
+    tag = "tokens",
+    summary = "Create an operator token",
+    description = "409 when a token of that name exists. JSON bodies are limited to 1 MiB (413 above).",
+    security(("bearerAuth" = [])),
+    request_body = kernex_common::api::CreateToken,
+    responses(
+        (status = 201, description = "The new token (shown only here).", body = kernex_common::api::CreatedToken),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -47,6 +66,20 @@ pub async fn create(
 }
 
 /// `GET /tokens` — names and creation times, never the tokens.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    operation_id = "listTokens",
+    tag = "tokens",
+    summary = "List operator tokens",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "Names and creation times (never the tokens).", body = Vec<kernex_common::api::TokenInfo>),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -74,6 +107,28 @@ pub struct DeleteQuery {
 
 /// `DELETE /tokens/{name}`. Revoking the token the request is made with ends the
 /// caller's own session, so it needs `?self=true` (else 409 and nothing changes).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{name}",
+    operation_id = "deleteToken",
+    tag = "tokens",
+    summary = "Revoke an operator token",
+    description = "Revoking the token this request is made with ends the caller's own session: that needs ?self=true, else 409 conflict and nothing changes. 404 when no token has that name.",
+    security(("bearerAuth" = [])),
+    params(
+        crate::openapi::TokenNameParam,
+        ("self" = Option<bool>, Query, description = "true confirms revoking the very token this request is made with.", example = json!(false)),
+    ),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::Internal),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
