@@ -206,25 +206,83 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// Remove half-uploaded files and archives whose record never got written (a crash
 /// between the two).
 fn clean_bundle_dir(store: &SledStore, bundle_dir: &Path) -> Result<(), StartError> {
-    let tmp = bundle_dir.join("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    for entry in std::fs::read_dir(bundle_dir)? {
-        let path = entry?.path();
-        let Some(id) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".tar.gz"))
-        else {
-            continue;
-        };
+    let found = bundle_leftovers(bundle_dir, std::time::Duration::ZERO)?;
+    found.remove_tmp()?;
+    for (id, path) in &found.archives {
         if matches!(store.bundle_blocking(id), Err(StoreError::NotFound(_))) {
-            tracing::warn!(path = %path.display(), "removing bundle file with no record");
-            std::fs::remove_file(&path)?;
+            remove_orphan_archive(path)?;
         }
     }
     Ok(())
+}
+
+/// What a start may clean up in a bundle dir, each file older than `min_age` (zero on a
+/// dir of one's own; more when replicas sharing it may be uploading right now).
+pub(crate) struct Leftovers {
+    /// Upload files and backup spools in `tmp/`.
+    pub tmp: Vec<PathBuf>,
+    /// Archives, with the bundle id their name gives (kept when a record has that id).
+    pub archives: Vec<(String, PathBuf)>,
+}
+
+pub(crate) fn bundle_leftovers(
+    bundle_dir: &Path,
+    min_age: std::time::Duration,
+) -> std::io::Result<Leftovers> {
+    let old = |path: &Path| {
+        min_age.is_zero()
+            || std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > min_age)
+    };
+    let mut found = Leftovers {
+        tmp: Vec::new(),
+        archives: Vec::new(),
+    };
+    let tmp = bundle_dir.join("tmp");
+    if tmp.is_dir() {
+        for entry in std::fs::read_dir(&tmp)? {
+            let path = entry?.path();
+            if old(&path) {
+                found.tmp.push(path);
+            }
+        }
+    }
+    for entry in std::fs::read_dir(bundle_dir)? {
+        let path = entry?.path();
+        let id = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".tar.gz"))
+            .map(str::to_owned);
+        if let Some(id) = id
+            && old(&path)
+        {
+            found.archives.push((id, path));
+        }
+    }
+    Ok(found)
+}
+
+impl Leftovers {
+    /// Remove what is in `tmp/` (files and spool directories alike).
+    pub fn remove_tmp(&self) -> std::io::Result<()> {
+        for path in &self.tmp {
+            if path.is_dir() {
+                std::fs::remove_dir_all(path)?;
+            } else {
+                std::fs::remove_file(path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn remove_orphan_archive(path: &Path) -> std::io::Result<()> {
+    tracing::warn!(path = %path.display(), "removing bundle file with no record");
+    std::fs::remove_file(path)
 }
 
 fn bootstrap_admin(store: &SledStore, settings: &ServerSettings) -> Result<(), StartError> {

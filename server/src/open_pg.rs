@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use chrono::Utc;
 
@@ -77,34 +77,11 @@ fn database(url: &str, e: StoreError) -> StartError {
 /// Remove abandoned upload files and archives with no record, older than an hour (the
 /// dir may be shared with replicas that are uploading right now).
 async fn clean_blob_dir(store: &PgStore, bundle_dir: &Path) -> Result<(), StartError> {
-    let old = |path: &Path| {
-        std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age > IN_FLIGHT)
-    };
-    let tmp = bundle_dir.join("tmp");
-    if tmp.is_dir() {
-        for entry in std::fs::read_dir(&tmp)? {
-            let path = entry?.path();
-            if path.is_file() && old(&path) {
-                std::fs::remove_file(&path)?;
-            }
-        }
-    }
-    for entry in std::fs::read_dir(bundle_dir)? {
-        let path = entry?.path();
-        let Some(id) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".tar.gz"))
-        else {
-            continue;
-        };
-        if old(&path) && matches!(store.bundle(id).await, Err(StoreError::NotFound(_))) {
-            tracing::warn!(path = %path.display(), "removing bundle file with no record");
-            std::fs::remove_file(&path)?;
+    let found = crate::bundle_leftovers(bundle_dir, IN_FLIGHT)?;
+    found.remove_tmp()?;
+    for (id, path) in &found.archives {
+        if matches!(store.bundle(id).await, Err(StoreError::NotFound(_))) {
+            crate::remove_orphan_archive(path)?;
         }
     }
     Ok(())

@@ -20,6 +20,8 @@ const CHANNEL: &str = "kernex_cluster";
 const LEASE_KEY: i64 = 0x0000_6b65_726e_6578;
 /// How often the lease holder checks its connection, and others try to take it.
 const LEASE_CHECK: Duration = Duration::from_secs(1);
+/// How long a lease query may take before the lease counts as lost.
+const LEASE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Notes one envelope batch takes from the outbox at most.
 const DRAIN: usize = 4096;
 
@@ -153,12 +155,11 @@ async fn hold(mut conn: sqlx::PgConnection, state: &Weak<Inner>, cluster: &Clust
         }
         let won = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
             .bind(LEASE_KEY)
-            .fetch_one(&mut conn)
-            .await;
-        match won {
-            Ok(true) => break,
-            Ok(false) => tokio::time::sleep(LEASE_CHECK).await,
-            Err(_) => return,
+            .fetch_one(&mut conn);
+        match tokio::time::timeout(LEASE_TIMEOUT, won).await {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => tokio::time::sleep(LEASE_CHECK).await,
+            Ok(Err(_)) | Err(_) => return,
         }
     }
     cluster.set_leader(true);
@@ -167,7 +168,11 @@ async fn hold(mut conn: sqlx::PgConnection, state: &Weak<Inner>, cluster: &Clust
         if state.strong_count() == 0 {
             return; // dropping the connection releases the lock
         }
-        if sqlx::query("SELECT 1").execute(&mut conn).await.is_err() {
+        // A check that does not answer in time counts as a lost lease: a connection
+        // gone silent (a network partition) must not keep this replica leading while
+        // the database has already released the lock to another.
+        let alive = sqlx::query("SELECT 1").execute(&mut conn);
+        if !matches!(tokio::time::timeout(LEASE_TIMEOUT, alive).await, Ok(Ok(_))) {
             return;
         }
     }
