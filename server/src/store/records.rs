@@ -270,6 +270,42 @@ impl RolloutState {
 }
 
 impl DeploymentRecord {
+    /// A new deployment of `bundle` to `n` targets: all `pending`, or all `waiting` with
+    /// a rollout. `indexing`: its targets are still being made deliverable (sled indexes
+    /// a big deployment in chunks after the record commits).
+    pub fn new(
+        id: String,
+        kind: DeploymentKind,
+        bundle: &BundleRecord,
+        n: u64,
+        rollout: Option<RolloutState>,
+        indexing: bool,
+        now: Ts,
+    ) -> Self {
+        let waiting = rollout.is_some();
+        let mut dep = DeploymentRecord {
+            id,
+            kind,
+            bundle_id: bundle.id.clone(),
+            bundle_version: bundle.version.clone(),
+            checksum_sha256: bundle.checksum_sha256.clone(),
+            size_bytes: bundle.size_bytes,
+            status: DeploymentStatus::Pending,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+            counts: Counts {
+                pending: if waiting { 0 } else { n },
+                waiting: if waiting { n } else { 0 },
+                ..Default::default()
+            },
+            indexing,
+            rollout,
+        };
+        dep.refresh(now);
+        dep
+    }
+
     pub fn to_wire(&self, targets: Vec<TargetRecord>) -> Deployment {
         Deployment {
             id: self.id.clone(),

@@ -256,39 +256,6 @@ async fn check_creation(
     Ok(())
 }
 
-/// A new deployment's record: `n` targets, all `pending`, or all `waiting` with a
-/// rollout.
-fn new_deployment(
-    kind: DeploymentKind,
-    bundle: &BundleRecord,
-    n: u64,
-    rollout: Option<RolloutState>,
-    now: Ts,
-) -> DeploymentRecord {
-    let waiting = rollout.is_some();
-    let mut dep = DeploymentRecord {
-        id: new_id(),
-        kind,
-        bundle_id: bundle.id.clone(),
-        bundle_version: bundle.version.clone(),
-        checksum_sha256: bundle.checksum_sha256.clone(),
-        size_bytes: bundle.size_bytes,
-        status: DeploymentStatus::Pending,
-        created_at: now,
-        updated_at: now,
-        completed_at: None,
-        counts: kernex_common::api::Counts {
-            pending: if waiting { 0 } else { n },
-            waiting: if waiting { n } else { 0 },
-            ..Default::default()
-        },
-        indexing: false,
-        rollout,
-    };
-    dep.refresh(now);
-    dep
-}
-
 impl PgStore {
     /// Create a deployment of `bundle` to `target_ids` in one transaction: the bundle's
     /// row and every target device's row are share-locked first, so a concurrent bundle
@@ -324,7 +291,15 @@ impl PgStore {
             rollout::recount(r, w);
         }
         let waiting = rollout.is_some();
-        let dep = new_deployment(kind, bundle, ids.len() as u64, rollout, now);
+        let dep = DeploymentRecord::new(
+            new_id(),
+            kind,
+            bundle,
+            ids.len() as u64,
+            rollout,
+            false,
+            now,
+        );
         sqlx::query(
             "INSERT INTO deployments (deployment_id, bundle_id, status, final, rollout_active, doc) \
              VALUES ($1, $2, $3, $4, $5, $6)",

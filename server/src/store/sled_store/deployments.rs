@@ -86,27 +86,15 @@ impl SledStore {
             rollout::recount(r, &written_waves);
         }
         let waiting = rollout.is_some();
-        let n = written.len() as u64;
-        let mut dep = DeploymentRecord {
+        let mut dep = DeploymentRecord::new(
             id,
             kind,
-            bundle_id: bundle.id.clone(),
-            bundle_version: bundle.version.clone(),
-            checksum_sha256: bundle.checksum_sha256.clone(),
-            size_bytes: bundle.size_bytes,
-            status: DeploymentStatus::Pending,
-            created_at: now,
-            updated_at: now,
-            completed_at: None,
-            counts: kernex_common::api::Counts {
-                pending: if waiting { 0 } else { n },
-                waiting: if waiting { n } else { 0 },
-                ..Default::default()
-            },
-            indexing: !waiting,
+            bundle,
+            written.len() as u64,
             rollout,
-        };
-        dep.refresh(now);
+            !waiting,
+            now,
+        );
         (
             &self.deployments,
             &self.bundle_open,
