@@ -31,16 +31,50 @@ fn cluster() -> Option<String> {
     }
 }
 
-/// A replica on `url` with its own data dir under `scratch` and the shared `blobs`.
-fn replica(scratch: &Path, name: &str, url: &str, blobs: &Path) -> ServerProcess {
-    let blobs = blobs.to_str().unwrap();
-    ServerProcess::start_with(
-        &scratch.join(name),
-        ADMIN,
-        ENROLL,
-        &["--database-url", url, "--blob-dir", blobs],
-    )
-    .unwrap()
+/// What every test here runs on: a fresh database, a scratch dir, and in it the blob
+/// dir the replicas share. `None` (the test says SKIPPED) without PostgreSQL.
+struct Scene {
+    database: postgres::Database,
+    scratch: tempfile::TempDir,
+    blobs: PathBuf,
+}
+
+impl Scene {
+    fn new() -> Option<Scene> {
+        let cluster = cluster()?;
+        let database = postgres::fresh_database(&cluster).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let blobs = scratch.path().join("blobs");
+        Some(Scene {
+            database,
+            scratch,
+            blobs,
+        })
+    }
+
+    fn url(&self) -> &str {
+        &self.database.url
+    }
+
+    fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// A replica on the database with its own data dir `name` and the shared blob dir.
+    fn replica(&self, name: &str) -> ServerProcess {
+        ServerProcess::start_with(
+            &self.dir().join(name),
+            ADMIN,
+            ENROLL,
+            &[
+                "--database-url",
+                self.url(),
+                "--blob-dir",
+                self.blobs.to_str().unwrap(),
+            ],
+        )
+        .unwrap()
+    }
 }
 
 /// Poll `check` every 200 ms until it returns `Some`, or fail after `limit`.
@@ -91,13 +125,9 @@ fn follow_events(api: &Api) -> std::sync::Arc<std::sync::Mutex<String>> {
 
 #[tokio::test]
 async fn replicas_share_devices_events_deployments_and_bundles() {
-    let Some(cluster) = cluster() else { return };
-    let database = postgres::fresh_database(&cluster).unwrap();
-    let url = database.url.clone();
-    let scratch = tempfile::tempdir().unwrap();
-    let blobs = scratch.path().join("blobs");
-    let a = replica(scratch.path(), "a", &url, &blobs);
-    let b = replica(scratch.path(), "b", &url, &blobs);
+    let Some(scene) = Scene::new() else { return };
+    let a = scene.replica("a");
+    let b = scene.replica("b");
     let (api_a, api_b) = (Api::new(&a.url(""), ADMIN), Api::new(&b.url(""), ADMIN));
 
     // Registered through A, heartbeating through B; A's /events client sees the beats.
@@ -179,13 +209,9 @@ async fn deploy_once(api: &Api, dev: &(String, String), dep: &str) {
 
 #[tokio::test]
 async fn a_rollout_finishes_through_b_after_its_timer_replica_is_killed() {
-    let Some(cluster) = cluster() else { return };
-    let database = postgres::fresh_database(&cluster).unwrap();
-    let url = database.url.clone();
-    let scratch = tempfile::tempdir().unwrap();
-    let blobs = scratch.path().join("blobs");
+    let Some(scene) = Scene::new() else { return };
     // A starts first and takes the timer lease.
-    let a = replica(scratch.path(), "a", &url, &blobs);
+    let a = scene.replica("a");
     let start = Instant::now();
     while !a.logs().iter().any(|l| l.contains("leads=true")) {
         assert!(
@@ -194,7 +220,7 @@ async fn a_rollout_finishes_through_b_after_its_timer_replica_is_killed() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let b = replica(scratch.path(), "b", &url, &blobs);
+    let b = scene.replica("b");
     let (api_a, api_b) = (Api::new(&a.url(""), ADMIN), Api::new(&b.url(""), ADMIN));
     let mut devices = Vec::new();
     for _ in 0..4 {
@@ -301,18 +327,16 @@ fn server_cli(args: &[&str]) -> std::process::Output {
 
 #[tokio::test]
 async fn a_sled_backup_restored_into_postgres_answers_the_same() {
-    let Some(cluster) = cluster() else { return };
-    let database = postgres::fresh_database(&cluster).unwrap();
-    let url = database.url.clone();
-    let scratch = tempfile::tempdir().unwrap();
-    let sled_dir = scratch.path().join("sled");
+    let Some(scene) = Scene::new() else { return };
+    let (url, scratch) = (scene.url(), scene.dir());
+    let sled_dir = scratch.join("sled");
     let sled = ServerProcess::start(&sled_dir, ADMIN, ENROLL).unwrap();
     let api = Api::new(&sled.url(""), ADMIN);
     let fleet = populate(&api, ENROLL, 3, 20).await.unwrap();
     let before = answers(&api, &fleet).await.unwrap();
     sled.terminate().unwrap();
 
-    let file = scratch.path().join("sled.tar");
+    let file = scratch.join("sled.tar");
     let out = server_cli(&[
         "backup",
         "--to",
@@ -325,13 +349,13 @@ async fn a_sled_backup_restored_into_postgres_answers_the_same() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let blobs: PathBuf = scratch.path().join("blobs");
+    let blobs = &scene.blobs;
     let out = server_cli(&[
         "restore",
         "--from",
         file.to_str().unwrap(),
         "--database-url",
-        &url,
+        url,
         "--blob-dir",
         blobs.to_str().unwrap(),
     ]);
@@ -346,14 +370,14 @@ async fn a_sled_backup_restored_into_postgres_answers_the_same() {
         "--from",
         file.to_str().unwrap(),
         "--database-url",
-        &url,
+        url,
         "--blob-dir",
         blobs.to_str().unwrap(),
     ]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 
-    let pg = replica(scratch.path(), "pg", &url, &blobs);
+    let pg = scene.replica("pg");
     let api = Api::new(&pg.url(""), ADMIN);
     let after = answers(&api, &fleet).await.unwrap();
     let diff = differences(&to_micros(before), &to_micros(after));
@@ -367,21 +391,18 @@ async fn a_sled_backup_restored_into_postgres_answers_the_same() {
 /// operator token in the database while replicas run, and every replica honours it.
 #[tokio::test]
 async fn token_create_works_on_the_database_while_replicas_run() {
-    let Some(cluster) = cluster() else { return };
-    let database = postgres::fresh_database(&cluster).unwrap();
-    let url = database.url.clone();
-    let scratch = tempfile::tempdir().unwrap();
-    let blobs = scratch.path().join("blobs");
-    let a = replica(scratch.path(), "a", &url, &blobs);
-    let b = replica(scratch.path(), "b", &url, &blobs);
+    let Some(scene) = Scene::new() else { return };
+    let url = scene.url();
+    let a = scene.replica("a");
+    let b = scene.replica("b");
     for dir in ["a", "b"] {
-        assert!(!scratch.path().join(dir).join("admin.token").exists());
+        assert!(!scene.dir().join(dir).join("admin.token").exists());
     }
     let out = server_cli(&[
         "token",
         "create",
         "--database-url",
-        &url,
+        url,
         "--name",
         "night-shift",
     ]);
@@ -402,7 +423,7 @@ async fn token_create_works_on_the_database_while_replicas_run() {
         "token",
         "create",
         "--database-url",
-        &url,
+        url,
         "--name",
         "night-shift",
     ]);
