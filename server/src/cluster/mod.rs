@@ -164,7 +164,9 @@ impl Cluster {
 
     /// Does some other replica want heartbeat events now?
     pub fn remote_listeners(&self) -> bool {
-        self.remote_listeners_until.load(Ordering::Relaxed) > chrono::Utc::now().timestamp_millis()
+        // Alone (sled), there is no other replica: no clock read on every heartbeat.
+        let until = self.remote_listeners_until.load(Ordering::Relaxed);
+        until > 0 && until > chrono::Utc::now().timestamp_millis()
     }
 
     fn heard_listening(&self) {
