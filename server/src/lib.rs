@@ -14,6 +14,7 @@
 
 pub mod auth; // bearer tokens, the Caller extractor
 pub mod backup; // backup format, restore, check
+pub mod blobs; // where bundle archives live: a dir or an S3 bucket
 pub mod cluster; // replicas on one database: the feed, the timer lease
 pub mod error; // ApiError and rejection mapping
 pub mod events; // live event broadcast
@@ -81,10 +82,11 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
     }
     // Settings first: a refused flag must not leave the store opened (and locked).
     let signatures = signature_policy(settings)?;
+    let blobs = settings.blobs().map_err(StartError::Settings)?;
     let bundle_dir = settings.bundle_dir();
     let (store, work, pool) = match settings.database_url.as_deref() {
         Some(url) => {
-            let (store, work) = open_pg::open(url, settings, &bundle_dir)?;
+            let (store, work) = open_pg::open(url, settings, &blobs)?;
             let pool = store.pool().clone();
             (store as Arc<dyn store::Store>, work, Some(pool))
         }
@@ -103,16 +105,10 @@ pub fn open(settings: &ServerSettings) -> Result<AppState, StartError> {
         signatures,
     };
     let Some(pool) = pool else {
-        return Ok(AppState::new(store, work, limits, bundle_dir));
+        return Ok(AppState::new(store, work, limits, blobs));
     };
     // One replica of possibly several: timers wait for the lease.
-    let state = AppState::with_cluster(
-        store,
-        work,
-        limits,
-        bundle_dir,
-        cluster::Cluster::new(false),
-    );
+    let state = AppState::with_cluster(store, work, limits, blobs, cluster::Cluster::new(false));
     cluster::pg::start(&state, pool);
     Ok(state)
 }

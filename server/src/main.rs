@@ -1,6 +1,6 @@
 //! `kernex-server`: thin CLI over the library.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
@@ -39,9 +39,9 @@ fn run_cli() -> anyhow::Result<()> {
             data_dir,
             database_url: Some(url),
             blob_dir,
+            blob_url,
         }) => {
-            let blobs = blob_dir
-                .unwrap_or_else(|| data_dir.unwrap_or_else(default_data_dir).join("bundles"));
+            let blobs = cli_blobs(blob_url, &url, blob_dir, data_dir)?;
             let header = kernex_server::backup::backup_database(&url, &blobs, &to)
                 .with_context(|| format!("backing up {}", redact_url(&url)))?;
             report_backup(&to, &header);
@@ -55,9 +55,9 @@ fn run_cli() -> anyhow::Result<()> {
             data_dir,
             database_url: Some(url),
             blob_dir,
+            blob_url,
         }) => {
-            let blobs = blob_dir
-                .unwrap_or_else(|| data_dir.unwrap_or_else(default_data_dir).join("bundles"));
+            let blobs = cli_blobs(blob_url, &url, blob_dir, data_dir)?;
             let done = kernex_server::backup::restore_database(&from, &url, &blobs).with_context(
                 || format!("restoring {} into {}", from.display(), redact_url(&url)),
             )?;
@@ -72,6 +72,19 @@ fn run_cli() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => run(args),
         None => run(cli.serve),
     }
+}
+
+/// The blob store a `backup` / `restore` with `--database-url` reads or fills.
+fn cli_blobs(
+    blob_url: Option<String>,
+    database_url: &str,
+    blob_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<kernex_server::blobs::Blobs> {
+    let local =
+        blob_dir.unwrap_or_else(|| data_dir.unwrap_or_else(default_data_dir).join("bundles"));
+    kernex_server::settings::blob_store(blob_url.as_deref(), Some(database_url), local)
+        .map_err(anyhow::Error::msg)
 }
 
 fn migrate(url: &str) -> anyhow::Result<()> {

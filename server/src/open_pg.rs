@@ -5,13 +5,13 @@
 //! work runs on a runtime of its own, on a thread of its own, with a pool of its own
 //! that closes with it; the serving pool connects lazily, in the caller's runtime.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 
 use crate::auth::hash_token;
+use crate::blobs::Blobs;
 use crate::store::{PgOptions, PgStore, Store, StoreError, WorkSnapshot};
 use crate::{ServerSettings, StartError, create_private_dir};
 
@@ -22,17 +22,17 @@ const IN_FLIGHT: Duration = Duration::from_secs(3600);
 pub(crate) fn open(
     url: &str,
     settings: &ServerSettings,
-    bundle_dir: &Path,
+    blobs: &Blobs,
 ) -> Result<(Arc<PgStore>, WorkSnapshot), StartError> {
-    // The data dir holds only the bundles, and only without a blob dir.
-    create_private_dir(bundle_dir)?;
+    // The data dir holds only the bundles (or their staging), and only without a blob dir.
+    create_private_dir(blobs.local_dir())?;
     let options = PgOptions {
         heartbeat_retention: settings.heartbeat_retention.max(1),
         max_connections: settings.database_connections,
     };
     let work = std::thread::scope(|scope| {
         scope
-            .spawn(|| prepare(url, settings, bundle_dir))
+            .spawn(|| prepare(url, settings, blobs))
             .join()
             .unwrap_or_else(|_| Err(StartError::Settings("start-up thread panicked".into())))
     })?;
@@ -43,7 +43,7 @@ pub(crate) fn open(
 fn prepare(
     url: &str,
     settings: &ServerSettings,
-    bundle_dir: &Path,
+    blobs: &Blobs,
 ) -> Result<WorkSnapshot, StartError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -57,7 +57,7 @@ fn prepare(
             .await
             .map_err(|e| database(url, e))?;
         let prepared = async {
-            clean_blob_dir(&store, bundle_dir).await?;
+            clean_blobs(&store, blobs).await?;
             bootstrap_admin(&store, settings).await?;
             Ok(store.work_snapshot().await?)
         }
@@ -75,13 +75,28 @@ fn database(url: &str, e: StoreError) -> StartError {
 }
 
 /// Remove abandoned upload files and archives with no record, older than an hour (the
-/// dir may be shared with replicas that are uploading right now).
-async fn clean_blob_dir(store: &PgStore, bundle_dir: &Path) -> Result<(), StartError> {
-    let found = crate::bundle_leftovers(bundle_dir, IN_FLIGHT)?;
+/// dir or bucket may be shared with replicas that are uploading right now).
+async fn clean_blobs(store: &PgStore, blobs: &Blobs) -> Result<(), StartError> {
+    let found = crate::bundle_leftovers(blobs.local_dir(), IN_FLIGHT)?;
     found.remove_tmp()?;
-    for (id, path) in &found.archives {
-        if matches!(store.bundle(id).await, Err(StoreError::NotFound(_))) {
-            crate::remove_orphan_archive(path)?;
+    if !blobs.is_bucket() {
+        for (id, path) in &found.archives {
+            if matches!(store.bundle(id).await, Err(StoreError::NotFound(_))) {
+                crate::remove_orphan_archive(path)?;
+            }
+        }
+        return Ok(());
+    }
+    let candidates = blobs
+        .bucket_archives_older_than(IN_FLIGHT)
+        .await
+        .map_err(|e| {
+            StartError::Settings(format!("listing the bucket {}: {e}", blobs.location()))
+        })?;
+    for id in candidates {
+        if matches!(store.bundle(&id).await, Err(StoreError::NotFound(_))) {
+            tracing::warn!(bundle.id = %id, bucket = %blobs.location(), "removing bundle archive with no record");
+            blobs.remove(&id).await?;
         }
     }
     Ok(())

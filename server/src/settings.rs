@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::blobs::Blobs;
+
 /// Kernex fleet server: HTTP API for devices and operators on an embedded store.
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +46,15 @@ pub enum Command {
         /// Where the bundle archives are [default: <data-dir>/bundles].
         #[arg(long, env = "KERNEX_BLOB_DIR")]
         blob_dir: Option<PathBuf>,
+        /// The bucket the bundle archives are in, `s3://bucket[/prefix]` (with
+        /// --database-url; the archives are staged in <data-dir>/bundles/tmp).
+        #[arg(
+            long,
+            env = "KERNEX_BLOB_URL",
+            requires = "database_url",
+            conflicts_with = "blob_dir"
+        )]
+        blob_url: Option<String>,
     },
     /// Fill an empty (or new) data dir, or an empty PostgreSQL database, from a backup
     /// file (either backend's: this is how a sled store moves to PostgreSQL).
@@ -59,6 +70,15 @@ pub enum Command {
         /// Where the bundle archives go with --database-url [default: <data-dir>/bundles].
         #[arg(long, env = "KERNEX_BLOB_DIR")]
         blob_dir: Option<PathBuf>,
+        /// Put the bundle archives into this bucket, `s3://bucket[/prefix]` (with
+        /// --database-url).
+        #[arg(
+            long,
+            env = "KERNEX_BLOB_URL",
+            requires = "database_url",
+            conflicts_with = "blob_dir"
+        )]
+        blob_url: Option<String>,
     },
     /// Bring a PostgreSQL database's schema up to date (the server also does it at start).
     Migrate {
@@ -165,6 +185,18 @@ pub struct ServeArgs {
     /// need a directory they all share (an NFS or similar mount).
     #[arg(long, env = "KERNEX_BLOB_DIR")]
     pub blob_dir: Option<PathBuf>,
+    /// Keep bundle archives in an S3-compatible bucket, `s3://bucket[/prefix]`, shared
+    /// by the replicas (with --database-url). Credentials, region and endpoint come from
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL (and
+    /// AWS_ALLOW_HTTP=true for a plain-HTTP endpoint). Uploads are staged in
+    /// <data-dir>/bundles/tmp.
+    #[arg(
+        long,
+        env = "KERNEX_BLOB_URL",
+        requires = "database_url",
+        conflicts_with = "blob_dir"
+    )]
+    pub blob_url: Option<String>,
     #[arg(long, env = "KERNEX_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
@@ -193,6 +225,7 @@ impl std::fmt::Debug for ServeArgs {
                 &self.database_url.as_ref().map(|u| redact_url(u)),
             )
             .field("blob_dir", &self.blob_dir)
+            .field("blob_url", &self.blob_url)
             .finish()
     }
 }
@@ -217,6 +250,8 @@ pub struct ServerSettings {
     pub database_connections: u32,
     /// Bundle archives [default: `<data_dir>/bundles`].
     pub blob_dir: Option<PathBuf>,
+    /// Bundle archives in an S3-compatible bucket instead (PostgreSQL only).
+    pub blob_url: Option<String>,
 }
 
 /// Connection and request limits (SPEC §1.9), applied by [`crate::serve`] and the router.
@@ -267,6 +302,7 @@ impl std::fmt::Debug for ServerSettings {
                 &self.database_url.as_ref().map(|u| redact_url(u)),
             )
             .field("blob_dir", &self.blob_dir)
+            .field("blob_url", &self.blob_url)
             .finish()
     }
 }
@@ -289,14 +325,25 @@ impl ServerSettings {
             database_url: None,
             database_connections: 16,
             blob_dir: None,
+            blob_url: None,
         }
     }
 
-    /// Where bundle archives live.
+    /// Where bundle archives live, or are staged when they live in a bucket.
     pub fn bundle_dir(&self) -> PathBuf {
         self.blob_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("bundles"))
+    }
+
+    /// The blob store: `--blob-url`'s bucket (PostgreSQL only: sled's `check` and backups
+    /// read the data dir), else [`ServerSettings::bundle_dir`].
+    pub fn blobs(&self) -> Result<Blobs, String> {
+        blob_store(
+            self.blob_url.as_deref(),
+            self.database_url.as_deref(),
+            self.bundle_dir(),
+        )
     }
 }
 
@@ -344,7 +391,25 @@ impl ServeArgs {
             database_url: self.database_url.clone().filter(|u| !u.is_empty()),
             database_connections: self.database_connections,
             blob_dir: self.blob_dir.clone(),
+            blob_url: self.blob_url.clone().filter(|u| !u.is_empty()),
         }
+    }
+}
+
+/// `--blob-url` (which needs `--database-url`), or the dir `local`.
+pub fn blob_store(
+    blob_url: Option<&str>,
+    database_url: Option<&str>,
+    local: PathBuf,
+) -> Result<Blobs, String> {
+    match blob_url.filter(|u| !u.is_empty()) {
+        None => Ok(Blobs::in_dir(local)),
+        Some(_) if database_url.is_none() => Err(
+            "--blob-url needs --database-url: a bucket is for replicas sharing a database; \
+             the embedded store keeps its bundles in the data dir"
+                .into(),
+        ),
+        Some(url) => Blobs::in_bucket(url, local),
     }
 }
 

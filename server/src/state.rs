@@ -1,11 +1,11 @@
 //! Shared state handed to every handler.
 
 use std::ops::Deref;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::blobs::Blobs;
 use crate::cluster::Cluster;
 use crate::events::Events;
 use crate::metrics::Metrics;
@@ -61,8 +61,8 @@ pub struct Inner {
     pub cluster: Cluster,
     pub metrics: Metrics,
     pub limits: Limits,
-    /// Where archives live: `<data-dir>/bundles/`.
-    pub bundle_dir: PathBuf,
+    /// Where archives live: `<data-dir>/bundles/`, a `--blob-dir` or a `--blob-url` bucket.
+    pub blobs: Blobs,
     /// Cancelled when the server starts shutting down: ends the endless responses
     /// (`/events`) so a graceful shutdown does not wait for them forever.
     pub shutdown: CancellationToken,
@@ -75,9 +75,9 @@ impl AppState {
         store: Arc<dyn Store>,
         work: WorkSnapshot,
         limits: Limits,
-        bundle_dir: PathBuf,
+        blobs: impl Into<Blobs>,
     ) -> Self {
-        Self::with_cluster(store, work, limits, bundle_dir, Cluster::default())
+        Self::with_cluster(store, work, limits, blobs, Cluster::default())
     }
 
     /// [`AppState::new`] as one replica of several on a shared store (SPEC §8): the
@@ -86,7 +86,7 @@ impl AppState {
         store: Arc<dyn Store>,
         work: WorkSnapshot,
         limits: Limits,
-        bundle_dir: PathBuf,
+        blobs: impl Into<Blobs>,
         cluster: Cluster,
     ) -> Self {
         let inner = Arc::new(Inner {
@@ -97,7 +97,7 @@ impl AppState {
             cluster,
             metrics: Metrics::default(),
             limits,
-            bundle_dir,
+            blobs: blobs.into(),
             shutdown: CancellationToken::new(),
         });
         // The driver's timer holds the state weakly: dropping the state ends it.

@@ -26,6 +26,8 @@ pub mod operator;
 pub mod postgres;
 /// The power-loss shim: a durable image of a data dir, kept by an `LD_PRELOAD` library.
 pub mod power_loss;
+/// An S3-compatible endpoint (moto) for the `--blob-url` tests (SPEC §8).
+pub mod s3;
 
 /// Path of a workspace binary. `cargo test --workspace` builds every binary before the
 /// tests run, so it is normally used as is; when it is missing or older than its sources
@@ -106,6 +108,17 @@ impl ServerProcess {
     /// Start with extra command-line arguments.
     pub fn start_with(data_dir: &Path, admin: &str, enroll: &str, extra: &[&str]) -> Result<Self> {
         Self::spawn("127.0.0.1:0", data_dir, admin, enroll, extra, &[])
+    }
+
+    /// Start with extra command-line arguments and environment variables.
+    pub fn start_with_args_env(
+        data_dir: &Path,
+        admin: &str,
+        enroll: &str,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Result<Self> {
+        Self::spawn("127.0.0.1:0", data_dir, admin, enroll, extra, env)
     }
 
     /// Start with extra environment variables (e.g. an `LD_PRELOAD`).

@@ -10,22 +10,20 @@ use std::path::Path;
 use super::read::{Importer, Restored, parse_lines, restore_archive};
 use super::write::{SharedSpool, Spool, write_file};
 use super::{BackupError, Header};
+use crate::blobs::Blobs;
 use crate::store::{
     BundleRecord, PgOptions, PgStore, RecordCounts, RecordSource, Store, StoreError,
 };
 
 /// `kernex-server restore --from FILE --database-url URL`: fill an empty database (its
-/// schema brought up to date first), the bundle archives into `bundle_dir`. A restore
-/// that fails after its records were committed empties the database again, so a retry
+/// schema brought up to date first), the bundle archives into `blobs`. A restore that
+/// fails after its records were committed empties the database again, so a retry
 /// starts clean.
-pub fn restore_database(
-    from: &Path,
-    url: &str,
-    bundle_dir: &Path,
-) -> Result<Restored, BackupError> {
+pub fn restore_database(from: &Path, url: &str, blobs: &Blobs) -> Result<Restored, BackupError> {
     let file = File::open(from)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", from.display())))?;
-    crate::create_private_dir(bundle_dir)?;
+    crate::create_private_dir(blobs.local_dir())?;
+    crate::create_private_dir(&blobs.tmp_dir())?;
     let runtime = runtime()?;
     let store = runtime.block_on(PgStore::connect(url, PgOptions::default()))?;
     let mut into = PgImporter {
@@ -33,7 +31,21 @@ pub fn restore_database(
         runtime: &runtime,
         imported: false,
     };
-    let result = restore_archive(file, &mut into, bundle_dir);
+    // Archives bound for a bucket are checked in a staging dir first, then uploaded.
+    let staging = tempfile::Builder::new()
+        .prefix("restore-")
+        .tempdir_in(blobs.tmp_dir())?;
+    let archive_dir = if blobs.is_bucket() {
+        staging.path()
+    } else {
+        blobs.local_dir()
+    };
+    let result = restore_archive(file, &mut into, archive_dir).and_then(|restored| {
+        if blobs.is_bucket() {
+            runtime.block_on(upload_restored(blobs, staging.path(), &restored))?;
+        }
+        Ok(restored)
+    });
     if result.is_err()
         && into.imported
         && let Err(e) = runtime.block_on(store.clear_after_failed_restore())
@@ -44,18 +56,34 @@ pub fn restore_database(
     result
 }
 
+/// Put the archives a restore checked into `staging` into the bucket.
+async fn upload_restored(
+    blobs: &Blobs,
+    staging: &Path,
+    restored: &Restored,
+) -> Result<(), BackupError> {
+    for id in &restored.header.bundle_files {
+        let path = staging.join(format!("{id}.tar.gz"));
+        if path.exists() {
+            blobs.keep_path(id, &path).await?;
+        }
+    }
+    Ok(())
+}
+
 /// `kernex-server backup --to FILE --database-url URL`: one consistent snapshot of the
-/// database (writers go on), with the bundle archives from `bundle_dir`.
-pub fn backup_database(url: &str, bundle_dir: &Path, to: &Path) -> Result<Header, BackupError> {
+/// database (writers go on), with the bundle archives from `blobs`.
+pub fn backup_database(url: &str, blobs: &Blobs, to: &Path) -> Result<Header, BackupError> {
     let runtime = runtime()?;
     let store = runtime.block_on(PgStore::connect(url, PgOptions::default()))?;
-    let spool = SharedSpool::new(Spool::new(bundle_dir)?);
+    let spool = SharedSpool::new(Spool::new(blobs)?);
     let exported = runtime.block_on(store.export(Box::new(spool.clone())));
     runtime.block_on(store.close());
     exported?;
-    let spool = spool
+    let mut spool = spool
         .take()
         .ok_or_else(|| StoreError::backend("backup spool already taken"))?;
+    runtime.block_on(spool.fetch_from_bucket(blobs))?;
     write_file(spool, to)
 }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use chrono::Utc;
 
 use super::{BUNDLES_DIR, BackupError, FORMAT, FORMAT_VERSION, HEADER_PATH, Header, RECORDS_PATH};
+use crate::blobs::Blobs;
 use crate::store::{BackupRecord, RecordCounts, RecordSink, StoreError};
 
 /// Records and bundle links on disk, gathered while the store's writes are held out.
@@ -15,17 +16,21 @@ use crate::store::{BackupRecord, RecordCounts, RecordSink, StoreError};
 pub struct Spool {
     dir: tempfile::TempDir,
     records: BufWriter<File>,
-    bundle_dir: PathBuf,
+    /// The dir to hard-link archives from; `None` when they are in a bucket, fetched by
+    /// [`Spool::fetch_from_bucket`] once the records are spooled.
+    bundle_dir: Option<PathBuf>,
     counts: RecordCounts,
     bundles: Vec<String>,
+    /// Bundles whose archive is still in the bucket.
+    pending: Vec<String>,
     missing: Vec<String>,
 }
 
 impl Spool {
-    /// A fresh spool in `<bundle_dir>/tmp` (same file system as the bundles, so they
-    /// can be hard-linked; emptied at every start).
-    pub fn new(bundle_dir: &Path) -> io::Result<Spool> {
-        let tmp = bundle_dir.join("tmp");
+    /// A fresh spool in the blob store's staging dir, `<dir>/tmp` (same file system as
+    /// the archives of a dir, so they can be hard-linked; emptied at every start).
+    pub fn new(blobs: &Blobs) -> io::Result<Spool> {
+        let tmp = blobs.tmp_dir();
         crate::create_private_dir(&tmp)?;
         let dir = tempfile::Builder::new()
             .prefix("backup-")
@@ -35,9 +40,10 @@ impl Spool {
         Ok(Spool {
             dir,
             records,
-            bundle_dir: bundle_dir.to_path_buf(),
+            bundle_dir: (!blobs.is_bucket()).then(|| blobs.local_dir().to_path_buf()),
             counts: RecordCounts::default(),
             bundles: Vec::new(),
+            pending: Vec::new(),
             missing: Vec::new(),
         })
     }
@@ -50,8 +56,12 @@ impl Spool {
             self.missing.push(id.to_owned());
             return Ok(());
         }
+        let Some(bundle_dir) = &self.bundle_dir else {
+            self.pending.push(id.to_owned());
+            return Ok(());
+        };
         let name = format!("{id}.tar.gz");
-        let src = self.bundle_dir.join(&name);
+        let src = bundle_dir.join(&name);
         let dst = self.dir.path().join("bundles").join(&name);
         let linked = fs::hard_link(&src, &dst).or_else(|e| match e.kind() {
             io::ErrorKind::NotFound => Err(e),
@@ -64,6 +74,22 @@ impl Spool {
                 self.missing.push(id.to_owned());
             }
             Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Copy the archives of the spooled bundles out of the bucket (after the records, so
+    /// writers are not held out while they download; an archive never changes once
+    /// stored, and one deleted meanwhile is noted as missing).
+    pub async fn fetch_from_bucket(&mut self, blobs: &Blobs) -> io::Result<()> {
+        for id in std::mem::take(&mut self.pending) {
+            let dst = self.dir.path().join("bundles").join(format!("{id}.tar.gz"));
+            if blobs.fetch(&id, &dst).await? {
+                self.bundles.push(id);
+            } else {
+                tracing::warn!(bundle.id = %id, "bundle archive missing from the bucket; the backup notes it");
+                self.missing.push(id);
+            }
         }
         Ok(())
     }
@@ -174,7 +200,7 @@ pub fn backup_data_dir(data_dir: &Path, to: &Path) -> Result<Header, BackupError
         )));
     }
     let store = crate::open_store(data_dir, Default::default())?;
-    let mut spool = Spool::new(&data_dir.join("bundles"))?;
+    let mut spool = Spool::new(&Blobs::in_dir(data_dir.join("bundles")))?;
     store.export_blocking(&mut spool)?;
     write_file(spool, to)
 }

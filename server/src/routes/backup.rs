@@ -38,16 +38,20 @@ const PIECE: usize = 64 * 1024;
 )]
 pub async fn download(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     caller.require_operator()?;
-    let bundle_dir = state.bundle_dir.clone();
-    let spool = tokio::task::spawn_blocking(move || Spool::new(&bundle_dir))
+    let blobs = state.blobs.clone();
+    let spool = tokio::task::spawn_blocking(move || Spool::new(&blobs))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     let shared = SharedSpool::new(spool);
     state.store.export(Box::new(shared.clone())).await?;
-    let spool = shared
+    let mut spool = shared
         .take()
         .ok_or_else(|| ApiError::internal("backup spool missing after export"))?;
+    spool
+        .fetch_from_bucket(&state.blobs)
+        .await
+        .map_err(ApiError::internal)?;
     tracing::info!(records = %spool.counts(), "backup snapshot taken");
 
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(IN_FLIGHT);

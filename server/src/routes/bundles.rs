@@ -1,9 +1,6 @@
 //! Bundles: streamed multipart upload (hashed while it arrives, checked entry by entry),
 //! listing, byte-exact download with `ETag` and `Range`, and deletion.
 
-use std::io::SeekFrom;
-use std::path::PathBuf;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::multipart::{MultipartError, MultipartRejection};
@@ -20,8 +17,7 @@ use kernex_common::api::events::ServerEvent;
 use kernex_common::bundle::{self, Limits};
 use kernex_common::update_signing::SignedDocument;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio_util::io::ReaderStream;
+use tokio::io::AsyncWriteExt;
 use tracing::instrument;
 
 use crate::auth::Caller;
@@ -69,11 +65,6 @@ async fn read_small_part(
     Ok(text)
 }
 
-/// Path of a stored archive.
-pub fn archive_path(state: &AppState, id: &str) -> PathBuf {
-    state.bundle_dir.join(format!("{id}.tar.gz"))
-}
-
 /// `POST /bundles` — multipart with part `file` and optional part `manifest`.
 #[utoipa::path(
     post,
@@ -113,7 +104,7 @@ pub async fn upload(
     }
     let mut multipart = multipart.map_err(|r| ApiError::bad_request(r.body_text()))?;
 
-    let tmp_dir = state.bundle_dir.join("tmp");
+    let tmp_dir = state.blobs.tmp_dir();
     tokio::fs::create_dir_all(&tmp_dir)
         .await
         .map_err(ApiError::internal)?;
@@ -228,17 +219,16 @@ pub async fn upload(
     if let Some(doc) = &signatures_part {
         check_against_bundle(doc, &record)?;
     }
-    let final_path = archive_path(&state, &record.id);
-    tmp.persist(&final_path)
-        .map_err(|e| ApiError::internal(e.error))?;
-    // Make the rename itself durable before the record that points at it is.
-    let dir = state.bundle_dir.clone();
-    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+    // The archive is durable in the blob store before the record that points at it is.
+    state
+        .blobs
+        .keep(&record.id, tmp)
         .await
-        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     if let Err(e) = state.store.insert_bundle(&record).await {
-        let _ = tokio::fs::remove_file(&final_path).await;
+        if let Err(gone) = state.blobs.remove(&record.id).await {
+            tracing::warn!(bundle.id = %record.id, error = %gone, "removing an archive whose record failed");
+        }
         return Err(e.into());
     }
     if let Some(doc) = &signatures_part {
@@ -362,9 +352,6 @@ pub async fn download(
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag_value)]).into_response());
     }
 
-    let mut file = tokio::fs::File::open(archive_path(&state, &id))
-        .await
-        .map_err(ApiError::internal)?;
     let size = b.size_bytes;
     let range = parse_range(headers.get(RANGE).and_then(|v| v.to_str().ok()), size);
     let (status, start, len) = match range {
@@ -384,13 +371,13 @@ pub async fn download(
             return Ok(resp);
         }
     };
-    if start > 0 {
-        file.seek(SeekFrom::Start(start))
-            .await
-            .map_err(ApiError::internal)?;
-    }
+    let body = state
+        .blobs
+        .read(&id, start, len)
+        .await
+        .map_err(ApiError::internal)?;
     let metrics_state = state.clone();
-    let body = ReaderStream::with_capacity(file.take(len), 64 * 1024).inspect(move |chunk| {
+    let body = body.inspect(move |chunk| {
         if let Ok(bytes) = chunk {
             metrics_state
                 .metrics
@@ -444,7 +431,7 @@ pub async fn delete(
     state.store.bundle(&id).await?;
     caller.require_operator()?;
     let b = state.store.delete_bundle(&id).await?;
-    if let Err(e) = tokio::fs::remove_file(archive_path(&state, &id)).await {
+    if let Err(e) = state.blobs.remove(&id).await {
         tracing::warn!(bundle.id = %id, error = %e, "bundle record removed but its file could not be");
     }
     tracing::info!(bundle.id = %id, version = %b.version, "bundle deleted");
