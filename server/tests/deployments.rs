@@ -817,6 +817,30 @@ async fn test_rollback_nonexistent_bundle() {
     );
 }
 
+/// Every named target is checked (in one store round trip): an unknown id, an id no
+/// store can hold, or a device not accepted refuses the whole deployment, naming it.
+#[tokio::test]
+async fn deployment_targets_must_all_be_accepted_devices() {
+    let app = TestApp::new();
+    let dev = app.device().await;
+    let pending = app.pending_device().await;
+    app.bundle("1.0.0").await;
+    for (bad, said) in [
+        ("no-such-device", "no device \"no-such-device\""),
+        ("nul\u{0}id", "no device"),
+        (pending.id.as_str(), "is pending, not accepted"),
+    ] {
+        let body = json!({"bundle_version": "1.0.0", "target_device_ids": [dev.id, bad]});
+        let r = app.post("/api/v1/deployments", body).await;
+        r.expect(StatusCode::BAD_REQUEST);
+        let message = r.json()["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains(said), "{bad:?}: {message}");
+    }
+    let listed = app.get("/api/v1/deployments").await.expect(StatusCode::OK);
+    assert_eq!(listed, json!([]), "a refused deployment leaves nothing");
+    deploy_ok(&app, &dev, "1.0.0").await;
+}
+
 #[tokio::test]
 async fn test_device_status_from_deployment_result() {
     let app = TestApp::new();

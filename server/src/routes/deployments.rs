@@ -139,18 +139,18 @@ pub async fn create(
         .limits
         .signatures
         .check(&bundle.version, signed.as_ref())?;
+    let admissions = state.store.admissions(&req.target_device_ids).await?;
     let mut targets = std::collections::BTreeSet::new();
     for id in &req.target_device_ids {
-        let d = state
-            .store
-            .device(id)
-            .await
-            .map_err(|_| ApiError::bad_request(format!("no device {id:?}")))?;
-        if d.admission() != Admission::Accepted {
-            return Err(ApiError::bad_request(format!(
-                "device {id} is {}, not accepted",
-                d.admission().as_str()
-            )));
+        match admissions.get(id) {
+            None => return Err(ApiError::bad_request(format!("no device {id:?}"))),
+            Some(Admission::Accepted) => {}
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "device {id} is {}, not accepted",
+                    other.as_str()
+                )));
+            }
         }
         targets.insert(id.clone());
     }

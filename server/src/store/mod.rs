@@ -210,6 +210,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn register(&self, reg: &NewRegistration) -> Result<RegisterOutcome>;
     async fn device(&self, device_id: &str) -> Result<Device>;
     async fn device_exists(&self, device_id: &str) -> Result<bool>;
+    /// The admission of each of `device_ids` that exists; unknown ids are left out. One
+    /// round trip where the backend has them (a deployment may name 10,000 devices).
+    async fn admissions(
+        &self,
+        device_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Admission>> {
+        let mut found = std::collections::HashMap::with_capacity(device_ids.len());
+        for id in device_ids {
+            match self.device(id).await {
+                Ok(d) => {
+                    found.insert(id.clone(), d.admission());
+                }
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
+    }
     /// One page of devices ordered by id, after the cursor, matching the filter.
     async fn list_devices(&self, filter: &DeviceFilter, now: Ts) -> Result<Vec<Device>>;
     /// Accepted devices carrying any of `tags`, deduplicated, in id order.

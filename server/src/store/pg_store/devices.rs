@@ -108,6 +108,31 @@ impl PgStore {
             .ok_or_else(|| no_device(device_id))
     }
 
+    pub(super) async fn admissions(
+        &self,
+        device_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Admission>> {
+        // An id PostgreSQL cannot hold (a NUL byte) names no device.
+        let ids: Vec<&str> = device_ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| storable(id))
+            .collect();
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT device_id, admission FROM devices WHERE device_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(id, admission)| {
+                let admission = Admission::parse(&admission).ok_or_else(|| {
+                    StoreError::backend(format!("device {id}: unknown admission {admission:?}"))
+                })?;
+                Ok((id, admission))
+            })
+            .collect()
+    }
+
     pub(super) async fn device_exists(&self, device_id: &str) -> Result<bool> {
         if !storable(device_id) {
             return Ok(false);

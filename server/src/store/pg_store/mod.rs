@@ -240,6 +240,13 @@ impl Store for PgStore {
         PgStore::device(self, device_id).await
     }
 
+    async fn admissions(
+        &self,
+        device_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Admission>> {
+        PgStore::admissions(self, device_ids).await
+    }
+
     async fn device_exists(&self, device_id: &str) -> Result<bool> {
         PgStore::device_exists(self, device_id).await
     }
