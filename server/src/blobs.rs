@@ -252,7 +252,8 @@ impl Blobs {
         Ok(true)
     }
 
-    async fn read_whole(&self, id: &str) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
+    /// Bundle `id`'s whole archive, streamed.
+    pub async fn read_whole(&self, id: &str) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
         match &self.bucket {
             None => self.read(id, 0, u64::MAX).await,
             Some(bucket) => {

@@ -68,7 +68,20 @@ fn run_cli() -> anyhow::Result<()> {
             restore(&from, &data_dir.unwrap_or_else(default_data_dir))
         }
         Some(Command::Migrate { database_url }) => migrate(&database_url),
-        Some(Command::Check { data_dir }) => check(&data_dir.unwrap_or_else(default_data_dir)),
+        Some(Command::Check {
+            data_dir,
+            database_url: Some(url),
+            blob_dir,
+            blob_url,
+        }) => {
+            let blobs = cli_blobs(blob_url, &url, blob_dir, data_dir)?;
+            let report = kernex_server::backup::check_database(&url, &blobs)
+                .with_context(|| format!("checking {}", redact_url(&url)))?;
+            let hint = "Restore a backup into an empty database: kernex-server restore \
+                        --from FILE --database-url URL";
+            print_check(&redact_url(&url), &report, hint)
+        }
+        Some(Command::Check { data_dir, .. }) => check(&data_dir.unwrap_or_else(default_data_dir)),
         Some(Command::Serve(args)) => run(args),
         None => run(cli.serve),
     }
@@ -189,24 +202,33 @@ fn report_restore(from: &Path, into: &str, done: &kernex_server::backup::Restore
 fn check(data_dir: &Path) -> anyhow::Result<()> {
     let report = kernex_server::backup::check_data_dir(data_dir)
         .with_context(|| format!("checking {}", data_dir.display()))?;
+    let hint = kernex_server::backup::restore_hint(data_dir);
+    print_check(&data_dir.display().to_string(), &report, &hint)
+}
+
+/// Say what `check` found: "sound" (exit 0) or the problems and what to do (exit 1).
+fn print_check(
+    what: &str,
+    report: &kernex_server::backup::CheckReport,
+    hint: &str,
+) -> anyhow::Result<()> {
     if report.sound() {
         println!(
-            "{}: sound; {} records ({}), {} bundle files verified",
-            data_dir.display(),
+            "{what}: sound; {} records ({}), {} bundle files verified",
             report.records.total(),
             report.records,
             report.bundle_files
         );
         return Ok(());
     }
-    eprintln!("{}: NOT sound:", data_dir.display());
+    eprintln!("{what}: NOT sound:");
     for p in &report.problems {
         eprintln!("  - {p}");
     }
     if report.unlisted > 0 {
         eprintln!("  … and {} more", report.unlisted);
     }
-    eprintln!("{}", kernex_server::backup::restore_hint(data_dir));
+    eprintln!("{hint}");
     std::process::exit(1);
 }
 

@@ -86,10 +86,25 @@ pub enum Command {
         #[arg(long, env = "KERNEX_DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
-    /// Verify a data dir no server holds: exit 0 when sound, 1 with what is wrong.
+    /// Verify a data dir no server holds, or a PostgreSQL database (replicas may run):
+    /// exit 0 when sound, 1 with what is wrong.
     Check {
         #[arg(long, env = "KERNEX_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Check this PostgreSQL database (and its archives) instead of a data dir.
+        #[arg(long, env = "KERNEX_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Where the bundle archives are with --database-url [default: <data-dir>/bundles].
+        #[arg(long, env = "KERNEX_BLOB_DIR")]
+        blob_dir: Option<PathBuf>,
+        /// The bucket the bundle archives are in, `s3://bucket[/prefix]`.
+        #[arg(
+            long,
+            env = "KERNEX_BLOB_URL",
+            requires = "database_url",
+            conflicts_with = "blob_dir"
+        )]
+        blob_url: Option<String>,
     },
 }
 

@@ -203,6 +203,49 @@ async fn replicas_keep_bundles_in_one_bucket() {
     assert_eq!(again, archive);
     assert!(no_local_archives(scratch.path()));
 
+    // `check` reads every archive back from the bucket while the replicas run; an
+    // object overwritten behind the server's back (here: emptied) is named as damaged.
+    let check = |scratch: &Path| {
+        server_cli(
+            &[
+                "check",
+                "--database-url",
+                &database.url,
+                "--blob-url",
+                &blob_url,
+                "--data-dir",
+                scratch.join("check").to_str().unwrap(),
+            ],
+            &endpoint,
+        )
+    };
+    let out = check(scratch.path());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("sound") && said.contains("2 bundle files verified"),
+        "{said}"
+    );
+    let large_object = format!("/{bucket}/fleet/bundles/{large_id}.tar.gz");
+    assert_eq!(
+        s3::raw_request(&endpoint, "PUT", &large_object).unwrap(),
+        200
+    );
+    let out = check(scratch.path());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{large_id} in s3://{bucket}/fleet/bundles) is damaged: 0 bytes"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("kernex-server restore"), "{said}");
+
     // Deleted through B: the object is gone, and A answers 404 for it.
     api_b
         .op(

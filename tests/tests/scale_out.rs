@@ -364,6 +364,20 @@ async fn a_sled_backup_restored_into_postgres_answers_the_same() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The restored database and its archives check sound.
+    let checked = server_cli(&[
+        "check",
+        "--database-url",
+        url,
+        "--blob-dir",
+        blobs.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success() && said.contains("sound"),
+        "{said}{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
     // A second restore into the now filled database is refused and changes nothing.
     let again = server_cli(&[
         "restore",

@@ -8,13 +8,19 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
 
 use kernex_common::api::{Admission, Counts, DeploymentStatus};
 use sha2::{Digest, Sha256};
 
 use super::BackupError;
 use crate::StartError;
-use crate::store::{BackupRecord, BundleRecord, RecordCounts, RecordSink};
+use crate::blobs::Blobs;
+use crate::store::{
+    BackupRecord, BundleRecord, FleetCounts, PgOptions, PgStore, RecordCounts, RecordSink, Store,
+};
 
 /// Most problems listed one by one (then "… and N more").
 const MAX_LISTED: usize = 50;
@@ -73,21 +79,8 @@ pub fn check_data_dir(data_dir: &Path) -> Result<CheckReport, BackupError> {
             .problem(format!("reading the records failed: {e}"));
     }
     checker.end_deployment();
+    checker.compare_counters(store.fleet_counts_blocking());
     let mut report = checker.report;
-    match store.fleet_counts_blocking() {
-        Ok(c) => {
-            let kept = [c.devices_pending, c.devices_accepted, c.devices_rejected];
-            if kept != checker.admissions || c.deployments != checker.statuses {
-                report.problem(format!(
-                    "the /metrics counters disagree with the records: devices \
-                     pending/accepted/rejected {kept:?} vs {:?}, deployments by status {:?} \
-                     vs {:?}",
-                    checker.admissions, c.deployments, checker.statuses
-                ));
-            }
-        }
-        Err(e) => report.problem(format!("the counters cannot be read: {e}")),
-    }
     for b in &checker.bundles {
         match verify_bundle_file(&data_dir.join("bundles"), b) {
             Ok(()) => report.bundle_files += 1,
@@ -95,6 +88,92 @@ pub fn check_data_dir(data_dir: &Path) -> Result<CheckReport, BackupError> {
         }
     }
     Ok(report)
+}
+
+/// `kernex-server check --database-url URL`: the same checks on a PostgreSQL store (its
+/// schema is not touched; the records are one snapshot), each archive read back from
+/// `blobs`, a dir or a bucket. Replicas may keep serving meanwhile: the counters are
+/// compared only when no write moved them while the records were read.
+pub fn check_database(url: &str, blobs: &Blobs) -> Result<CheckReport, BackupError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let store = match PgStore::connect_lazy(url, PgOptions::default()) {
+            Ok(store) => store,
+            Err(e) => {
+                let mut report = CheckReport::default();
+                report.problem(format!("the database cannot be opened: {e}"));
+                return Ok(report);
+            }
+        };
+        let now = chrono::Utc::now();
+        let before = store.fleet_counts(now).await;
+        let shared = Arc::new(Mutex::new(Checker::default()));
+        let exported = store.export(Box::new(SharedChecker(shared.clone()))).await;
+        let after = store.fleet_counts(now).await;
+        store.close().await;
+        let mut checker = std::mem::take(&mut *shared.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Err(e) = exported {
+            checker
+                .report
+                .problem(format!("reading the records failed: {e}"));
+        }
+        checker.end_deployment();
+        match (before, after) {
+            (Ok(b), Ok(a)) if b != a => {
+                tracing::info!("writes moved the counters during the check; not comparing them");
+            }
+            (before, _) => checker.compare_counters(before),
+        }
+        let mut report = checker.report;
+        for b in &checker.bundles {
+            match verify_blob(blobs, b).await {
+                Ok(()) => report.bundle_files += 1,
+                Err(p) => report.problem(p),
+            }
+        }
+        Ok(report)
+    })
+}
+
+/// A [`Checker`] the store can own during an export while the caller keeps a handle.
+struct SharedChecker(Arc<Mutex<Checker>>);
+
+impl RecordSink for SharedChecker {
+    fn record(&mut self, record: &BackupRecord) -> crate::store::Result<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(record)
+    }
+}
+
+/// Read bundle `b`'s archive back from the blob store and hash it.
+async fn verify_blob(blobs: &Blobs, b: &BundleRecord) -> Result<(), String> {
+    let what = format!("bundle {} ({} in {})", b.version, b.id, blobs.location());
+    let mut body = blobs
+        .read_whole(&b.id)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("{what}: {e}"))?;
+        size += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    compare_archive(&what, size, &hex::encode(hasher.finalize()), b)
+}
+
+fn compare_archive(what: &str, size: u64, sum: &str, b: &BundleRecord) -> Result<(), String> {
+    if size != b.size_bytes || sum != b.checksum_sha256 {
+        return Err(format!(
+            "{what} is damaged: {size} bytes, sha256 {sum}; its record says {} bytes, sha256 {}",
+            b.size_bytes, b.checksum_sha256
+        ));
+    }
+    Ok(())
 }
 
 /// Collects what the records say while they stream by.
@@ -111,6 +190,26 @@ struct Checker {
 }
 
 impl Checker {
+    /// The `/metrics` counters must agree with the records counted.
+    fn compare_counters(&mut self, counts: crate::store::Result<FleetCounts>) {
+        match counts {
+            Ok(c) => {
+                let kept = [c.devices_pending, c.devices_accepted, c.devices_rejected];
+                if kept != self.admissions || c.deployments != self.statuses {
+                    self.report.problem(format!(
+                        "the /metrics counters disagree with the records: devices \
+                         pending/accepted/rejected {kept:?} vs {:?}, deployments by status \
+                         {:?} vs {:?}",
+                        self.admissions, c.deployments, self.statuses
+                    ));
+                }
+            }
+            Err(e) => self
+                .report
+                .problem(format!("the counters cannot be read: {e}")),
+        }
+    }
+
     fn owned_by_device(&mut self, kind: &str, device_id: &str) {
         if !self.devices.contains(device_id) {
             self.report
@@ -193,14 +292,7 @@ fn verify_bundle_file(bundle_dir: &Path, b: &BundleRecord) -> Result<(), String>
     let mut hasher = Sha256::new();
     let size =
         io::copy(&mut file, &mut HashWriter(&mut hasher)).map_err(|e| format!("{what}: {e}"))?;
-    let sum = hex::encode(hasher.finalize());
-    if size != b.size_bytes || sum != b.checksum_sha256 {
-        return Err(format!(
-            "{what} is damaged: {size} bytes, sha256 {sum}; its record says {} bytes, sha256 {}",
-            b.size_bytes, b.checksum_sha256
-        ));
-    }
-    Ok(())
+    compare_archive(&what, size, &hex::encode(hasher.finalize()), b)
 }
 
 /// `io::Write` into a hasher, so `io::copy` streams a file through it.

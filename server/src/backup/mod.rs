@@ -37,7 +37,7 @@ mod write; // spool and tar stream
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use check::{CheckReport, check_data_dir};
+pub use check::{CheckReport, check_data_dir, check_database};
 pub use database::{backup_database, restore_database};
 pub use read::Restored;
 pub use read::restore_data_dir;
