@@ -450,4 +450,60 @@ async fn token_create_works_on_the_database_while_replicas_run() {
         .filter_map(|t| t["name"].as_str())
         .collect();
     assert_eq!(names, ["admin", "night-shift"], "{tokens}");
+
+    // Revoked through A, refused by B at once: B had the token cached from the calls
+    // above (and a device's from its heartbeats), and the revocation's notice clears it.
+    let (id, device_token) = Api::new(&a.url(""), ADMIN)
+        .register(Some(ENROLL))
+        .await
+        .unwrap();
+    let on_b = Api::new(&b.url(""), ADMIN);
+    on_b.beat(&id, &device_token, None).await.unwrap();
+    Api::new(&a.url(""), ADMIN)
+        .op(
+            Method::DELETE,
+            "/tokens/night-shift",
+            None,
+            StatusCode::NO_CONTENT,
+        )
+        .await
+        .unwrap();
+    Api::new(&a.url(""), ADMIN)
+        .op(
+            Method::POST,
+            &format!("/devices/{id}/reject"),
+            None,
+            StatusCode::OK,
+        )
+        .await
+        .unwrap();
+    let refused = |status: StatusCode| status == StatusCode::UNAUTHORIZED;
+    eventually(
+        "B refuses the revoked tokens",
+        Duration::from_secs(5),
+        || {
+            let (b, token, on_b, id, device_token) = (&b, &token, &on_b, &id, &device_token);
+            async move {
+                let op = on_b
+                    .http
+                    .get(b.url("/api/v1/devices"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .ok()?
+                    .status();
+                let beat = on_b
+                    .http
+                    .post(format!("{}/devices/{id}/heartbeat", on_b.base))
+                    .bearer_auth(device_token)
+                    .json(&json!({}))
+                    .send()
+                    .await
+                    .ok()?
+                    .status();
+                (refused(op) && refused(beat)).then_some(())
+            }
+        },
+    )
+    .await;
 }

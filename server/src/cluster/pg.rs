@@ -14,8 +14,10 @@ use super::{Cluster, Envelope, Feed, Note, RESYNC, apply, pack, resync};
 use crate::state::{AppState, Inner};
 use crate::store::Result;
 
-/// The `LISTEN/NOTIFY` channel.
+/// The `LISTEN/NOTIFY` channel of notes.
 const CHANNEL: &str = "kernex_cluster";
+/// Token changes, sent by the store's own transactions (see its token cache).
+const TOKEN_CHANNEL: &str = crate::store::TOKEN_CHANNEL;
 /// The advisory lock whose holder runs the timers ("kernex" in ASCII).
 const LEASE_KEY: i64 = 0x0000_6b65_726e_6578;
 /// How often the lease holder checks its connection, and others try to take it.
@@ -87,21 +89,36 @@ async fn publish(feed: impl Feed, replica: String, mut outbox: mpsc::Receiver<No
     }
 }
 
-/// Apply what the other replicas publish. A lost connection is re-established by the
-/// listener; what was sent meanwhile is lost, so a resync follows.
+/// Apply what the other replicas publish, and hear token changes. The store's token
+/// cache serves only while this listener is connected: when the connection is lost it
+/// stops at once; once a new connection's `LISTEN` is in place it starts again, empty,
+/// and a resync follows (what was sent meanwhile is lost).
 async fn listen(pool: PgPool, state: Weak<Inner>, replica: String) {
-    let mut listener = loop {
-        match connect_listener(&pool).await {
-            Ok(l) => break l,
-            Err(e) => {
-                tracing::warn!(error = %e, "listening to the other replicas failed; retrying");
-                tokio::time::sleep(LEASE_CHECK).await;
-                if state.strong_count() == 0 {
-                    return;
-                }
-            }
+    let mut reconnected = false;
+    loop {
+        let Some(listener) = connect_retrying(&pool, &state).await else {
+            return;
+        };
+        let Some(inner) = state.upgrade() else {
+            return;
+        };
+        let live = AppState::from_inner(inner);
+        live.store.token_notices(true);
+        if reconnected {
+            resync(&live).await;
         }
-    };
+        drop(live);
+        receive(listener, &state, &replica).await;
+        let Some(inner) = state.upgrade() else {
+            return;
+        };
+        AppState::from_inner(inner).store.token_notices(false);
+        reconnected = true;
+    }
+}
+
+/// Handle notifications until the connection is lost (or the state is gone).
+async fn receive(mut listener: PgListener, state: &Weak<Inner>, replica: &str) {
     loop {
         let received = listener.try_recv().await;
         let Some(inner) = state.upgrade() else {
@@ -109,6 +126,7 @@ async fn listen(pool: PgPool, state: Weak<Inner>, replica: String) {
         };
         let state = AppState::from_inner(inner);
         match received {
+            Ok(Some(n)) if n.channel() == TOKEN_CHANNEL => state.store.token_changed(),
             Ok(Some(n)) => match serde_json::from_str::<Envelope>(n.payload()) {
                 Ok(env) if env.from != replica => {
                     for note in env.notes {
@@ -119,12 +137,29 @@ async fn listen(pool: PgPool, state: Weak<Inner>, replica: String) {
                 Err(e) => tracing::warn!(error = %e, "unreadable note from another replica"),
             },
             Ok(None) => {
-                tracing::warn!("lost the connection to the other replicas' notes; resyncing");
-                resync(&state).await;
+                tracing::warn!("lost the connection to the other replicas' notes; reconnecting");
+                return;
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "listening to the other replicas failed; reconnecting");
+                return;
+            }
+        }
+    }
+}
+
+/// A listener on both channels, retried every [`LEASE_CHECK`]; `None` once the state is
+/// gone.
+async fn connect_retrying(pool: &PgPool, state: &Weak<Inner>) -> Option<PgListener> {
+    loop {
+        match connect_listener(pool).await {
+            Ok(l) => return Some(l),
             Err(e) => {
                 tracing::warn!(error = %e, "listening to the other replicas failed; retrying");
                 tokio::time::sleep(LEASE_CHECK).await;
+                if state.strong_count() == 0 {
+                    return None;
+                }
             }
         }
     }
@@ -132,7 +167,7 @@ async fn listen(pool: PgPool, state: Weak<Inner>, replica: String) {
 
 async fn connect_listener(pool: &PgPool) -> Result<PgListener> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(CHANNEL).await?;
+    listener.listen_all([CHANNEL, TOKEN_CHANNEL]).await?;
     Ok(listener)
 }
 

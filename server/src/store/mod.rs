@@ -35,7 +35,7 @@ use serde_json::Value;
 
 pub use error::{Result, StoreError};
 pub use export::{BackupRecord, LiveSnapshot, RecordCounts, RecordSink, RecordSource};
-pub use pg_store::{PgOptions, PgStore};
+pub use pg_store::{PgOptions, PgStore, TOKEN_CHANNEL};
 pub use records::*;
 pub use sled_store::{SledOptions, SledStore};
 
@@ -290,6 +290,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Who the token with this hash speaks for, if it is live.
     async fn principal(&self, token_hash: &str) -> Result<Option<Principal>>;
+    /// A shared store's replica hears every token change from now on (`true`), or may
+    /// have missed some (`false`, its notice connection was lost): a token cache may
+    /// serve only in between. Nothing to do for a store of one process.
+    fn token_notices(&self, _live: bool) {}
+    /// Another replica (or this one) removed or replaced a token.
+    fn token_changed(&self) {}
     /// Mint a named operator token; `Conflict` when the name is taken.
     async fn create_operator_token(&self, name: &str, hash: &str, now: Ts) -> Result<()>;
     /// Make `hash` the token named `name`, replacing an earlier one of that name.

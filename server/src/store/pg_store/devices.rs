@@ -82,6 +82,8 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let outcome = register_tx(&mut tx, reg).await?;
         tx.commit().await?;
+        // A key registered again has a new token; the old one is revoked.
+        self.token_cache().clear();
         self.prune_registrations(reg.now).await?;
         let (record, created) = outcome?;
         let device = self.device(&record.device_id).await?;

@@ -28,6 +28,8 @@ mod removal; // admission changes and deletions that cancel targets
 mod results; // progress, results, history
 mod rollouts; // rollout waves, releases, timeouts, soak verdicts
 mod signing; // bundle signatures and the trust document
+mod token_cache; // live tokens cached while every change is heard
+pub use token_cache::CHANNEL as TOKEN_CHANNEL;
 mod tokens; // operator and device tokens
 mod work; // open targets, delivery, downloads
 
@@ -70,6 +72,8 @@ impl Default for PgOptions {
 pub struct PgStore {
     pool: PgPool,
     options: PgOptions,
+    /// Shared by the clones: one cache per process.
+    tokens: std::sync::Arc<token_cache::TokenCache>,
 }
 
 impl PgStore {
@@ -77,6 +81,7 @@ impl PgStore {
     /// replicas starting together apply each one once).
     pub async fn connect(url: &str, options: PgOptions) -> Result<PgStore> {
         let store = PgStore {
+            tokens: Default::default(),
             pool: pool_options(options)
                 .connect_with(connect_options(url)?)
                 .await?,
@@ -90,6 +95,7 @@ impl PgStore {
     /// be up to date already: [`PgStore::connect`] or `kernex-server migrate`).
     pub fn connect_lazy(url: &str, options: PgOptions) -> Result<PgStore> {
         Ok(PgStore {
+            tokens: Default::default(),
             pool: pool_options(options).connect_lazy_with(connect_options(url)?),
             options,
         })
@@ -118,6 +124,8 @@ impl PgStore {
         )
         .execute(&self.pool)
         .await?;
+        tokens::tokens_changed(&mut *self.pool.acquire().await?).await?;
+        self.tokens.clear();
         Ok(())
     }
 
@@ -282,6 +290,14 @@ impl Store for PgStore {
         now: Ts,
     ) -> Result<DeviceConfig> {
         PgStore::update_config(self, device_id, update, now).await
+    }
+
+    fn token_notices(&self, live: bool) {
+        PgStore::token_notices(self, live);
+    }
+
+    fn token_changed(&self) {
+        PgStore::token_changed(self);
     }
 
     async fn principal(&self, token_hash: &str) -> Result<Option<Principal>> {

@@ -15,6 +15,7 @@ use sqlx::types::Json;
 use super::counts;
 use super::deployments::{lock_deployment, lock_target, store_deployment_row, store_targets};
 use super::devices::storable;
+use super::tokens::revoke_device_token;
 use super::*;
 use crate::service::rules;
 
@@ -105,15 +106,6 @@ fn merge(deltas: Deltas) -> Deltas {
     sums.into_iter().collect()
 }
 
-/// Revoke a device's token.
-async fn delete_device_token(conn: &mut PgConnection, device_id: &str) -> Result<()> {
-    sqlx::query("DELETE FROM tokens WHERE kind = 'device' AND name = $1")
-        .bind(device_id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 impl PgStore {
     /// Set admission. Rejecting revokes the device's token and cancels its open
     /// targets in the same transaction (a waiting target of a rollout is cancelled when
@@ -130,7 +122,7 @@ impl PgStore {
         d.admission = admission;
         let mut changed = Vec::new();
         if admission == Admission::Rejected {
-            delete_device_token(&mut tx, device_id).await?;
+            revoke_device_token(&mut tx, device_id).await?;
             changed =
                 cancel_open_targets(&mut tx, device_id, "device was rejected", now, &mut deltas)
                     .await?;
@@ -143,6 +135,7 @@ impl PgStore {
             .await?;
         counts::bump(&mut tx, &merge(deltas)).await?;
         tx.commit().await?;
+        self.token_cache().clear();
         let live = self.live_of(device_id).await?;
         Ok((Device { record: d, live }, changed))
     }
@@ -167,7 +160,7 @@ impl PgStore {
         let mut deltas = admission_deltas(d.admission, None);
         let changed =
             cancel_open_targets(&mut tx, device_id, "device was deleted", now, &mut deltas).await?;
-        delete_device_token(&mut tx, device_id).await?;
+        revoke_device_token(&mut tx, device_id).await?;
         for table in ["history", "device_success"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE device_id = $1"))
                 .bind(device_id)
@@ -176,6 +169,7 @@ impl PgStore {
         }
         counts::bump(&mut tx, &merge(deltas)).await?;
         tx.commit().await?;
+        self.token_cache().clear();
         Ok(changed)
     }
 

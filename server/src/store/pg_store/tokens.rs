@@ -2,13 +2,15 @@
 //! (one row per token; `UNIQUE (kind, name)`: one live token per operator name and per
 //! device).
 //!
-//! No read cache, unlike sled: several replicas share the database, and a token one of
-//! them revokes must stop working on all of them at once. A lookup is one primary-key
-//! read.
+//! A lookup is one primary-key read, served from the [`TokenCache`] while this replica
+//! hears every token change: each transaction here that removes or replaces a token
+//! notifies the replicas ([`tokens_changed`]) and, once committed, clears this
+//! replica's cache before it answers.
 
 use sqlx::PgConnection;
 
 use super::devices::storable;
+use super::token_cache::{CHANNEL, TokenCache};
 use super::*;
 
 const OPERATOR: &str = "operator";
@@ -16,6 +18,34 @@ const DEVICE: &str = "device";
 
 impl PgStore {
     pub(super) async fn principal(&self, token_hash: &str) -> Result<Option<Principal>> {
+        if let Some(cached) = self.tokens.get(token_hash) {
+            return Ok(Some(cached));
+        }
+        let generation = self.tokens.generation();
+        let found = self.principal_stored(token_hash).await?;
+        if let Some(p) = &found {
+            self.tokens.put(generation, token_hash, p);
+        }
+        Ok(found)
+    }
+
+    /// This replica now hears every token change (`true`), or may have missed some
+    /// (`false`): the cache serves, or stops serving; either way it starts over.
+    pub(super) fn token_notices(&self, live: bool) {
+        self.tokens.set_live(live);
+    }
+
+    /// A token changed (a notice from a replica, this one included).
+    pub(super) fn token_changed(&self) {
+        self.tokens.clear();
+    }
+
+    /// The cache, for the writers here and in `removal` (cleared after their commit).
+    pub(super) fn token_cache(&self) -> &TokenCache {
+        &self.tokens
+    }
+
+    async fn principal_stored(&self, token_hash: &str) -> Result<Option<Principal>> {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT kind, name FROM tokens WHERE hash = $1")
                 .bind(token_hash)
@@ -72,6 +102,7 @@ impl PgStore {
                 .bind(&old)
                 .execute(&mut *tx)
                 .await?;
+            tokens_changed(&mut tx).await?;
         }
         let inserted = sqlx::query(
             "INSERT INTO tokens (hash, kind, name, created_at) VALUES ($1, 'operator', $2, $3) \
@@ -89,6 +120,7 @@ impl PgStore {
             )));
         }
         tx.commit().await?;
+        self.tokens.clear();
         Ok(())
     }
 
@@ -133,19 +165,35 @@ impl PgStore {
         if !storable(name) {
             return Err(StoreError::NotFound(format!("no token named {name:?}")));
         }
+        let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM tokens WHERE kind = 'operator' AND name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("no token named {name:?}")));
         }
+        tokens_changed(&mut tx).await?;
+        tx.commit().await?;
+        self.tokens.clear();
         Ok(())
     }
 }
 
+/// Tell every replica, when the caller's transaction commits, that a token was removed
+/// or replaced (their caches start over; see [`TokenCache`]). The caller clears its own
+/// replica's cache after the commit.
+pub(super) async fn tokens_changed(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Make `hash` the device's one token, revoking the one it had (inside the caller's
-/// transaction; the device's row should be locked).
+/// transaction; the device's row should be locked; the caller clears the token cache
+/// after the commit).
 pub(super) async fn set_device_token(
     conn: &mut PgConnection,
     device_id: &str,
@@ -162,12 +210,16 @@ pub(super) async fn set_device_token(
     Ok(())
 }
 
-/// Revoke the device's token, if it has one (inside the caller's transaction). For
-/// rejection and deletion: the device's next request is refused on every replica.
+/// Revoke the device's token, if it has one (inside the caller's transaction, which
+/// clears the token cache after its commit). For rejection and deletion: the device's
+/// next request is refused on every replica.
 pub(super) async fn revoke_device_token(conn: &mut PgConnection, device_id: &str) -> Result<()> {
-    sqlx::query("DELETE FROM tokens WHERE kind = 'device' AND name = $1")
+    let deleted = sqlx::query("DELETE FROM tokens WHERE kind = 'device' AND name = $1")
         .bind(device_id)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+    if deleted.rows_affected() > 0 {
+        tokens_changed(conn).await?;
+    }
     Ok(())
 }
