@@ -131,14 +131,16 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Requests long by nature, left out of the per-request budget: the endless event
-/// stream and bundle transfers. The minimum transfer rate ([`crate::listen`]) bounds
-/// them instead.
+/// stream, bundle transfers, and the backup (its snapshot is spooled, and archives in a
+/// bucket fetched, before the first byte: work that grows with the fleet). The minimum
+/// transfer rate ([`crate::listen`]) bounds them instead.
 fn is_long_running(method: &Method, route: &str) -> bool {
     matches!(
         (method.as_str(), route),
         ("GET", "/api/v1/events")
             | ("POST", "/api/v1/bundles")
             | ("GET", "/api/v1/bundles/{bundle_id}")
+            | ("GET", "/api/v1/backup")
     )
 }
 
@@ -189,4 +191,28 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .metrics
         .observe_request(route, method, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfers_and_backups_are_out_of_the_budget() {
+        for (method, route) in [
+            (Method::GET, "/api/v1/events"),
+            (Method::POST, "/api/v1/bundles"),
+            (Method::GET, "/api/v1/bundles/{bundle_id}"),
+            (Method::GET, "/api/v1/backup"),
+        ] {
+            assert!(is_long_running(&method, route), "{method} {route}");
+        }
+        for (method, route) in [
+            (Method::GET, "/api/v1/devices"),
+            (Method::DELETE, "/api/v1/bundles/{bundle_id}"),
+            (Method::POST, "/api/v1/devices/register"),
+        ] {
+            assert!(!is_long_running(&method, route), "{method} {route}");
+        }
+    }
 }
