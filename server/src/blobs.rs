@@ -330,6 +330,71 @@ mod tests {
         assert_eq!(Blobs::key(bucket, "b1").as_ref(), "b1.tar.gz");
     }
 
+    /// The bucket paths on an in-memory object store (the S3 client itself is covered by
+    /// `tests/tests/blob_store.rs` against a real endpoint).
+    #[tokio::test]
+    async fn a_bucket_keeps_reads_ranges_removes_and_lists_leftovers() -> io::Result<()> {
+        let staging = tempfile::tempdir()?;
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let blobs = Blobs {
+            local: staging.path().to_owned(),
+            bucket: Some(Bucket {
+                store: store.clone(),
+                prefix: Key::from("fleet"),
+                url: "s3://test/fleet".into(),
+            }),
+        };
+        std::fs::create_dir_all(blobs.tmp_dir())?;
+        let upload = tempfile::NamedTempFile::new_in(blobs.tmp_dir())?;
+        std::fs::write(upload.path(), b"0123456789")?;
+        blobs.keep("b1", upload).await?;
+        assert!(
+            std::fs::read_dir(blobs.tmp_dir())?.next().is_none(),
+            "staged file gone"
+        );
+        assert!(!blobs.local_file("b1").exists(), "nothing kept locally");
+        let part: Vec<Bytes> = blobs.read("b1", 3, 4).await?.try_collect().await?;
+        assert_eq!(part.concat(), b"3456");
+        let none: Vec<Bytes> = blobs.read("b1", 10, 0).await?.try_collect().await?;
+        assert!(none.concat().is_empty());
+        let missing = blobs.read("nope", 0, 1).await.err().map(|e| e.kind());
+        assert_eq!(missing, Some(io::ErrorKind::NotFound));
+
+        // Leftover archives: only the prefix's own `<id>.tar.gz`, only when old enough.
+        let put = |key: &str| {
+            let store = store.clone();
+            let key = Key::from(key);
+            async move {
+                store
+                    .put(&key, b"x".to_vec().into())
+                    .await
+                    .map_err(object_error)
+            }
+        };
+        put("fleet/deeper/b2.tar.gz").await?;
+        put("fleet/notes.txt").await?;
+        put("other/b3.tar.gz").await?;
+        assert!(
+            blobs
+                .bucket_archives_older_than(Duration::from_secs(3600))
+                .await?
+                .is_empty()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let old = blobs
+            .bucket_archives_older_than(Duration::from_millis(10))
+            .await?;
+        assert_eq!(old, ["b1"]);
+
+        let copy = staging.path().join("copy");
+        assert!(blobs.fetch("b1", &copy).await?);
+        assert_eq!(std::fs::read(&copy)?, b"0123456789");
+        blobs.remove("b1").await?;
+        blobs.remove("b1").await?;
+        assert!(!blobs.fetch("b1", &copy).await?);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_dir_keeps_reads_ranges_and_removes() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
